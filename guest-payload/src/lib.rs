@@ -1,0 +1,8 @@
+//! What the guest payload and the harness share: the cell plan the harness hands to the guest,
+//! and the framed result lines the guest sends back.
+//!
+//! This library has no OS-specific code so the host-side harness can link it; the payload's
+//! own scenarios live in the binary.
+
+pub mod frame;
+pub mod plan;

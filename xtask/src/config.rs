@@ -1,0 +1,421 @@
+//! Suites and images, as written in `suites/*.yaml` and `images/*.yaml`.
+//!
+//! Everything a user typed is parsed and validated here, once, into typed structs. Values that
+//! have a format (RAM sizes, durations, scenario names) are checked while deserializing, so the
+//! YAML error carries the file, line, column and field path; checks across fields (duplicate
+//! names, unknown images) name the file, the field and the line they found it on.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How a kernel is fetched and booted (`images/<name>.yaml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    pub name: Name,
+    pub description: String,
+    /// Which signature table the detector uses for this kernel's console.
+    pub os: crate::detect::Os,
+    pub source: Source,
+    pub boot: Boot,
+    #[serde(default)]
+    pub deadlines: Deadlines,
+}
+
+/// Where the kernel comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub enum Source {
+    /// A Debian kernel package, resolved at run time through a metapackage
+    /// (`linux-image-amd64` depends on the current `linux-image-<abi>-amd64`).
+    DebianKernel { metapackage: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Machine {
+    /// `-M microvm` booting the uncompressed `vmlinux` through its PVH note: the fast path.
+    Microvm,
+    /// `-M pc` booting the bzImage: the fallback path.
+    Pc,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Boot {
+    pub machine: Machine,
+    /// Kernel command line words every cell gets (variants add to it).
+    #[serde(default)]
+    pub cmdline: Vec<String>,
+}
+
+/// Time limits of a cell. Unset fields take the defaults below; a suite may override them.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deadlines {
+    /// From QEMU start to the payload's first frame.
+    pub boot: Option<HumanDuration>,
+    /// Longest silence of the heartbeat while a scenario runs.
+    pub heartbeat: Option<HumanDuration>,
+    /// The whole cell, boot included.
+    pub cell: Option<HumanDuration>,
+}
+
+impl Deadlines {
+    /// `self` where set, else `other`.
+    pub fn or(self, other: Deadlines) -> Deadlines {
+        Deadlines {
+            boot: self.boot.or(other.boot),
+            heartbeat: self.heartbeat.or(other.heartbeat),
+            cell: self.cell.or(other.cell),
+        }
+    }
+
+    pub fn boot(&self) -> Duration {
+        self.boot.map(|d| d.0).unwrap_or(Duration::from_secs(60))
+    }
+    pub fn heartbeat(&self) -> Duration {
+        self.heartbeat.map(|d| d.0).unwrap_or(Duration::from_secs(15))
+    }
+    pub fn cell(&self) -> Duration {
+        self.cell.map(|d| d.0).unwrap_or(Duration::from_secs(300))
+    }
+}
+
+/// A suite: cases crossed with images, RAM sizes and kernel variants (`suites/<name>.yaml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Suite {
+    pub name: Name,
+    pub description: String,
+    /// Images the cases run on unless a case says otherwise.
+    pub images: Vec<Name>,
+    /// RAM sizes unless a case says otherwise.
+    pub ram: Vec<RamSize>,
+    /// Kernel configurations; each case runs once per variant. Default: one plain variant.
+    #[serde(default = "default_variants")]
+    pub variants: Vec<Variant>,
+    #[serde(default)]
+    pub deadlines: Deadlines,
+    pub cases: Vec<Case>,
+}
+
+fn default_variants() -> Vec<Variant> {
+    vec![Variant { name: Name("base".into()), cmdline: Vec::new(), sysctl: BTreeMap::new() }]
+}
+
+/// A kernel configuration: boot parameters and sysctls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    pub name: Name,
+    /// Extra kernel command-line words (`slab_nomerge`, `init_on_free=1`).
+    #[serde(default)]
+    pub cmdline: Vec<String>,
+    /// sysctls the payload sets before the scenarios (`vm.overcommit_memory: 2`).
+    #[serde(default)]
+    pub sysctl: BTreeMap<String, String>,
+}
+
+/// One scenario with its parameters and what it is expected to end in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    pub name: Name,
+    pub scenario: Name,
+    #[serde(default)]
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// Parameter overrides for `--profile deep` (nightly runs with bigger counts).
+    #[serde(default)]
+    pub deep: serde_json::Map<String, serde_json::Value>,
+    pub expect: Expect,
+    /// With `expect: crash`: a substring the crash title must contain.
+    #[serde(default)]
+    pub expect_title: Option<String>,
+    /// Overrides the suite's images for this case.
+    #[serde(default)]
+    pub images: Option<Vec<Name>>,
+    /// Overrides the suite's RAM sizes for this case.
+    #[serde(default)]
+    pub ram: Option<Vec<RamSize>>,
+    #[serde(default)]
+    pub deadlines: Deadlines,
+}
+
+/// What a case is expected to end in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Expect {
+    Pass,
+    Fail,
+    Crash,
+    Hang,
+    Oom,
+    Timeout,
+}
+
+/// A name used in cell ids and file names: letters, digits, `-`, `_`, `.`, `+`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Name(pub String);
+
+impl Name {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c));
+        if !ok {
+            return Err(serde::de::Error::custom(format!(
+                "invalid name {s:?}: use 1-64 letters, digits, '-', '_', '.', '+'"
+            )));
+        }
+        Ok(Name(s))
+    }
+}
+
+/// Guest RAM in MiB, written `128M`, `1G` or `256` (MiB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct RamSize(pub u64);
+
+impl RamSize {
+    pub fn mib(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for RamSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 % 1024 == 0 {
+            write!(f, "{}G", self.0 / 1024)
+        } else {
+            write!(f, "{}M", self.0)
+        }
+    }
+}
+
+impl std::str::FromStr for RamSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let (num, mult) = match t.char_indices().last() {
+            Some((i, 'M' | 'm')) => (&t[..i], 1),
+            Some((i, 'G' | 'g')) => (&t[..i], 1024),
+            _ => (t, 1),
+        };
+        let n: u64 = num.parse().map_err(|_| format!("invalid RAM size {s:?}: write e.g. 128M or 1G"))?;
+        let mib = n * mult;
+        if !(16..=65536).contains(&mib) {
+            return Err(format!("RAM size {s:?} out of range (16M to 64G)"));
+        }
+        Ok(RamSize(mib))
+    }
+}
+
+impl<'de> Deserialize<'de> for RamSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_yaml::Value::deserialize(d)?;
+        let s = match v {
+            serde_yaml::Value::String(s) => s,
+            serde_yaml::Value::Number(n) => n.to_string(),
+            _ => return Err(serde::de::Error::custom("RAM size must be a string like 128M")),
+        };
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A duration written `90s`, `500ms`, `2m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HumanDuration(pub Duration);
+
+impl std::str::FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let bad = || format!("invalid duration {s:?}: write e.g. 500ms, 90s or 2m");
+        let (num, unit_ms) = if let Some(n) = t.strip_suffix("ms") {
+            (n, 1)
+        } else if let Some(n) = t.strip_suffix('s') {
+            (n, 1000)
+        } else if let Some(n) = t.strip_suffix('m') {
+            (n, 60_000)
+        } else if let Some(n) = t.strip_suffix('h') {
+            (n, 3_600_000)
+        } else {
+            return Err(bad());
+        };
+        let n: u64 = num.trim().parse().map_err(|_| bad())?;
+        Ok(HumanDuration(Duration::from_millis(n * unit_ms)))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses YAML text into `T`; errors name the file, the line and the field.
+pub fn parse_yaml<T: for<'de> Deserialize<'de>>(path: &Path, text: &str) -> Result<T> {
+    serde_yaml::from_str(text).map_err(|e| {
+        let at = e
+            .location()
+            .map(|l| format!("line {}, column {}: ", l.line(), l.column()))
+            .unwrap_or_default();
+        anyhow::anyhow!("{}: {at}{e}", path.display())
+    })
+}
+
+/// The 1-based line of the `nth` (0-based) line of `text` that contains `needle`, for errors
+/// found after parsing.
+fn line_of(text: &str, needle: &str, nth: usize) -> Option<usize> {
+    text.lines().enumerate().filter(|(_, l)| l.contains(needle)).nth(nth).map(|(i, _)| i + 1)
+}
+
+fn at_line(text: &str, needle: &str, nth: usize) -> String {
+    line_of(text, needle, nth).map(|l| format!("line {l}: ")).unwrap_or_default()
+}
+
+/// Reads and validates one image file.
+pub fn load_image(path: &Path) -> Result<Image> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let image: Image = parse_yaml(path, &text)?;
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    if image.name.as_str() != stem {
+        bail!(
+            "{}: {}name: {:?} must match the file name {stem:?}",
+            path.display(),
+            at_line(&text, "name:", 0),
+            image.name.as_str()
+        );
+    }
+    Ok(image)
+}
+
+/// Reads and validates one suite file against the images that exist.
+pub fn load_suite(path: &Path, images: &BTreeMap<String, Image>) -> Result<Suite> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let suite: Suite = parse_yaml(path, &text)?;
+    let file = path.display();
+    let mut seen = BTreeMap::new();
+    for (i, case) in suite.cases.iter().enumerate() {
+        let n = seen.entry(case.name.0.clone()).or_insert(0usize);
+        *n += 1;
+        if *n > 1 {
+            let line = at_line(&text, &format!("name: {}", case.name), *n - 1);
+            bail!("{file}: {line}cases[{i}].name: duplicate case name {:?}", case.name.0);
+        }
+        if case.expect_title.is_some() && case.expect != Expect::Crash {
+            bail!("{file}: {}cases[{i}].expect_title: only meaningful with `expect: crash`", at_line(&text, "expect_title", 0));
+        }
+        for img in case.images.iter().flatten().chain(suite.images.iter()) {
+            if !images.contains_key(img.as_str()) {
+                let line = at_line(&text, img.as_str(), 0);
+                bail!(
+                    "{file}: {line}images: unknown image {:?} (known: {})",
+                    img.0,
+                    images.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+        if case.ram.as_ref().is_some_and(|r| r.is_empty()) {
+            bail!("{file}: cases[{i}].ram: empty list");
+        }
+    }
+    if suite.cases.is_empty() {
+        bail!("{file}: cases: a suite needs at least one case");
+    }
+    if suite.ram.is_empty() {
+        bail!("{file}: {}ram: a suite needs at least one RAM size", at_line(&text, "ram:", 0));
+    }
+    let mut vnames = std::collections::BTreeSet::new();
+    for (i, v) in suite.variants.iter().enumerate() {
+        if !vnames.insert(v.name.0.clone()) {
+            bail!("{file}: {}variants[{i}].name: duplicate variant {:?}", at_line(&text, &format!("name: {}", v.name), 1), v.name.0);
+        }
+    }
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    if suite.name.as_str() != stem {
+        bail!("{file}: {}name: {:?} must match the file name {stem:?}", at_line(&text, "name:", 0), suite.name.0);
+    }
+    Ok(suite)
+}
+
+/// All images and suites of a workspace.
+pub struct Catalog {
+    pub images: BTreeMap<String, Image>,
+    pub suites: BTreeMap<String, Suite>,
+    pub root: PathBuf,
+}
+
+impl Catalog {
+    pub fn load(root: &Path) -> Result<Catalog> {
+        let mut images = BTreeMap::new();
+        for path in yaml_files(&root.join("images"))? {
+            let image = load_image(&path)?;
+            images.insert(image.name.0.clone(), image);
+        }
+        let mut suites = BTreeMap::new();
+        for path in yaml_files(&root.join("suites"))? {
+            let suite = load_suite(&path, &images)?;
+            suites.insert(suite.name.0.clone(), suite);
+        }
+        Ok(Catalog { images, suites, root: root.to_path_buf() })
+    }
+
+    pub fn suite(&self, name: &str) -> Result<&Suite> {
+        self.suites.get(name).with_context(|| {
+            format!("no suite {name:?} in suites/ (have: {})", self.suites.keys().cloned().collect::<Vec<_>>().join(", "))
+        })
+    }
+}
+
+fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ram_sizes() {
+        assert_eq!("128M".parse::<RamSize>().unwrap(), RamSize(128));
+        assert_eq!("1G".parse::<RamSize>().unwrap(), RamSize(1024));
+        assert_eq!("256".parse::<RamSize>().unwrap(), RamSize(256));
+        assert!("12X".parse::<RamSize>().is_err());
+        assert!("8M".parse::<RamSize>().is_err());
+        assert_eq!(RamSize(2048).to_string(), "2G");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!("500ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(500));
+        assert_eq!("90s".parse::<HumanDuration>().unwrap().0, Duration::from_secs(90));
+        assert_eq!("2m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(120));
+        assert!("90".parse::<HumanDuration>().is_err());
+    }
+}
