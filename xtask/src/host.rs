@@ -152,6 +152,21 @@ pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(items: I) -> Vec<OsStr
     items.into_iter().map(Into::into).collect()
 }
 
+/// The host's TSC frequency in kHz, measured once (about 50 ms) against the monotonic clock.
+pub fn tsc_khz() -> u64 {
+    static KHZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *KHZ.get_or_init(|| {
+        // SAFETY: rdtsc has no preconditions on x86-64.
+        let tsc = || unsafe { core::arch::x86_64::_rdtsc() };
+        let (t0, c0) = (std::time::Instant::now(), tsc());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let (c1, t1) = (tsc(), std::time::Instant::now());
+        let khz = (c1 - c0) as f64 / t1.duration_since(t0).as_secs_f64() / 1000.0;
+        // Round to 1 MHz: the measurement's noise is well below that.
+        ((khz / 1000.0).round() * 1000.0) as u64
+    })
+}
+
 /// SHA-256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
     use sha2::Digest;
@@ -199,6 +214,12 @@ mod tests {
             "{msg}"
         );
         assert!(err.downcast_ref::<InfraError>().is_some());
+    }
+
+    #[test]
+    fn tsc_frequency_is_plausible() {
+        let khz = tsc_khz();
+        assert!((500_000..10_000_000).contains(&khz), "{khz} kHz");
     }
 
     #[test]
