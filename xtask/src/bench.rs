@@ -80,6 +80,7 @@ pub fn boot(rounds: usize) -> Result<()> {
         ram_mib: 256,
         accel: b.accel,
         results_socket: None,
+        name: None,
     }
     .argv();
     let cell = smoke_cell(&b.image)?;

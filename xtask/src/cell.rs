@@ -176,6 +176,7 @@ fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Re
         ram_mib: cell.ram.mib(),
         accel: env.accel,
         results_socket: Some(sock.clone()),
+        name: Some(env.dir.display().to_string()),
     };
     let argv = spec.argv();
     write_command_file(&env.dir.join("qemu.cmd"), &argv)?;

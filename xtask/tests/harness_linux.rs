@@ -197,3 +197,26 @@ cases:
         v => panic!("expected infra, got {}", v.describe()),
     }
 }
+
+#[test]
+fn bzimage_on_pc_fallback_path_passes_smoke() {
+    let (records, _dir) = run_suite(
+        r#"
+name: inline
+description: the slow path
+images: [linux-pc]
+ram: [128M]
+cases:
+  - {name: smoke, scenario: smoke, expect: pass}
+"#,
+        vec![],
+    );
+    let r = only(records);
+    assert_eq!(r.verdict, Verdict::Pass, "{}", r.verdict.describe());
+    assert_eq!(r.machine, Some(kstorm::config::Machine::Pc));
+    assert!(
+        r.provenance["boot.kernel_file"].contains("vmlinuz"),
+        "{:?}",
+        r.provenance
+    );
+}

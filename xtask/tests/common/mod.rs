@@ -58,8 +58,8 @@ pub fn inline_image(dir: &Path, name: &str, yaml: &str) -> Image {
     config::load_image(&path).unwrap()
 }
 
-/// Fails if any process whose command line mentions `marker` (a test's own temporary folder,
-/// which every QEMU it starts names in its arguments) is still alive.
+/// Fails if any process whose command line mentions `marker` (a test's own temporary folder:
+/// every QEMU names its cell's results folder with `-name`) is still alive.
 pub fn assert_no_qemu_mentioning(marker: &Path) {
     let marker = marker.to_string_lossy().to_string();
     let left = qemu_processes()
