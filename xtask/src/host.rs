@@ -98,6 +98,43 @@ pub fn require_tools(tools: &[&str]) -> Result<()> {
     .into())
 }
 
+/// Like [`require_tools`], but as root installs the missing tools' Debian packages first (one
+/// `apt-get install` per package, echoed; `apt-get update` once if the lists are stale). Set
+/// `KSTORM_NO_INSTALL=1` to only report.
+pub fn ensure_tools(tools: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| find_program(t).is_none())
+        .collect();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if missing.is_empty()
+        || !root
+        || std::env::var_os("KSTORM_NO_INSTALL").is_some()
+        || find_program("apt-get").is_none()
+    {
+        return require_tools(tools);
+    }
+    let mut packages: Vec<&str> = missing
+        .iter()
+        .filter_map(|m| TOOLS.iter().find(|(t, _)| t == m).map(|(_, p)| *p))
+        .flat_map(|p| p.split(' '))
+        .collect();
+    packages.sort();
+    packages.dedup();
+    let mut updated = false;
+    for package in packages {
+        let install = args(["install", "-y", "-q", package]);
+        if run_capture("apt-get", &install, None).is_err() && !updated {
+            run_capture("apt-get", &args(["update", "-q"]), None)?;
+            updated = true;
+            run_capture("apt-get", &install, None)?;
+        }
+    }
+    require_tools(tools)
+}
+
 /// Runs a command (argument vector, never a shell string), echoing it to stderr first, and
 /// returns its standard output. Fails with its stderr when it exits non-zero.
 pub fn run_capture(program: &str, args: &[OsString], cwd: Option<&Path>) -> Result<String> {

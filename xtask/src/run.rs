@@ -103,7 +103,7 @@ pub fn run_cells(suite_name: &str, cells: Vec<Cell>, opts: &RunOptions) -> Resul
     );
 
     // Shared inputs. A failure here is the host's, and every cell it concerns says so.
-    let payload = host::require_tools(&[qemu::QEMU])
+    let payload = host::ensure_tools(&[qemu::QEMU, "apt-get", "dpkg-deb"])
         .and_then(|_| crate::payload::build())
         .and_then(|p| std::fs::read(&p).with_context(|| format!("reading {}", p.display())));
     let mut prepared: BTreeMap<String, Result<PreparedImage, String>> = BTreeMap::new();
