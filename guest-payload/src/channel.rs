@@ -98,7 +98,6 @@ fn open_raw_tty(device: &str) -> std::io::Result<OwnedFd> {
         let mut t: libc::termios = std::mem::zeroed();
         if libc::tcgetattr(fd.as_raw_fd(), &mut t) == 0 {
             libc::cfmakeraw(&mut t);
-            libc::cfsetospeed(&mut t, libc::B115200);
             libc::tcsetattr(fd.as_raw_fd(), libc::TCSANOW, &t);
         }
     }

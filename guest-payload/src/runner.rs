@@ -63,6 +63,15 @@ impl<'a> Runner<'a> {
         for n in notes {
             self.chan.log(n.clone());
         }
+        let res = sys::clock_step();
+        let cs = sys::linux_clocksource().unwrap_or_else(|| "unknown".into());
+        if res > 1e-5 {
+            // Latencies would come out in steps of this size: say so where it is read.
+            self.chan.log(format!(
+                "coarse clock: steps of {:.1} ms (clocksource {cs}); latencies are only this fine",
+                res * 1000.0
+            ));
+        }
         let failures = apply_sysctls(&plan.sysctl);
         let mut all_passed = true;
         if !failures.is_empty() {

@@ -258,6 +258,13 @@ pub fn send_word(fd: RawFd, v: i64) -> io::Result<()> {
     write_all(fd, &v.to_le_bytes())
 }
 
+/// Sends several words in one write: up to PIPE_BUF bytes a pipe write is atomic, so
+/// reports of children sharing one pipe never interleave.
+pub fn send_words(fd: RawFd, vs: &[i64]) -> io::Result<()> {
+    let bytes: Vec<u8> = vs.iter().flat_map(|v| v.to_le_bytes()).collect();
+    write_all(fd, &bytes)
+}
+
 /// Receives a status word, waiting until `deadline` at the latest.
 pub fn recv_word(fd: RawFd, deadline: f64) -> io::Result<i64> {
     let mut b = [0u8; 8];
@@ -325,6 +332,33 @@ pub fn ncpu() -> u32 {
     // SAFETY: plain call.
     let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     n.max(1) as u32
+}
+
+/// The smallest step the monotonic clock is seen to take, in seconds (a guest whose
+/// clocksource fell back to jiffies steps by 4 ms). Measured, since clock_getres reports
+/// the timer resolution, not the clock's.
+pub fn clock_step() -> f64 {
+    let start = now();
+    let mut prev = start;
+    let mut step = f64::INFINITY;
+    for _ in 0..100_000 {
+        let t = now();
+        if t > prev {
+            step = step.min(t - prev);
+        }
+        prev = t;
+        if t - start > 0.05 {
+            break;
+        }
+    }
+    step
+}
+
+/// The kernel's current clocksource (Linux sysfs), e.g. `tsc` or `refined-jiffies`.
+pub fn linux_clocksource() -> Option<String> {
+    read_file("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// `uname -r` and `uname -v`.

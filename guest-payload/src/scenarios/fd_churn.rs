@@ -83,9 +83,7 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
                     }
                 }
             }
-            let _ = sys::send_word(res_w, ops as i64);
-            let _ = sys::send_word(res_w, errors as i64);
-            let _ = sys::send_word(res_w, first_errno as i64);
+            let _ = sys::send_words(res_w, &[ops as i64, errors as i64, first_errno as i64]);
             0
         }) {
             Ok(pid) => pids.push(pid),

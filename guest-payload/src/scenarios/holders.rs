@@ -48,8 +48,7 @@ impl Holders {
                 libc::close(status_r);
             }
             let (held, errno) = open_fds(fds, kind);
-            let _ = sys::send_word(status_w, held.len() as i64);
-            let _ = sys::send_word(status_w, errno as i64);
+            let _ = sys::send_words(status_w, &[held.len() as i64, errno as i64]);
             sys::block_until_eof(release_r);
             drop(held);
             0

@@ -21,7 +21,7 @@ pub fn default_settle_ms() -> u64 {
     1000
 }
 pub fn default_min_kib() -> u64 {
-    64
+    256
 }
 
 /// Meminfo fields that are kernel memory and are checked like slab caches.

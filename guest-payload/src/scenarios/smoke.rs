@@ -25,6 +25,11 @@ pub fn run(_: Params, ctx: &Ctx) -> Result<Report, RunError> {
         }
     }
     r.num("ncpu", sys::ncpu() as f64, "count");
+    // Latency numbers of the other scenarios are only as fine as this clock.
+    r.num("clock_step", sys::clock_step() * 1e9, "ns");
+    if let Some(cs) = sys::linux_clocksource() {
+        r.fact("clocksource", cs);
+    }
     if let Ok(up) = sys::read_file("/proc/uptime") {
         if let Some(secs) = up
             .split_whitespace()
