@@ -13,7 +13,8 @@ use serde::Deserialize;
 pub struct Params {
     #[serde(default = "d_children")]
     pub children: u32,
-    #[serde(default = "d_fds")]
+    /// Descriptors each child opens (`fds_per_child` is accepted as another name).
+    #[serde(default = "d_fds", alias = "fds_per_child")]
     pub fds: u32,
     #[serde(default)]
     pub fd_kind: FdKind,
@@ -46,6 +47,12 @@ fn d_deadline() -> f64 {
 pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
     let dl = deadline(ctx, p.deadline_s);
     let mut r = Report::default();
+    if ctx.in_guest {
+        // When memory runs out first, the OOM killer should take holders, and the
+        // coordinator should live to report how many there were.
+        sys::linux_set_oom_score_adj(-1000)
+            .map_err(|e| format!("protecting the coordinator: {e}"))?;
+    }
     let leak = LeakCheck::start(
         LeakParams {
             settle_ms: p.leak_settle_ms,
@@ -58,7 +65,8 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
     let t0 = sys::now();
     let mut fds_held = 0u64;
     let mut stop = String::from("limit");
-    while holders.pids.len() < p.children as usize {
+    let mut forked = 0usize;
+    while forked < p.children as usize {
         if dl.passed() {
             stop = "deadline".into();
             break;
@@ -68,10 +76,11 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
             r.stop_error = Some(stop.clone());
             break;
         }
-        match holders.read_report(dl.at()) {
+        forked += 1;
+        match holders.read_report_or_death(dl.at()) {
             Ok(o) => {
                 fds_held += o.fds;
-                ctx.progress.set(holders.pids.len() as u64);
+                ctx.progress.set(forked as u64);
                 if o.errno != 0 {
                     stop = format!("open: {}", sys::errno_name(o.errno));
                     r.stop_error = Some(stop.clone());
@@ -79,13 +88,14 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
                 }
             }
             Err(e) => {
-                stop = format!("child report: {e}");
+                stop = e;
                 r.stop_error = Some(stop.clone());
                 break;
             }
         }
     }
-    let created = holders.pids.len();
+    let created = forked;
+    r.num("children_alive", holders.pids.len() as f64, "count");
     let t_up = sys::now() - t0;
     leak.during();
     sys::sleep_secs((p.hold_ms as f64 / 1000.0).min(dl.remaining()));

@@ -47,6 +47,8 @@ impl Holders {
                 libc::close(release_w);
                 libc::close(status_r);
             }
+            // The coordinator may be protected from the OOM killer; holders are not.
+            let _ = sys::linux_set_oom_score_adj(0);
             let (held, errno) = open_fds(fds, kind);
             let _ = sys::send_words(status_w, &[held.len() as i64, errno as i64]);
             sys::block_until_eof(release_r);
@@ -56,6 +58,39 @@ impl Holders {
         .map_err(|e| e.raw_os_error().unwrap_or(0))?;
         self.pids.push(pid);
         Ok(pid)
+    }
+
+    /// Reads one holder's report like `read_report`, but gives up as soon as any holder has
+    /// died (the OOM killer takes holders, not the protected coordinator): `Err(why)`.
+    pub fn read_report_or_death(&mut self, deadline: f64) -> Result<Opened, String> {
+        loop {
+            if let Some((pid, exit)) = self.reap_dead() {
+                return Err(format!("holder {pid} {}", exit.describe()));
+            }
+            let slice = (sys::now() + 0.2).min(deadline);
+            match sys::wait_readable(self.status_r.as_raw_fd(), slice - sys::now()) {
+                Ok(true) => {
+                    return self
+                        .read_report(deadline)
+                        .map_err(|e| format!("child report: {e}"))
+                }
+                Ok(false) if sys::now() >= deadline => return Err("deadline".into()),
+                Ok(false) => {}
+                Err(e) => return Err(format!("child report: {e}")),
+            }
+        }
+    }
+
+    /// A holder that has ended, if any (reaped and forgotten).
+    pub fn reap_dead(&mut self) -> Option<(i32, sys::Exit)> {
+        for (i, pid) in self.pids.iter().enumerate() {
+            if let Ok(Some(exit)) = sys::try_wait(*pid) {
+                let pid = *pid;
+                self.pids.swap_remove(i);
+                return Some((pid, exit));
+            }
+        }
+        None
     }
 
     /// Reads one holder's report, waiting until `deadline` (monotonic seconds).
