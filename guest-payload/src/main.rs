@@ -19,6 +19,8 @@ use kstorm_payload::plan::Plan;
 const USAGE: &str = "usage: kstorm-payload --plan FILE [--disposable]
   As PID 1 it reads /kstorm/plan.json and powers off when done.
   --plan FILE    run this plan, frames on standard output
+  --check-plan FILE
+                 check scenario names and parameters of a plan without running it
   --disposable   this machine is a throwaway guest: allow the scenarios that harm it
                  (panic, oom, tmpfs-fill, overcommit, cgroup-limit) and kernel-wide settings";
 
@@ -43,6 +45,7 @@ fn host_main(args: &[String]) -> i32 {
         match a.as_str() {
             "--plan" => plan_path = it.next().cloned(),
             "--disposable" => disposable = true,
+            "--check-plan" => return check_plan(it.next().map(String::as_str).unwrap_or("")),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return 0;
@@ -83,6 +86,34 @@ fn host_main(args: &[String]) -> i32 {
             eprintln!("kstorm-payload: shared memory: {e}");
             2
         }
+    }
+}
+
+/// `--check-plan`: 0 when every scenario exists and its parameters parse, else 2 with one
+/// line per problem.
+fn check_plan(path: &str) -> i32 {
+    let plan = match load_plan(path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("kstorm-payload: {e}");
+            return 2;
+        }
+    };
+    let mut bad = 0;
+    for (i, spec) in plan.scenarios.iter().enumerate() {
+        let problem = match scenarios::find(&spec.name) {
+            None => Some(format!("unknown scenario {:?}", spec.name)),
+            Some(s) => s.check(&spec.params).err(),
+        };
+        if let Some(p) = problem {
+            eprintln!("{path}: scenarios[{i}] ({}): {p}", spec.name);
+            bad += 1;
+        }
+    }
+    if bad == 0 {
+        0
+    } else {
+        2
     }
 }
 

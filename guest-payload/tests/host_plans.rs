@@ -203,3 +203,49 @@ fn bad_plan_file_is_a_usage_error_naming_the_file() {
     assert!(err.contains("plan.json") && err.contains("bogus"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn check_plan_validates_names_and_params_without_running() {
+    let dir = std::env::temp_dir().join(format!("kstorm-payload-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.json");
+    // Guest-only scenarios are checked too (nothing runs).
+    std::fs::write(
+        &good,
+        r#"{"cell":"c","scenarios":[{"name":"oom","params":{"adjs":[1,2]}},{"name":"panic"}]}"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kstorm-payload"))
+        .arg("--check-plan")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = dir.join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"cell":"c","scenarios":[{"name":"oom","params":{"adj":[1]}},{"name":"nope"}]}"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kstorm-payload"))
+        .arg("--check-plan")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("scenarios[0]") && err.contains("`adj`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("scenarios[1]") && err.contains("nope"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -104,6 +104,7 @@ pub struct Scenario {
     /// settings): only runs as PID 1 of a guest.
     pub guest_only: bool,
     run: RunFn,
+    check: fn(&serde_json::Map<String, serde_json::Value>) -> Result<(), RunError>,
 }
 
 macro_rules! scenario {
@@ -112,6 +113,7 @@ macro_rules! scenario {
             name: $name,
             guest_only: $guest_only,
             run: |params, ctx| $module::run(parse_params(params)?, ctx),
+            check: |params| parse_params::<$module::Params>(params).map(|_| ()),
         }
     };
 }
@@ -130,11 +132,13 @@ pub const ALL: &[Scenario] = &[
         name: "hang",
         guest_only: false,
         run: |p, c| crash::run_hang(parse_params(p)?, c),
+        check: |p| parse_params::<crash::HangParams>(p).map(|_| ()),
     },
     Scenario {
         name: "panic",
         guest_only: true,
         run: |p, c| crash::run_panic(parse_params(p)?, c),
+        check: |p| parse_params::<crash::PanicParams>(p).map(|_| ()),
     },
     scenario!("oom", true, oom),
     scenario!("tmpfs-fill", true, tmpfs_fill),
@@ -147,6 +151,14 @@ pub fn find(name: &str) -> Option<&'static Scenario> {
 }
 
 impl Scenario {
+    /// Parses the parameters without running anything.
+    pub fn check(
+        &self,
+        params: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), RunError> {
+        (self.check)(params)
+    }
+
     /// Runs the scenario in the calling process (the runner calls this in a forked child).
     pub fn run(
         &self,
