@@ -91,6 +91,8 @@ enum BenchWhich {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// Every scenario once at 256M: wall time and the payload's own overhead.
+    Scenarios,
     /// Detector throughput on a 100 MB clean log vs a memchr line count, and live latencies.
     Detect,
 }
@@ -110,6 +112,7 @@ fn main() -> ExitCode {
         Verb::Bench(a) => match a.which {
             BenchWhich::Boot { rounds } => report(bench::boot(rounds)),
             BenchWhich::Detect => report(bench::detect()),
+            BenchWhich::Scenarios => report(bench::scenarios()),
         },
         Verb::Scan(a) => kstorm::detect::scan::run(&a),
         Verb::Test { cargo_args } => test(&cargo_args),
