@@ -31,7 +31,7 @@ impl Throughput {
     }
 }
 
-/// The clean logs among the fixtures of `os` (header `crash: no`), without their headers.
+/// The clean logs among the fixtures of `os` (header `events: none`), without their headers.
 pub fn clean_logs(fixtures: &Path, os: Os) -> Result<Vec<Vec<u8>>> {
     let dir = fixtures.join(os.as_str());
     let mut logs = Vec::new();
@@ -45,12 +45,12 @@ pub fn clean_logs(fixtures: &Path, os: Os) -> Result<Vec<Vec<u8>>> {
             continue;
         };
         let header = String::from_utf8_lossy(&bytes[..split]);
-        if header.lines().any(|l| l.trim() == "crash: no") {
+        if header.lines().any(|l| l.trim() == "events: none") {
             logs.push(bytes[split + 2..].to_vec());
         }
     }
     if logs.is_empty() {
-        bail!("no clean logs (header 'crash: no') in {}", dir.display());
+        bail!("no clean logs (header 'events: none') in {}", dir.display());
     }
     Ok(logs)
 }

@@ -166,7 +166,17 @@ impl Engine {
         }
         let text = clean(raw);
         let body = self.strip_prefix(&text);
-        if candidate && !prompt_fired {
+        if prompt_fired {
+            // The prompt already opened or joined a report with this line's beginning: keep the
+            // whole line in its place, as if the line had arrived at once.
+            if let Some(i) = self.open.as_ref().and_then(|o| o.index) {
+                if let Some(last) = self.reports[i].lines.last_mut() {
+                    *last = text;
+                }
+            }
+            return;
+        }
+        if candidate {
             if let Some((sig, vars)) = self.match_start(body, false) {
                 self.start(sig, vars, &text, self.line_no, events);
                 return;
@@ -213,11 +223,12 @@ impl Engine {
             let Some(caps) = sig.start.captures(body) else {
                 continue;
             };
-            if sig.unless.iter().any(|re| re.is_match(body))
-                || self.sigs.suppress.iter().any(|re| re.is_match(body))
-            {
-                // A suppressed look-alike (a command line echoing `panic=`, say) starts nothing,
-                // and neither does a later, more general signature on the same line.
+            if sig.unless.iter().any(|re| re.is_match(body)) {
+                // Not this format; a later signature may still fit.
+                continue;
+            }
+            if self.sigs.suppress.iter().any(|re| re.is_match(body)) {
+                // A look-alike (a command line echoing `panic=`, say) starts nothing at all.
                 return None;
             }
             let mut vars = Vars::default();
@@ -357,11 +368,12 @@ fn skipped(sigs: &Signatures, func: &str) -> bool {
     frames.skip.iter().any(|re| re.is_match(&name))
 }
 
-/// Counts `\n` bytes; written so the compiler vectorises it.
+/// Counts `\n` bytes. Byte-wide sums over blocks of at most 255 bytes cannot overflow, and the
+/// compiler turns them into SIMD compares and adds.
 pub fn count_newlines(bytes: &[u8]) -> u64 {
     let mut n = 0u64;
-    for chunk in bytes.chunks(255 * 16) {
-        n += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+    for block in bytes.chunks(255) {
+        n += block.iter().fold(0u8, |acc, &b| acc + (b == b'\n') as u8) as u64;
     }
     n
 }

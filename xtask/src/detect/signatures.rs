@@ -475,7 +475,19 @@ fn compile(
         .collect();
     all.sort_unstable();
     all.dedup();
-    let prefilter = AhoCorasick::new(&all).context("building the literal prefilter")?;
+    // A literal containing another is redundant for the prefilter (the shorter one already
+    // flags the line); fewer patterns keep the SIMD prefilter usable (it takes up to 64).
+    let minimal: Vec<&str> = all
+        .iter()
+        .copied()
+        .filter(|l| !all.iter().any(|other| other != l && l.contains(other)))
+        .collect();
+    let all = minimal;
+    // Leftmost-first lets the searcher use its SIMD (Teddy) prefilter; any match will do.
+    let prefilter = AhoCorasick::builder()
+        .match_kind(aho_corasick::MatchKind::LeftmostFirst)
+        .build(&all)
+        .context("building the literal prefilter")?;
     Ok(Signatures {
         os,
         source: file.to_string(),
