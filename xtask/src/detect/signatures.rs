@@ -210,9 +210,15 @@ impl Signatures {
         let slot = &CACHE[os as usize];
         slot.get_or_init(|| {
             let (name, text) = builtin_text(os);
-            Signatures::parse(name, text)
-                .map(Arc::new)
-                .map_err(|e| format!("{e:#}"))
+            match Signatures::parse(name, text) {
+                Ok(s) if s.os != os => Err(format!(
+                    "{name}: field 'os': says {}, expected {}",
+                    s.os.as_str(),
+                    os.as_str()
+                )),
+                Ok(s) => Ok(Arc::new(s)),
+                Err(e) => Err(format!("{e:#}")),
+            }
         })
         .clone()
         .map_err(|e| anyhow!(e))
