@@ -150,7 +150,12 @@ pub fn boot(rounds: usize) -> Result<()> {
 
 /// Detector throughput, then the live latencies of a real panic: line to event, event to QEMU gone.
 pub fn detect() -> Result<()> {
-    crate::detect::bench::throughput()?;
+    let fixtures = host::workspace_root().join("xtask/tests/fixtures/detect");
+    crate::detect::bench::bench_detect_throughput(
+        &fixtures,
+        crate::detect::Os::Linux,
+        100_000_000,
+    )?;
     let b = linux_bench()?;
     let cache = host::cache_dir();
     let mut cell = smoke_cell(&b.image)?;
