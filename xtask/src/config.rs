@@ -152,6 +152,9 @@ pub struct Case {
     /// Overrides the suite's RAM sizes for this case.
     #[serde(default)]
     pub ram: Option<Vec<RamSize>>,
+    /// Only these of the suite's variants (e.g. Linux boot parameters make no sense for Mach).
+    #[serde(default)]
+    pub variants: Option<Vec<Name>>,
     #[serde(default)]
     pub deadlines: Deadlines,
 }
@@ -366,6 +369,15 @@ pub fn load_suite(path: &Path, images: &BTreeMap<String, Image>) -> Result<Suite
                     "{file}: {line}images: unknown image {:?} (known: {})",
                     img.0,
                     images.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+        for v in case.variants.iter().flatten() {
+            if !suite.variants.iter().any(|sv| sv.name == *v) {
+                let line = at_line(&text, v.as_str(), 0);
+                bail!(
+                    "{file}: {line}cases[{i}].variants: unknown variant {:?}",
+                    v.0
                 );
             }
         }

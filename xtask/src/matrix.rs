@@ -72,7 +72,13 @@ pub fn expand(suite: &Suite, catalog: &Catalog, sel: &Selection) -> Result<Vec<C
     let mut cells = Vec::new();
     for case in &suite.cases {
         let images = case.images.as_ref().unwrap_or(&suite.images);
-        let rams = sel.ram.as_ref().or(case.ram.as_ref()).unwrap_or(&suite.ram);
+        // --ram replaces the suite's sizes; a case that pins its own keeps only those asked for.
+        let rams: Vec<RamSize> = match (&case.ram, &sel.ram) {
+            (Some(own), Some(asked)) => own.iter().filter(|r| asked.contains(r)).copied().collect(),
+            (Some(own), None) => own.clone(),
+            (None, Some(asked)) => asked.clone(),
+            (None, None) => suite.ram.clone(),
+        };
         let mut params = case.params.clone();
         if sel.profile == Profile::Deep {
             params.extend(case.deep.clone());
@@ -86,8 +92,13 @@ pub fn expand(suite: &Suite, catalog: &Catalog, sel: &Selection) -> Result<Vec<C
                 continue;
             }
             let image = &catalog.images[image_name.as_str()];
-            for &ram in rams {
-                for variant in &suite.variants {
+            for &ram in &rams {
+                let variants = suite.variants.iter().filter(|v| {
+                    case.variants
+                        .as_ref()
+                        .is_none_or(|only| only.contains(&v.name))
+                });
+                for variant in variants {
                     for repeat in 1..=sel.repeat.max(1) {
                         let mut id =
                             format!("{}@{}-{}-{}", case.name, image.name, ram, variant.name);

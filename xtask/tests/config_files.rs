@@ -99,7 +99,7 @@ fn cross_field_errors_name_the_line() {
 #[test]
 fn matrix_crosses_cases_ram_variants_repeats_and_profiles() {
     let catalog = catalog_with(
-        "name: s\ndescription: d\nimages: [img]\nram: [128M, 256M]\nvariants:\n  - {name: base}\n  - {name: nomerge, cmdline: [slab_nomerge], sysctl: {vm.overcommit_memory: '2'}}\ncases:\n  - {name: a, scenario: fork-hold, params: {children: 10}, deep: {children: 5000}, expect: pass}\n  - {name: b, scenario: panic, expect: crash, ram: [64M]}\n",
+        "name: s\ndescription: d\nimages: [img]\nram: [128M, 256M]\nvariants:\n  - {name: base}\n  - {name: nomerge, cmdline: [slab_nomerge], sysctl: {vm.overcommit_memory: '2'}}\ncases:\n  - {name: a, scenario: fork-hold, params: {children: 10}, deep: {children: 5000}, expect: pass}\n  - {name: b, scenario: panic, expect: crash, ram: [64M]}\n  - {name: c, scenario: smoke, expect: pass, ram: [64M], variants: [nomerge]}\n",
     )
     .unwrap();
     let suite = &catalog.suites["s"];
@@ -113,7 +113,8 @@ fn matrix_crosses_cases_ram_variants_repeats_and_profiles() {
             "a@img-256M-base",
             "a@img-256M-nomerge",
             "b@img-64M-base",
-            "b@img-64M-nomerge"
+            "b@img-64M-nomerge",
+            "c@img-64M-nomerge"
         ]
     );
     assert_eq!(cells[0].params["children"], 10);
