@@ -15,7 +15,7 @@
 port_t task_self;
 static port_t host_priv, device_master;
 static const char *cell = "unknown";
-static u32 hb_ms = 500;
+static u32 hb_ms = 250;
 
 static u32 parse_u32(const char *s, int *ok) {
     u32 v = 0;
@@ -208,7 +208,7 @@ void bootstrap_main(int argc, char **argv) {
         }
     }
     if (hb_ms == 0 || hb_ms > 1000)
-        hb_ms = 500;
+        hb_ms = 250;
 
     char version[128];
     if (host_kernel_version(host_priv, version, sizeof version) != KERN_SUCCESS)

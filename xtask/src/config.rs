@@ -33,6 +33,10 @@ pub enum Source {
     /// A Debian kernel package, resolved at run time through a metapackage
     /// (`linux-image-amd64` depends on the current `linux-image-<abi>-amd64`).
     DebianKernel { metapackage: String },
+    /// Debian's GNU Mach image package (`gnumach-image-1.8-486`), booted through a GRUB ISO
+    /// with kstorm's bootstrap task. `patch_syscall_trap` applies the one patch that lets the
+    /// stock kernel run user tasks (see `images/gnumach.rs`); without it the first trap panics.
+    DebianGnumach { package: String, patch_syscall_trap: bool },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
