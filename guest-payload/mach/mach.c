@@ -126,6 +126,23 @@ i32 mach_port_destroy(port_t task, port_t name) {
     return rpc(task, 3205, 4 * (BODY + 2), 0);
 }
 
+i32 mach_port_deallocate(port_t task, port_t name) {
+    msg[BODY] = TYPE_PORT_NAME;
+    msg[BODY + 1] = name;
+    return rpc(task, 3206, 4 * (BODY + 2), 0);
+}
+
+i32 task_create(port_t parent, u32 inherit_memory, port_t *child) {
+    msg[BODY] = TYPE(0, 32, 1); /* boolean_t */
+    msg[BODY + 1] = inherit_memory;
+    i32 r = rpc(parent, 2007, 4 * (BODY + 2), 0);
+    if (r == KERN_SUCCESS)
+        *child = msg[REPLY_CODE + 2]; /* after the port's type descriptor */
+    return r;
+}
+
+i32 task_terminate(port_t task) { return rpc(task, 2008, 4 * BODY, 0); }
+
 i32 mach_port_request_notification(port_t task, port_t name, u32 id, u32 sync, port_t notify) {
     msg[BODY] = TYPE_PORT_NAME;
     msg[BODY + 1] = name;

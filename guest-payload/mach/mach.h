@@ -44,6 +44,9 @@ i32 host_get_time(port_t host, u32 *seconds, u32 *microseconds);
 i32 host_kernel_version(port_t host, char *out, u32 out_size);
 i32 host_reboot(port_t host_priv);
 i32 mach_port_destroy(port_t task, port_t name);
+i32 mach_port_deallocate(port_t task, port_t name);
+i32 task_create(port_t parent, u32 inherit_memory, port_t *child);
+i32 task_terminate(port_t task);
 i32 mach_port_request_notification(port_t task, port_t name, u32 id, u32 sync, port_t notify);
 /* Receives one message on `port`, waiting at most `timeout_ms` (0: do not wait). */
 i32 receive_one(port_t port, u32 timeout_ms);

@@ -15,19 +15,24 @@ static void task_hoard(struct run *r) {
 }
 
 /* Create and terminate tasks. With cleanup=1 the task's port name is also released, which
- * lets the kernel free the task; with cleanup=0 the names pile up in our space. */
+ * lets the kernel free the task; with cleanup=0 the names pile up in our space. rpc=1 uses the
+ * RPCs (messages to the kernel) instead of the trap shortcuts for the same calls. */
 static void task_churn(struct run *r) {
-    u32 cleanup = param(r, "cleanup", 1);
+    u32 cleanup = param(r, "cleanup", 1), use_rpc = param(r, "rpc", 0);
     while (!run_tick(r)) {
         port_t child;
-        i32 kr = sc_task_create(task_self, 0, &child);
+        i32 kr = use_rpc ? task_create(task_self, 0, &child) : sc_task_create(task_self, 0, &child);
         if (kr != KERN_SUCCESS)
             return run_error(r, "task_create", kr);
-        kr = sc_task_terminate(child);
+        kr = use_rpc ? task_terminate(child) : sc_task_terminate(child);
         if (kr != KERN_SUCCESS)
             return run_error(r, "task_terminate", kr);
-        if (cleanup && (kr = sc_port_deallocate(task_self, child)) != KERN_SUCCESS)
-            return run_error(r, "mach_port_deallocate", kr);
+        if (cleanup) {
+            kr = use_rpc ? mach_port_deallocate(task_self, child)
+                         : sc_port_deallocate(task_self, child);
+            if (kr != KERN_SUCCESS)
+                return run_error(r, "mach_port_deallocate", kr);
+        }
         r->progress++;
     }
 }

@@ -230,3 +230,114 @@ fn exhausting_cell_ends_as_hang_with_its_last_count() {
         "a hung scenario reports no result"
     );
 }
+
+/// Not a check: measures the count each exhausting scenario reaches per RAM size, over
+/// repeats, and prints a table (`cargo test -p xtask --test mach -- --ignored --nocapture`).
+/// `KSTORM_MACH_REPEATS` (default 3) and `KSTORM_MACH_RAM` (default "64,128,256") tune it.
+#[test]
+#[ignore]
+fn measure_counts_per_ram() {
+    let repeats: usize = std::env::var("KSTORM_MACH_REPEATS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let rams: Vec<u64> = std::env::var("KSTORM_MACH_RAM")
+        .unwrap_or_else(|_| "64,128,256".into())
+        .split(',')
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    let only = std::env::var("KSTORM_MACH_ONLY").ok();
+    let cases: Vec<(&str, MachScenario)> = vec![
+        (
+            "task-hoard",
+            scenario("task-hoard", serde_json::json!({"seconds": 60})),
+        ),
+        (
+            "task-churn cleanup=0",
+            scenario(
+                "task-churn",
+                serde_json::json!({"cleanup": 0, "seconds": 60}),
+            ),
+        ),
+        (
+            "task-churn cleanup=1",
+            scenario(
+                "task-churn",
+                serde_json::json!({"cleanup": 1, "limit": 20000, "seconds": 60}),
+            ),
+        ),
+        (
+            "port-hoard",
+            scenario("port-hoard", serde_json::json!({"seconds": 60})),
+        ),
+        (
+            "port-churn",
+            scenario(
+                "port-churn",
+                serde_json::json!({"batch": 1000, "limit": 2000000, "seconds": 60}),
+            ),
+        ),
+        (
+            "no-senders-flood",
+            scenario("no-senders-flood", serde_json::json!({"seconds": 60})),
+        ),
+        (
+            "spawn-kill quick",
+            scenario("spawn-kill", serde_json::json!({"seconds": 60})),
+        ),
+        (
+            "spawn-kill delay=20ms",
+            scenario(
+                "spawn-kill",
+                serde_json::json!({"kill_delay_ms": 20, "seconds": 60}),
+            ),
+        ),
+    ];
+    println!("| scenario | RAM | verdict per run: count | min | median | max |");
+    println!("|---|---|---|---|---|---|");
+    for (label, case) in &cases {
+        if only.as_deref().is_some_and(|o| !label.starts_with(o)) {
+            continue;
+        }
+        for &ram in &rams {
+            let mut counts = Vec::new();
+            let mut runs = Vec::new();
+            for i in 0..repeats {
+                let iso = setup(true)
+                    .iso(&format!("m{ram}-{i}"), 50, std::slice::from_ref(case))
+                    .unwrap();
+                let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+                let l = Limits {
+                    boot: Duration::from_secs(30),
+                    heartbeat: Duration::from_secs(5),
+                    total: Duration::from_secs(100),
+                };
+                let seen = boot_and_watch(&qemu_argv(&iso, ram), l).unwrap();
+                let (verdict, count) = match (&seen.ending, results(&seen).first()) {
+                    (Ending::Exited { .. }, Some(r)) => (
+                        format!("{:?}/{}", r.outcome, r.facts["stop"]),
+                        r.measurements["count"].value as u64,
+                    ),
+                    (Ending::Hang { .. }, _) => (
+                        "hang".to_string(),
+                        seen.last_progress.as_ref().map(|p| p.1).unwrap_or(0),
+                    ),
+                    (other, _) => (
+                        format!("{other:?}"),
+                        seen.last_progress.as_ref().map(|p| p.1).unwrap_or(0),
+                    ),
+                };
+                counts.push(count);
+                runs.push(format!("{verdict}: {count}"));
+            }
+            counts.sort();
+            println!(
+                "| {label} | {ram}M | {} | {} | {} | {} |",
+                runs.join(", "),
+                counts[0],
+                counts[counts.len() / 2],
+                counts[counts.len() - 1]
+            );
+        }
+    }
+}
