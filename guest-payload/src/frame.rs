@@ -88,7 +88,10 @@ pub struct Measurement {
 
 impl Measurement {
     pub fn new(value: f64, unit: &str) -> Self {
-        Measurement { value, unit: unit.to_string() }
+        Measurement {
+            value,
+            unit: unit.to_string(),
+        }
     }
 }
 
@@ -118,7 +121,10 @@ impl std::fmt::Display for FrameError {
             FrameError::NotAFrame => write!(f, "not a frame"),
             FrameError::Malformed(what) => write!(f, "malformed frame: {what}"),
             FrameError::BadChecksum { expected, actual } => {
-                write!(f, "frame checksum mismatch: line says {expected:08x}, content is {actual:08x}")
+                write!(
+                    f,
+                    "frame checksum mismatch: line says {expected:08x}, content is {actual:08x}"
+                )
             }
             FrameError::BadJson(e) => write!(f, "frame JSON not understood: {e}"),
         }
@@ -157,9 +163,14 @@ pub fn encode(cell: &str, seq: u64, message: &Message) -> String {
 pub fn decode(line: &str) -> Result<Frame, FrameError> {
     let start = line.find(MAGIC).ok_or(FrameError::NotAFrame)?;
     let rest = line[start + MAGIC.len()..].trim_end_matches(['\r', '\n']);
-    let rest = rest.strip_prefix(' ').ok_or(FrameError::Malformed("no space after marker"))?;
+    let rest = rest
+        .strip_prefix(' ')
+        .ok_or(FrameError::Malformed("no space after marker"))?;
     let mut fields = rest.splitn(4, ' ');
-    let cell = fields.next().filter(|s| !s.is_empty()).ok_or(FrameError::Malformed("no cell id"))?;
+    let cell = fields
+        .next()
+        .filter(|s| !s.is_empty())
+        .ok_or(FrameError::Malformed("no cell id"))?;
     let seq: u64 = fields
         .next()
         .and_then(|s| s.parse().ok())
@@ -168,15 +179,19 @@ pub fn decode(line: &str) -> Result<Frame, FrameError> {
     if crc_text.len() != 8 {
         return Err(FrameError::Malformed("checksum is not 8 hex digits"));
     }
-    let expected =
-        u32::from_str_radix(crc_text, 16).map_err(|_| FrameError::Malformed("checksum is not hex"))?;
+    let expected = u32::from_str_radix(crc_text, 16)
+        .map_err(|_| FrameError::Malformed("checksum is not hex"))?;
     let json = fields.next().ok_or(FrameError::Malformed("no payload"))?;
     let actual = checksum(cell, seq, json);
     if actual != expected {
         return Err(FrameError::BadChecksum { expected, actual });
     }
     let message = serde_json::from_str(json).map_err(|e| FrameError::BadJson(e.to_string()))?;
-    Ok(Frame { cell: cell.to_string(), seq, message })
+    Ok(Frame {
+        cell: cell.to_string(),
+        seq,
+        message,
+    })
 }
 
 #[cfg(test)]
@@ -202,7 +217,14 @@ mod tests {
         let line = encode("c1", 7, &sample());
         assert!(line.ends_with('\n'));
         let frame = decode(&line).unwrap();
-        assert_eq!(frame, Frame { cell: "c1".into(), seq: 7, message: sample() });
+        assert_eq!(
+            frame,
+            Frame {
+                cell: "c1".into(),
+                seq: 7,
+                message: sample()
+            }
+        );
     }
 
     #[test]
@@ -218,16 +240,31 @@ mod tests {
         let line = encode("c1", 7, &sample());
         // A kernel message interleaved into the middle of the frame.
         let damaged = line.replacen("children", "chil[  3.1] oom dren", 1);
-        assert!(matches!(decode(&damaged), Err(FrameError::BadChecksum { .. })));
+        assert!(matches!(
+            decode(&damaged),
+            Err(FrameError::BadChecksum { .. })
+        ));
         let flipped = line.replacen("812", "813", 1);
-        assert!(matches!(decode(&flipped), Err(FrameError::BadChecksum { .. })));
+        assert!(matches!(
+            decode(&flipped),
+            Err(FrameError::BadChecksum { .. })
+        ));
     }
 
     #[test]
     fn ordinary_lines_are_not_frames() {
-        assert_eq!(decode("[    1.0] Kernel panic - not syncing"), Err(FrameError::NotAFrame));
-        assert!(matches!(decode("KSTORM1 c1 x 00000000 {}"), Err(FrameError::Malformed(_))));
-        assert!(matches!(decode("KSTORM1 c1 1 0000 {}"), Err(FrameError::Malformed(_))));
+        assert_eq!(
+            decode("[    1.0] Kernel panic - not syncing"),
+            Err(FrameError::NotAFrame)
+        );
+        assert!(matches!(
+            decode("KSTORM1 c1 x 00000000 {}"),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode("KSTORM1 c1 1 0000 {}"),
+            Err(FrameError::Malformed(_))
+        ));
     }
 
     #[test]

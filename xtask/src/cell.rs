@@ -1,1 +1,648 @@
-//! TODO (issue 3): being written.
+//! Runs one cell: boots QEMU, streams the console into the detector and the log, reads the
+//! payload's frames, enforces the deadlines, and decides the verdict.
+//!
+//! Two channels come back from the guest: the console (COM1, QEMU's stdout), which the detector
+//! reads, and the results port (COM2, a Unix socket), which carries the payload's frames. Frames
+//! found on the console are accepted too (agents with only a console use it).
+
+use crate::config::{Expect, Machine};
+use crate::detect::{Detector, Event, Kind, Report};
+use crate::host::{self, InfraError};
+use crate::images::BootArtifacts;
+use crate::matrix::Cell;
+use crate::qemu::{self, Accel, QemuProcess, QemuSpec};
+use crate::verdict::{self, Verdict};
+use anyhow::{Context, Result};
+use kstorm_payload::frame::{self, Message, ScenarioResult};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// After a crash report starts, how long to keep reading its trace before killing QEMU.
+const CRASH_GRACE: Duration = Duration::from_millis(250);
+/// After the payload says it is done, how long it may take to power off.
+const POWEROFF_GRACE: Duration = Duration::from_secs(15);
+
+/// Everything known about a finished cell; written as its `result.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CellRecord {
+    pub id: String,
+    pub suite: String,
+    pub case: String,
+    pub scenario: String,
+    pub image: String,
+    pub ram_mib: u64,
+    pub variant: String,
+    pub repeat: u32,
+    pub params: serde_json::Map<String, serde_json::Value>,
+    pub expect: Expect,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_title: Option<String>,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    pub as_expected: bool,
+    pub accel: Accel,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<Machine>,
+    pub provenance: BTreeMap<String, String>,
+    /// The payload's hello: agent, kernel version, memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hello: Option<serde_json::Value>,
+    pub results: Vec<ScenarioResult>,
+    /// Everything the detector saw, crashes and OOM kills, with their report lines.
+    pub reports: Vec<Report>,
+    pub timings: Timings,
+    pub frames: FrameStats,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress: Option<u64>,
+    pub started_at: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Timings {
+    /// QEMU start to the payload's hello.
+    pub boot_s: Option<f64>,
+    /// QEMU start to QEMU gone.
+    pub total_s: f64,
+    /// From the first crash line arriving to the detector's event.
+    pub detect_ms: Option<f64>,
+    /// From the detector's event to QEMU gone.
+    pub crash_to_exit_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FrameStats {
+    pub received: u64,
+    pub bad_checksum: u64,
+    pub malformed: u64,
+    /// Frames of another cell (a stale guest): ignored.
+    pub foreign: u64,
+    /// Sequence numbers that never arrived.
+    pub missing: u64,
+    /// Which channel carried them: "results-port" or "console".
+    pub channel: Option<String>,
+}
+
+/// What the cell needs beyond its own description.
+pub struct CellEnv<'a> {
+    pub boot: BootArtifacts,
+    pub accel: Accel,
+    /// The cell's results folder (console.log, qemu.stderr, result.json).
+    pub dir: PathBuf,
+    /// Called with short progress messages for the progress bar.
+    pub progress: &'a (dyn Fn(&str) + Sync),
+}
+
+/// What the reader threads send to the cell's loop.
+enum Input {
+    Console(Vec<u8>, Instant),
+    ConsoleClosed,
+    ResultsLine(String),
+    ResultsClosed,
+}
+
+/// Runs the cell and returns its record (the verdict is `Infra` when the harness failed).
+pub fn run(cell: &Cell, env: CellEnv<'_>) -> CellRecord {
+    let started_at = chrono::Local::now().to_rfc3339();
+    let mut record = CellRecord {
+        id: cell.id.clone(),
+        suite: cell.suite.clone(),
+        case: cell.case.name.0.clone(),
+        scenario: cell.case.scenario.0.clone(),
+        image: cell.image.name.0.clone(),
+        ram_mib: cell.ram.mib(),
+        variant: cell.variant.name.0.clone(),
+        repeat: cell.repeat,
+        params: cell.params.clone(),
+        expect: cell.case.expect,
+        expect_title: cell.case.expect_title.clone(),
+        verdict: Verdict::Infra {
+            reason: "not run".into(),
+        },
+        as_expected: false,
+        accel: env.accel,
+        machine: Some(env.boot.machine),
+        provenance: env.boot.provenance.clone(),
+        hello: None,
+        results: Vec::new(),
+        reports: Vec::new(),
+        timings: Timings::default(),
+        frames: FrameStats::default(),
+        last_progress: None,
+        started_at,
+    };
+    if let Err(e) = boot_and_watch(cell, &env, &mut record) {
+        record.verdict = Verdict::Infra {
+            reason: format!("{e:#}"),
+        };
+    }
+    record.as_expected = verdict::meets(
+        cell.case.expect,
+        cell.case.expect_title.as_deref(),
+        &record.verdict,
+    );
+    record
+}
+
+/// What the loop learned, before it becomes a verdict.
+#[derive(Default)]
+struct Watch {
+    crash: Option<(Event, Instant)>,
+    oom_victims: Vec<String>,
+    done: bool,
+    hang: bool,
+    boot_silent: bool,
+    timed_out: bool,
+    interrupted: bool,
+    running: Option<String>,
+    seq_next: u64,
+    qemu_status: Option<std::process::ExitStatus>,
+    console_bytes: u64,
+}
+
+fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Result<()> {
+    std::fs::create_dir_all(&env.dir).with_context(|| format!("creating {}", env.dir.display()))?;
+    // Unix socket paths are limited to 108 bytes: keep the socket in a short temporary folder.
+    let sock_dir = tempfile::Builder::new()
+        .prefix("kstorm-")
+        .tempdir_in("/tmp")
+        .context("creating a socket folder")?;
+    let sock = sock_dir.path().join("results.sock");
+    let spec = QemuSpec {
+        boot: env.boot.clone(),
+        ram_mib: cell.ram.mib(),
+        accel: env.accel,
+        results_socket: Some(sock.clone()),
+    };
+    let argv = spec.argv();
+    write_command_file(&env.dir.join("qemu.cmd"), &argv)?;
+    let stderr_log = env.dir.join("qemu.stderr");
+    let start = Instant::now();
+    let mut qemu = QemuProcess::spawn(&argv, &stderr_log)?;
+    let (tx, rx) = mpsc::channel();
+
+    let stdout = qemu.take_stdout().context("QEMU's stdout is not piped")?;
+    let console_log =
+        std::fs::File::create(env.dir.join("console.log")).context("creating console.log")?;
+    let console_tx = tx.clone();
+    let console_thread = std::thread::spawn(move || read_console(stdout, console_log, console_tx));
+
+    let results = connect_results(&sock, &mut qemu, &stderr_log)?;
+    let results_thread = std::thread::spawn(move || read_results(results, tx));
+    (env.progress)("booting");
+
+    let mut detector = Detector::new(cell.image.os)?;
+    let mut watch = Watch::default();
+    let mut console_lines = LineSplitter::default();
+    let deadlines = cell.deadlines;
+    let mut last_beat = start;
+    let mut kill_at: Option<Instant> = None;
+    let mut console_open = true;
+
+    loop {
+        let now = Instant::now();
+        if qemu::interrupted() {
+            watch.interrupted = true;
+            break;
+        }
+        if kill_at.is_some_and(|k| now >= k) {
+            break;
+        }
+        if now.duration_since(start) >= deadlines.cell() {
+            watch.timed_out = true;
+            break;
+        }
+        if record.hello.is_none() && now.duration_since(start) >= deadlines.boot() {
+            watch.hang = true;
+            watch.boot_silent = watch.console_bytes == 0;
+            break;
+        }
+        if watch.running.is_some() && now.duration_since(last_beat) >= deadlines.heartbeat() {
+            watch.hang = true;
+            break;
+        }
+        if !console_open {
+            // QEMU closed the console: it is exiting. Collect what the results port still holds.
+            watch.qemu_status = qemu.wait_for(Duration::from_secs(5));
+            drain(&rx, &mut |input| {
+                handle(
+                    input,
+                    cell,
+                    &mut detector,
+                    &mut watch,
+                    record,
+                    &mut console_lines,
+                    &mut last_beat,
+                    start,
+                    &mut kill_at,
+                    env,
+                )
+            });
+            break;
+        }
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(Input::ConsoleClosed) => console_open = false,
+            Ok(input) => handle(
+                input,
+                cell,
+                &mut detector,
+                &mut watch,
+                record,
+                &mut console_lines,
+                &mut last_beat,
+                start,
+                &mut kill_at,
+                env,
+            ),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => console_open = false,
+        }
+        if watch.done && kill_at.is_none() {
+            // The payload finished: give the guest time to power off by itself.
+            kill_at = Some(Instant::now() + POWEROFF_GRACE);
+        }
+    }
+
+    qemu.kill();
+    let gone = Instant::now();
+    if watch.qemu_status.is_none() {
+        watch.qemu_status = qemu.try_wait();
+    }
+    drop(qemu);
+    let _ = console_thread.join();
+    let _ = results_thread.join();
+    // Whatever arrived between the loop's end and QEMU's death still counts.
+    drain(&rx, &mut |input| {
+        handle(
+            input,
+            cell,
+            &mut detector,
+            &mut watch,
+            record,
+            &mut console_lines,
+            &mut last_beat,
+            start,
+            &mut kill_at,
+            env,
+        )
+    });
+
+    record.timings.total_s = start.elapsed().as_secs_f64();
+    if let Some((_, at)) = &watch.crash {
+        record.timings.crash_to_exit_ms =
+            Some(gone.saturating_duration_since(*at).as_secs_f64() * 1000.0);
+    }
+    record.reports = detector.finish();
+    if watch.hang {
+        // Silence is a finding too: keep it next to the console's own reports.
+        let (kind, title) = match (&watch.running, watch.boot_silent) {
+            (_, true) => (
+                Kind::NoOutput,
+                "no console output before the boot deadline".to_string(),
+            ),
+            (Some(s), _) => (
+                Kind::NoProgress,
+                format!(
+                    "no heartbeat from {s} for {}s",
+                    deadlines.heartbeat().as_secs()
+                ),
+            ),
+            (None, _) => (
+                Kind::NoProgress,
+                "payload never started before the boot deadline".to_string(),
+            ),
+        };
+        let event = Event {
+            kind,
+            title,
+            line: 0,
+            crash: false,
+            victim: None,
+        };
+        record.reports.push(Report {
+            event,
+            lines: Vec::new(),
+        });
+    }
+    record.verdict = decide(&watch, record, &stderr_log, start);
+    Ok(())
+}
+
+/// Handles one input from the reader threads.
+#[allow(clippy::too_many_arguments)]
+fn handle(
+    input: Input,
+    cell: &Cell,
+    detector: &mut Detector,
+    watch: &mut Watch,
+    record: &mut CellRecord,
+    console_lines: &mut LineSplitter,
+    last_beat: &mut Instant,
+    start: Instant,
+    kill_at: &mut Option<Instant>,
+    env: &CellEnv<'_>,
+) {
+    match input {
+        Input::Console(bytes, arrived) => {
+            watch.console_bytes += bytes.len() as u64;
+            for event in detector.feed(&bytes) {
+                if event.kind == Kind::OomKill {
+                    watch
+                        .oom_victims
+                        .push(event.victim.clone().unwrap_or_else(|| "?".into()));
+                    (env.progress)(&event.title);
+                } else if event.crash && watch.crash.is_none() {
+                    let now = Instant::now();
+                    record.timings.detect_ms =
+                        Some(now.saturating_duration_since(arrived).as_secs_f64() * 1000.0);
+                    (env.progress)(&event.title);
+                    watch.crash = Some((event, now));
+                    *kill_at = Some(now + CRASH_GRACE);
+                }
+            }
+            for line in console_lines.push(&bytes) {
+                if line.contains(frame::MAGIC) {
+                    on_frame_line(&line, "console", cell, watch, record, last_beat, start, env);
+                }
+            }
+        }
+        Input::ResultsLine(line) => on_frame_line(
+            &line,
+            "results-port",
+            cell,
+            watch,
+            record,
+            last_beat,
+            start,
+            env,
+        ),
+        Input::ConsoleClosed | Input::ResultsClosed => {}
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn on_frame_line(
+    line: &str,
+    channel: &str,
+    cell: &Cell,
+    watch: &mut Watch,
+    record: &mut CellRecord,
+    last_beat: &mut Instant,
+    start: Instant,
+    env: &CellEnv<'_>,
+) {
+    let f = match frame::decode(line) {
+        Ok(f) => f,
+        Err(frame::FrameError::NotAFrame) => return,
+        Err(frame::FrameError::BadChecksum { .. }) => {
+            record.frames.bad_checksum += 1;
+            return;
+        }
+        Err(_) => {
+            record.frames.malformed += 1;
+            return;
+        }
+    };
+    if f.cell != cell.id {
+        record.frames.foreign += 1;
+        return;
+    }
+    record.frames.received += 1;
+    record
+        .frames
+        .channel
+        .get_or_insert_with(|| channel.to_string());
+    if f.seq > watch.seq_next {
+        record.frames.missing += f.seq - watch.seq_next;
+    }
+    watch.seq_next = watch.seq_next.max(f.seq + 1);
+    *last_beat = Instant::now();
+    match f.message {
+        Message::Hello { .. } => {
+            record.timings.boot_s = Some(start.elapsed().as_secs_f64());
+            record.hello = serde_json::to_value(&f.message).ok();
+            (env.progress)("payload up");
+        }
+        Message::Start { scenario, .. } => {
+            (env.progress)(&format!("running {scenario}"));
+            watch.running = Some(scenario);
+        }
+        Message::Hb { scenario, progress } => {
+            record.last_progress = Some(progress);
+            (env.progress)(&format!("{scenario}: {progress}"));
+        }
+        Message::Result(r) => {
+            watch.running = None;
+            record.results.push(r);
+        }
+        Message::Log { .. } => {}
+        Message::Done => watch.done = true,
+    }
+}
+
+/// Turns what was seen into the verdict. Order matters: a crash on the console wins over
+/// everything (a crash that also broke the channel is a crash); then the harness's own state.
+fn decide(watch: &Watch, record: &CellRecord, stderr_log: &Path, start: Instant) -> Verdict {
+    if let Some((event, _)) = &watch.crash {
+        return Verdict::Crash {
+            kind: event.kind,
+            title: event.title.clone(),
+        };
+    }
+    if watch.interrupted {
+        return Verdict::Infra {
+            reason: "interrupted (Ctrl-C or SIGTERM)".into(),
+        };
+    }
+    if watch.hang {
+        return Verdict::Hang {
+            last_progress: record.last_progress,
+            scenario: watch.running.clone(),
+        };
+    }
+    if watch.timed_out {
+        return Verdict::Timeout {
+            after_s: start.elapsed().as_secs_f64(),
+        };
+    }
+    if watch.done {
+        if let Some(failed) = record
+            .results
+            .iter()
+            .find(|r| r.outcome == frame::Outcome::Fail)
+        {
+            return Verdict::Fail {
+                reason: format!(
+                    "{}: {}",
+                    failed.scenario,
+                    failed.error.as_deref().unwrap_or("scenario checks failed")
+                ),
+            };
+        }
+        if let Some(victim) = watch.oom_victims.first() {
+            return Verdict::OomKilled {
+                victim: victim.clone(),
+            };
+        }
+        return Verdict::Pass;
+    }
+    // QEMU ended without the payload finishing and without a kernel report.
+    let stderr = std::fs::read_to_string(stderr_log).unwrap_or_default();
+    match watch.qemu_status {
+        Some(st) if st.success() => {
+            if let Some(victim) = watch.oom_victims.first() {
+                // The OOM killer took the payload's scenario down with the guest still sane.
+                return Verdict::OomKilled {
+                    victim: victim.clone(),
+                };
+            }
+            Verdict::Crash {
+                kind: Kind::LostConnection,
+                title: "guest reset or powered off without a report".into(),
+            }
+        }
+        Some(st) => Verdict::Infra {
+            reason: format!("QEMU exited with {st}: {}", last_line(&stderr)),
+        },
+        None => Verdict::Infra {
+            reason: format!("QEMU could not be waited for: {}", last_line(&stderr)),
+        },
+    }
+}
+
+fn last_line(s: &str) -> String {
+    s.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no message")
+        .trim()
+        .to_string()
+}
+
+fn drain(rx: &mpsc::Receiver<Input>, f: &mut dyn FnMut(Input)) {
+    while let Ok(input) = rx.try_recv() {
+        f(input);
+    }
+}
+
+/// Connects to QEMU's results socket. QEMU waits for this before it starts the guest.
+fn connect_results(
+    sock: &Path,
+    qemu: &mut QemuProcess,
+    stderr_log: &Path,
+) -> Result<std::os::unix::net::UnixStream> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match std::os::unix::net::UnixStream::connect(sock) {
+            Ok(s) => return Ok(s),
+            Err(_) if Instant::now() < deadline => {
+                if let Some(st) = qemu.try_wait() {
+                    let stderr = std::fs::read_to_string(stderr_log).unwrap_or_default();
+                    return Err(InfraError(format!(
+                        "QEMU exited at start ({st}): {}",
+                        last_line(&stderr)
+                    ))
+                    .into());
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => {
+                return Err(InfraError(format!("QEMU's results socket never opened: {e}")).into())
+            }
+        }
+    }
+}
+
+fn read_console(
+    mut stdout: std::process::ChildStdout,
+    mut log: std::fs::File,
+    tx: mpsc::Sender<Input>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match stdout.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let arrived = Instant::now();
+                let _ = log.write_all(&buf[..n]);
+                if tx.send(Input::Console(buf[..n].to_vec(), arrived)).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = log.flush();
+    let _ = tx.send(Input::ConsoleClosed);
+}
+
+fn read_results(stream: std::os::unix::net::UnixStream, tx: mpsc::Sender<Input>) {
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                if tx
+                    .send(Input::ResultsLine(
+                        String::from_utf8_lossy(&line).into_owned(),
+                    ))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = tx.send(Input::ResultsClosed);
+}
+
+/// Splits a byte stream into lines (for frames that come on the console), bounded in size.
+#[derive(Default)]
+struct LineSplitter {
+    partial: Vec<u8>,
+}
+
+impl LineSplitter {
+    const MAX: usize = 64 * 1024;
+
+    fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+        let mut lines = Vec::new();
+        for &b in bytes {
+            if b == b'\n' {
+                lines.push(String::from_utf8_lossy(&self.partial).into_owned());
+                self.partial.clear();
+            } else if self.partial.len() < Self::MAX {
+                self.partial.push(b);
+            }
+        }
+        lines
+    }
+}
+
+/// Saves the QEMU command as a user would type it, to rerun a cell by hand.
+fn write_command_file(path: &Path, argv: &[std::ffi::OsString]) -> Result<()> {
+    let mut line = String::from(qemu::QEMU);
+    for a in argv {
+        line.push(' ');
+        line.push_str(&host::shell_quote(&a.to_string_lossy()));
+    }
+    line.push('\n');
+    host::write_atomic(path, line.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_splitter_keeps_partial_lines() {
+        let mut s = LineSplitter::default();
+        assert!(s.push(b"KSTORM1 a").is_empty());
+        assert_eq!(s.push(b" b\nnext"), vec!["KSTORM1 a b".to_string()]);
+        assert_eq!(s.push(b"\n"), vec!["next".to_string()]);
+    }
+}

@@ -20,6 +20,8 @@ pub struct Image {
     pub description: String,
     /// Which signature table the detector uses for this kernel's console.
     pub os: crate::detect::Os,
+    /// Written as a map with one key, e.g. `source: {debian-kernel: {metapackage: ...}}`.
+    #[serde(with = "serde_yaml::with::singleton_map")]
     pub source: Source,
     pub boot: Boot,
     #[serde(default)]
@@ -33,10 +35,15 @@ pub enum Source {
     /// A Debian kernel package, resolved at run time through a metapackage
     /// (`linux-image-amd64` depends on the current `linux-image-<abi>-amd64`).
     DebianKernel { metapackage: String },
+    /// A bzImage published at a URL, pinned by SHA-256, downloaded resumably.
+    DownloadedKernel { url: String, sha256: String },
     /// Debian's GNU Mach image package (`gnumach-image-1.8-486`), booted through a GRUB ISO
     /// with kstorm's bootstrap task. `patch_syscall_trap` applies the one patch that lets the
     /// stock kernel run user tasks (see `images/gnumach.rs`); without it the first trap panics.
-    DebianGnumach { package: String, patch_syscall_trap: bool },
+    DebianGnumach {
+        package: String,
+        patch_syscall_trap: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,7 +90,9 @@ impl Deadlines {
         self.boot.map(|d| d.0).unwrap_or(Duration::from_secs(60))
     }
     pub fn heartbeat(&self) -> Duration {
-        self.heartbeat.map(|d| d.0).unwrap_or(Duration::from_secs(15))
+        self.heartbeat
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(15))
     }
     pub fn cell(&self) -> Duration {
         self.cell.map(|d| d.0).unwrap_or(Duration::from_secs(300))
@@ -109,7 +118,11 @@ pub struct Suite {
 }
 
 fn default_variants() -> Vec<Variant> {
-    vec![Variant { name: Name("base".into()), cmdline: Vec::new(), sysctl: BTreeMap::new() }]
+    vec![Variant {
+        name: Name("base".into()),
+        cmdline: Vec::new(),
+        sysctl: BTreeMap::new(),
+    }]
 }
 
 /// A kernel configuration: boot parameters and sysctls.
@@ -183,7 +196,8 @@ impl<'de> Deserialize<'de> for Name {
         let s = String::deserialize(d)?;
         let ok = !s.is_empty()
             && s.len() <= 64
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c));
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c));
         if !ok {
             return Err(serde::de::Error::custom(format!(
                 "invalid name {s:?}: use 1-64 letters, digits, '-', '_', '.', '+'"
@@ -222,7 +236,9 @@ impl std::str::FromStr for RamSize {
             Some((i, 'G' | 'g')) => (&t[..i], 1024),
             _ => (t, 1),
         };
-        let n: u64 = num.parse().map_err(|_| format!("invalid RAM size {s:?}: write e.g. 128M or 1G"))?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("invalid RAM size {s:?}: write e.g. 128M or 1G"))?;
         let mib = n * mult;
         if !(16..=65536).contains(&mib) {
             return Err(format!("RAM size {s:?} out of range (16M to 64G)"));
@@ -237,7 +253,11 @@ impl<'de> Deserialize<'de> for RamSize {
         let s = match v {
             serde_yaml::Value::String(s) => s,
             serde_yaml::Value::Number(n) => n.to_string(),
-            _ => return Err(serde::de::Error::custom("RAM size must be a string like 128M")),
+            _ => {
+                return Err(serde::de::Error::custom(
+                    "RAM size must be a string like 128M",
+                ))
+            }
         };
         s.parse().map_err(serde::de::Error::custom)
     }
@@ -270,7 +290,9 @@ impl std::str::FromStr for HumanDuration {
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -288,18 +310,28 @@ pub fn parse_yaml<T: for<'de> Deserialize<'de>>(path: &Path, text: &str) -> Resu
 /// The 1-based line of the `nth` (0-based) line of `text` that contains `needle`, for errors
 /// found after parsing.
 fn line_of(text: &str, needle: &str, nth: usize) -> Option<usize> {
-    text.lines().enumerate().filter(|(_, l)| l.contains(needle)).nth(nth).map(|(i, _)| i + 1)
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(needle))
+        .nth(nth)
+        .map(|(i, _)| i + 1)
 }
 
 fn at_line(text: &str, needle: &str, nth: usize) -> String {
-    line_of(text, needle, nth).map(|l| format!("line {l}: ")).unwrap_or_default()
+    line_of(text, needle, nth)
+        .map(|l| format!("line {l}: "))
+        .unwrap_or_default()
 }
 
 /// Reads and validates one image file.
 pub fn load_image(path: &Path) -> Result<Image> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let image: Image = parse_yaml(path, &text)?;
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
     if image.name.as_str() != stem {
         bail!(
             "{}: {}name: {:?} must match the file name {stem:?}",
@@ -313,7 +345,8 @@ pub fn load_image(path: &Path) -> Result<Image> {
 
 /// Reads and validates one suite file against the images that exist.
 pub fn load_suite(path: &Path, images: &BTreeMap<String, Image>) -> Result<Suite> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let suite: Suite = parse_yaml(path, &text)?;
     let file = path.display();
     let mut seen = BTreeMap::new();
@@ -322,10 +355,16 @@ pub fn load_suite(path: &Path, images: &BTreeMap<String, Image>) -> Result<Suite
         *n += 1;
         if *n > 1 {
             let line = at_line(&text, &format!("name: {}", case.name), *n - 1);
-            bail!("{file}: {line}cases[{i}].name: duplicate case name {:?}", case.name.0);
+            bail!(
+                "{file}: {line}cases[{i}].name: duplicate case name {:?}",
+                case.name.0
+            );
         }
         if case.expect_title.is_some() && case.expect != Expect::Crash {
-            bail!("{file}: {}cases[{i}].expect_title: only meaningful with `expect: crash`", at_line(&text, "expect_title", 0));
+            bail!(
+                "{file}: {}cases[{i}].expect_title: only meaningful with `expect: crash`",
+                at_line(&text, "expect_title", 0)
+            );
         }
         for img in case.images.iter().flatten().chain(suite.images.iter()) {
             if !images.contains_key(img.as_str()) {
@@ -345,17 +384,31 @@ pub fn load_suite(path: &Path, images: &BTreeMap<String, Image>) -> Result<Suite
         bail!("{file}: cases: a suite needs at least one case");
     }
     if suite.ram.is_empty() {
-        bail!("{file}: {}ram: a suite needs at least one RAM size", at_line(&text, "ram:", 0));
+        bail!(
+            "{file}: {}ram: a suite needs at least one RAM size",
+            at_line(&text, "ram:", 0)
+        );
     }
     let mut vnames = std::collections::BTreeSet::new();
     for (i, v) in suite.variants.iter().enumerate() {
         if !vnames.insert(v.name.0.clone()) {
-            bail!("{file}: {}variants[{i}].name: duplicate variant {:?}", at_line(&text, &format!("name: {}", v.name), 1), v.name.0);
+            bail!(
+                "{file}: {}variants[{i}].name: duplicate variant {:?}",
+                at_line(&text, &format!("name: {}", v.name), 1),
+                v.name.0
+            );
         }
     }
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
     if suite.name.as_str() != stem {
-        bail!("{file}: {}name: {:?} must match the file name {stem:?}", at_line(&text, "name:", 0), suite.name.0);
+        bail!(
+            "{file}: {}name: {:?} must match the file name {stem:?}",
+            at_line(&text, "name:", 0),
+            suite.name.0
+        );
     }
     Ok(suite)
 }
@@ -379,12 +432,19 @@ impl Catalog {
             let suite = load_suite(&path, &images)?;
             suites.insert(suite.name.0.clone(), suite);
         }
-        Ok(Catalog { images, suites, root: root.to_path_buf() })
+        Ok(Catalog {
+            images,
+            suites,
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn suite(&self, name: &str) -> Result<&Suite> {
         self.suites.get(name).with_context(|| {
-            format!("no suite {name:?} in suites/ (have: {})", self.suites.keys().cloned().collect::<Vec<_>>().join(", "))
+            format!(
+                "no suite {name:?} in suites/ (have: {})",
+                self.suites.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
         })
     }
 }
@@ -417,9 +477,18 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!("500ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(500));
-        assert_eq!("90s".parse::<HumanDuration>().unwrap().0, Duration::from_secs(90));
-        assert_eq!("2m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(120));
+        assert_eq!(
+            "500ms".parse::<HumanDuration>().unwrap().0,
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            "90s".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            "2m".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(120)
+        );
         assert!("90".parse::<HumanDuration>().is_err());
     }
 }

@@ -13,6 +13,7 @@
 //! - [`report`]: results on disk (atomic), JUnit, the summary table;
 //! - [`run`]: the `run` verb: the whole matrix, in parallel, with progress bars.
 
+pub mod bench;
 pub mod cell;
 pub mod config;
 pub mod detect;

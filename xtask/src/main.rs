@@ -1,1 +1,168 @@
-fn main() {}
+//! `cargo xtask <verb>`: kstorm's command line.
+
+use clap::{Args, Parser, Subcommand};
+use kstorm::config::RamSize;
+use kstorm::matrix::{Profile, Selection};
+use kstorm::run::{AccelChoice, RunOptions};
+use kstorm::{bench, host};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "kstorm: kernels under load, in QEMU, with honest verdicts"
+)]
+struct Cli {
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Run a suite across its matrix of images, RAM sizes and kernel variants.
+    Run(RunArgs),
+    /// Build the guest payload and prepare the images, without booting anything.
+    Build(BuildArgs),
+    /// Benchmarks (figures as ratios against a baseline measured in the same run).
+    Bench(BenchArgs),
+    /// Scan saved console logs for crashes, hangs and OOM kills.
+    Scan(kstorm::detect::scan::ScanArgs),
+    /// Delete the cache (downloads, built images) and, with --results, all results.
+    Clean(CleanArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Suite from suites/<name>.yaml.
+    #[arg(long, default_value = "default")]
+    suite: String,
+    /// Only these images (repeatable).
+    #[arg(long = "image")]
+    images: Vec<String>,
+    /// Only these RAM sizes, e.g. --ram 128M (repeatable).
+    #[arg(long = "ram")]
+    ram: Vec<RamSize>,
+    /// Only cells whose id contains this text (repeatable: any matches).
+    #[arg(long = "filter")]
+    filters: Vec<String>,
+    /// Run every cell N times (crashes are often stochastic).
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
+    /// Cells run at once (default: number of cores).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Parameter profile: quick (default) or deep (nightly counts).
+    #[arg(long, value_enum, default_value_t = Profile::Quick)]
+    profile: Profile,
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    accel: AccelChoice,
+    /// Exit 125 on infra failures, so `git bisect run` skips the commit instead of blaming it.
+    #[arg(long)]
+    bisect: bool,
+    /// Where results go (default: results/ in the workspace).
+    #[arg(long)]
+    results: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Suite whose images to prepare.
+    #[arg(long, default_value = "default")]
+    suite: String,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(subcommand)]
+    which: BenchWhich,
+}
+
+#[derive(Subcommand)]
+enum BenchWhich {
+    /// Bare QEMU boot vs a full kstorm smoke cell: medians and their ratio.
+    Boot {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// Detector throughput on a 100 MB clean log vs a memchr line count, and live latencies.
+    Detect,
+}
+
+#[derive(Args)]
+struct CleanArgs {
+    /// Also delete results/.
+    #[arg(long)]
+    results: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.verb {
+        Verb::Run(a) => run(a),
+        Verb::Build(a) => report(kstorm::run::build(&a.suite)),
+        Verb::Bench(a) => match a.which {
+            BenchWhich::Boot { rounds } => report(bench::boot(rounds)),
+            BenchWhich::Detect => report(bench::detect()),
+        },
+        Verb::Scan(a) => kstorm::detect::scan::run(&a),
+        Verb::Clean(a) => report(clean(a.results)),
+    };
+    ExitCode::from(code as u8)
+}
+
+fn run(a: RunArgs) -> i32 {
+    let mut opts = RunOptions::new(&a.suite);
+    opts.selection = Selection {
+        images: (!a.images.is_empty()).then_some(a.images),
+        ram: (!a.ram.is_empty()).then_some(a.ram),
+        filters: a.filters,
+        repeat: a.repeat,
+        profile: a.profile,
+    };
+    if let Some(j) = a.jobs {
+        opts.jobs = j;
+    }
+    opts.accel = a.accel;
+    if let Some(r) = a.results {
+        opts.results_root = r;
+    }
+    match kstorm::run::run(&opts) {
+        Ok(outcome) => outcome.exit_code(a.bisect),
+        Err(e) => {
+            eprintln!("kstorm: error: {e:#}");
+            if a.bisect {
+                125
+            } else {
+                2
+            }
+        }
+    }
+}
+
+fn report(r: anyhow::Result<()>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("kstorm: error: {e:#}");
+            2
+        }
+    }
+}
+
+fn clean(results: bool) -> anyhow::Result<()> {
+    let mut dirs = vec![
+        host::cache_dir(),
+        host::workspace_root().join("target/payload"),
+    ];
+    if results {
+        dirs.push(host::workspace_root().join("results"));
+    }
+    for d in dirs {
+        if d.exists() {
+            eprintln!("removing {}", d.display());
+            std::fs::remove_dir_all(&d)?;
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,125 @@
-//! TODO (issue 3): being written.
+//! Expands a suite into cells: case x image x RAM size x variant x repeat.
+//!
+//! A cell id reads `case@image-RAM-variant` (plus `.rN` for repeats), e.g.
+//! `fork-hold@linux-128M-base.r2`; it names the cell's results folder and travels in every frame.
+
+use crate::config::{Case, Catalog, Deadlines, Image, RamSize, Suite, Variant};
+use anyhow::{bail, Result};
+
+/// Parameter profile: `quick` (the defaults, seconds under TCG) or `deep` (nightly counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    Quick,
+    Deep,
+}
+
+/// What the user narrowed the matrix to on the command line.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    pub images: Option<Vec<String>>,
+    pub ram: Option<Vec<RamSize>>,
+    /// Keep cells whose id contains any of these substrings (all when empty).
+    pub filters: Vec<String>,
+    pub repeat: u32,
+    pub profile: Profile,
+}
+
+impl Default for Selection {
+    fn default() -> Self {
+        Selection {
+            images: None,
+            ram: None,
+            filters: Vec::new(),
+            repeat: 1,
+            profile: Profile::Quick,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Cell {
+    pub id: String,
+    pub suite: String,
+    pub case: Case,
+    pub image: Image,
+    pub ram: RamSize,
+    pub variant: Variant,
+    /// 1-based repeat number.
+    pub repeat: u32,
+    /// The case's parameters, with the profile's overrides applied.
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// Case, then suite, then image, then built-in defaults.
+    pub deadlines: Deadlines,
+}
+
+pub fn expand(suite: &Suite, catalog: &Catalog, sel: &Selection) -> Result<Vec<Cell>> {
+    if let Some(wanted) = &sel.images {
+        for w in wanted {
+            if !catalog.images.contains_key(w) {
+                bail!(
+                    "--image {w}: no such image in images/ (have: {})",
+                    catalog
+                        .images
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+    }
+    let mut cells = Vec::new();
+    for case in &suite.cases {
+        let images = case.images.as_ref().unwrap_or(&suite.images);
+        let rams = sel.ram.as_ref().or(case.ram.as_ref()).unwrap_or(&suite.ram);
+        let mut params = case.params.clone();
+        if sel.profile == Profile::Deep {
+            params.extend(case.deep.clone());
+        }
+        for image_name in images {
+            if sel
+                .images
+                .as_ref()
+                .is_some_and(|w| !w.iter().any(|x| x == image_name.as_str()))
+            {
+                continue;
+            }
+            let image = &catalog.images[image_name.as_str()];
+            for &ram in rams {
+                for variant in &suite.variants {
+                    for repeat in 1..=sel.repeat.max(1) {
+                        let mut id =
+                            format!("{}@{}-{}-{}", case.name, image.name, ram, variant.name);
+                        if sel.repeat > 1 {
+                            id.push_str(&format!(".r{repeat}"));
+                        }
+                        if !sel.filters.is_empty()
+                            && !sel.filters.iter().any(|f| id.contains(f.as_str()))
+                        {
+                            continue;
+                        }
+                        cells.push(Cell {
+                            id,
+                            suite: suite.name.0.clone(),
+                            case: case.clone(),
+                            image: image.clone(),
+                            ram,
+                            variant: variant.clone(),
+                            repeat,
+                            params: params.clone(),
+                            deadlines: case.deadlines.or(suite.deadlines).or(image.deadlines),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    if cells.is_empty() {
+        bail!(
+            "suite {} selects no cells with these options (check --image, --ram, --filter)",
+            suite.name
+        );
+    }
+    Ok(cells)
+}

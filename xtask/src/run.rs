@@ -1,1 +1,481 @@
-//! TODO (issue 3): being written.
+//! The `run` verb: expand the suite, build the payload, prepare the images, choose the
+//! accelerator, run the cells in parallel with progress bars, write results, print the table.
+
+use crate::cell::{self, CellEnv, CellRecord};
+use crate::config::{Catalog, RamSize};
+use crate::host::{self, InfraError};
+use crate::images::{self, PreparedImage};
+use crate::matrix::{self, Cell, Selection};
+use crate::qemu::{self, Accel};
+use crate::report::{self, RunDir, RunMeta};
+use crate::verdict::Verdict;
+use anyhow::{Context, Result};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use kstorm_payload::plan::{Plan, ScenarioSpec};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How to choose the accelerator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccelChoice {
+    /// KVM when a real probe boots with it, else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub suite: String,
+    pub selection: Selection,
+    pub jobs: usize,
+    pub accel: AccelChoice,
+    pub results_root: PathBuf,
+    /// Show progress bars (off for tests and when stderr is not a terminal).
+    pub progress: bool,
+}
+
+impl RunOptions {
+    pub fn new(suite: &str) -> RunOptions {
+        RunOptions {
+            suite: suite.to_string(),
+            selection: Selection::default(),
+            jobs: default_jobs(),
+            accel: AccelChoice::Auto,
+            results_root: host::workspace_root().join("results"),
+            progress: true,
+        }
+    }
+}
+
+/// One TCG guest per core: a guest with one vCPU keeps one core busy.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// The outcome of a run.
+pub struct RunOutcome {
+    pub dir: RunDir,
+    pub records: Vec<CellRecord>,
+    pub complete: bool,
+}
+
+impl RunOutcome {
+    /// 0: every cell as expected; 1: some cell not as expected because of the kernel;
+    /// 2: some infra failure (125 with `bisect`, so `git bisect run` skips the commit).
+    pub fn exit_code(&self, bisect: bool) -> i32 {
+        let infra = !self.complete || self.records.iter().any(|r| r.verdict.is_infra());
+        if infra {
+            return if bisect { 125 } else { 2 };
+        }
+        if self.records.iter().all(|r| r.as_expected) {
+            0
+        } else {
+            1
+        }
+    }
+}
+
+/// Runs a suite end to end.
+pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
+    let catalog = Catalog::load(&host::workspace_root())?;
+    let suite = catalog.suite(&opts.suite)?;
+    let cells = matrix::expand(suite, &catalog, &opts.selection)?;
+    run_cells(&opts.suite, cells, opts)
+}
+
+/// Runs given cells (the suite name labels the results).
+pub fn run_cells(suite_name: &str, cells: Vec<Cell>, opts: &RunOptions) -> Result<RunOutcome> {
+    qemu::install_signal_handler().ok();
+    let cache = host::cache_dir();
+    let dir = RunDir::create(&opts.results_root)?;
+    eprintln!(
+        "kstorm: {} cells of suite {suite_name}, results in {}",
+        cells.len(),
+        dir.root.display()
+    );
+
+    // Shared inputs. A failure here is the host's, and every cell it concerns says so.
+    let payload = host::require_tools(&[qemu::QEMU])
+        .and_then(|_| crate::payload::build())
+        .and_then(|p| std::fs::read(&p).with_context(|| format!("reading {}", p.display())));
+    let mut prepared: BTreeMap<String, Result<PreparedImage, String>> = BTreeMap::new();
+    for cell in &cells {
+        let name = cell.image.name.0.clone();
+        if !prepared.contains_key(&name) {
+            let p = images::prepare(&cell.image, &cache)
+                .map_err(|e| format!("preparing image {name}: {e:#}"));
+            if let Err(e) = &p {
+                eprintln!("kstorm: {e}");
+            }
+            prepared.insert(name, p);
+        }
+    }
+    let (accel, accel_reason) = match &payload {
+        Ok(bytes) => choose_accel(opts.accel, &prepared, bytes, &cache),
+        Err(_) => (Accel::Tcg, "payload not built".to_string()),
+    };
+    eprintln!("kstorm: accelerator {accel} ({accel_reason})");
+
+    let mut meta = RunMeta {
+        run_id: dir.id.clone(),
+        suite: suite_name.to_string(),
+        accel: accel.to_string(),
+        accel_reason,
+        profile: format!("{:?}", opts.selection.profile).to_lowercase(),
+        cells_planned: cells.len(),
+        complete: false,
+    };
+    let bars = Bars::new(opts.progress, cells.len());
+    let records: Mutex<Vec<CellRecord>> = Mutex::new(Vec::new());
+    let queue: Mutex<std::collections::VecDeque<Cell>> = Mutex::new(cells.into_iter().collect());
+    let jobs = opts.jobs.max(1);
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| loop {
+                if qemu::interrupted() {
+                    break;
+                }
+                let Some(cell) = queue.lock().unwrap().pop_front() else {
+                    break;
+                };
+                let bar = bars.cell(&cell.id);
+                let record = run_one(
+                    &cell,
+                    &payload,
+                    &prepared,
+                    accel,
+                    &cache,
+                    &dir,
+                    &|m: &str| bar.set_message(m.to_string()),
+                );
+                bars.finish_cell(&bar, &record);
+                if let Err(e) = dir.write_cell(&record) {
+                    eprintln!("kstorm: writing result of {}: {e:#}", record.id);
+                }
+                let mut all = records.lock().unwrap();
+                all.push(record);
+                if let Err(e) = dir.write_summary(&meta, &all) {
+                    eprintln!("kstorm: writing summary: {e:#}");
+                }
+            });
+        }
+    });
+    bars.done();
+    let mut records = records.into_inner().unwrap();
+    records.sort_by(|a, b| a.id.cmp(&b.id));
+    meta.complete = !qemu::interrupted() && records.len() == meta.cells_planned;
+    dir.write_summary(&meta, &records)?;
+    println!("{}", report::table(&records));
+    let ok = records.iter().filter(|r| r.as_expected).count();
+    println!(
+        "{ok}/{} cells as expected{}; accelerator {accel}; results in {}",
+        records.len(),
+        if meta.complete {
+            ""
+        } else {
+            " (run interrupted: partial results)"
+        },
+        dir.root.display()
+    );
+    Ok(RunOutcome {
+        dir,
+        records,
+        complete: meta.complete,
+    })
+}
+
+/// Prepares and runs one cell; every failure before QEMU starts becomes an `Infra` verdict.
+fn run_one(
+    cell: &Cell,
+    payload: &Result<Vec<u8>>,
+    prepared: &BTreeMap<String, Result<PreparedImage, String>>,
+    accel: Accel,
+    cache: &Path,
+    dir: &RunDir,
+    progress: &(dyn Fn(&str) + Sync),
+) -> CellRecord {
+    let boot = (|| -> Result<images::BootArtifacts> {
+        let payload = payload
+            .as_ref()
+            .map_err(|e| InfraError(format!("guest payload: {e:#}")))?;
+        let image = prepared[cell.image.name.as_str()]
+            .as_ref()
+            .map_err(|e| InfraError(e.clone()))?;
+        let plan = plan_for(cell);
+        let mut cmdline = cell.variant.cmdline.clone();
+        cmdline.push(format!("kstorm.cell={}", cell.id));
+        images::cell_artifacts(
+            image,
+            &cell.image,
+            &cmdline,
+            payload,
+            &serde_json::to_vec(&plan)?,
+            cache,
+        )
+    })();
+    match boot {
+        Ok(boot) => cell::run(
+            cell,
+            CellEnv {
+                boot,
+                accel,
+                dir: dir.cell_dir(&cell.id),
+                progress,
+            },
+        ),
+        Err(e) => infra_record(cell, accel, format!("{e:#}")),
+    }
+}
+
+/// The plan the payload follows in this cell.
+pub fn plan_for(cell: &Cell) -> Plan {
+    Plan {
+        cell: cell.id.clone(),
+        results_device: "/dev/ttyS1".into(),
+        heartbeat_ms: 500,
+        sysctl: cell
+            .variant
+            .sysctl
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        scenarios: vec![ScenarioSpec {
+            name: cell.case.scenario.0.clone(),
+            params: cell.params.clone(),
+        }],
+    }
+}
+
+fn infra_record(cell: &Cell, accel: Accel, reason: String) -> CellRecord {
+    CellRecord {
+        id: cell.id.clone(),
+        suite: cell.suite.clone(),
+        case: cell.case.name.0.clone(),
+        scenario: cell.case.scenario.0.clone(),
+        image: cell.image.name.0.clone(),
+        ram_mib: cell.ram.mib(),
+        variant: cell.variant.name.0.clone(),
+        repeat: cell.repeat,
+        params: cell.params.clone(),
+        expect: cell.case.expect,
+        expect_title: cell.case.expect_title.clone(),
+        verdict: Verdict::Infra { reason },
+        as_expected: false,
+        accel,
+        machine: None,
+        provenance: BTreeMap::new(),
+        hello: None,
+        results: Vec::new(),
+        reports: Vec::new(),
+        timings: Default::default(),
+        frames: Default::default(),
+        last_progress: None,
+        started_at: chrono::Local::now().to_rfc3339(),
+    }
+}
+
+/// Chooses KVM only when a real guest boots with it; the answer is cached until the host reboots.
+pub fn choose_accel(
+    choice: AccelChoice,
+    prepared: &BTreeMap<String, Result<PreparedImage, String>>,
+    payload: &[u8],
+    cache: &Path,
+) -> (Accel, String) {
+    match choice {
+        AccelChoice::Tcg => return (Accel::Tcg, "--accel tcg".into()),
+        AccelChoice::Kvm => return (Accel::Kvm, "--accel kvm".into()),
+        AccelChoice::Auto => {}
+    }
+    if !qemu::kvm_device_usable() {
+        return (Accel::Tcg, "/dev/kvm cannot be opened".into());
+    }
+    let stamp = cache.join("kvm-probe.json");
+    let boot_id = qemu::host_boot_id();
+    if let Ok(text) = std::fs::read_to_string(&stamp) {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+            if v["boot_id"] == boot_id.as_str() {
+                let works = v["kvm_works"].as_bool().unwrap_or(false);
+                let accel = if works { Accel::Kvm } else { Accel::Tcg };
+                return (
+                    accel,
+                    format!(
+                        "KVM probe (cached for this host boot): {}",
+                        v["detail"].as_str().unwrap_or("")
+                    ),
+                );
+            }
+        }
+    }
+    // The probe cell is a Linux payload cell: probe with a Linux kernel.
+    let Some(linux) = prepared.values().find_map(|p| {
+        p.as_ref()
+            .ok()
+            .filter(|p| matches!(p, PreparedImage::Linux(_)))
+    }) else {
+        return (Accel::Tcg, "no kernel to probe KVM with".into());
+    };
+    let (works, detail) = probe_kvm(linux, payload, cache);
+    let record = serde_json::json!({"boot_id": boot_id, "kvm_works": works, "detail": detail});
+    let _ = host::write_atomic(&stamp, record.to_string().as_bytes());
+    (
+        if works { Accel::Kvm } else { Accel::Tcg },
+        format!("KVM probe: {detail}"),
+    )
+}
+
+/// Boots the smoke scenario with KVM; KVM works only if the payload says hello within seconds.
+/// (`/dev/kvm` can exist and open while guests hang or QEMU aborts: see the environment notes.)
+fn probe_kvm(image: &PreparedImage, payload: &[u8], cache: &Path) -> (bool, String) {
+    let Ok(probe) = probe_cell() else {
+        return (false, "could not build the probe cell".into());
+    };
+    let plan = plan_for(&probe);
+    let Ok(plan_json) = serde_json::to_vec(&plan) else {
+        return (false, "plan".into());
+    };
+    let boot = match images::cell_artifacts(image, &probe.image, &[], payload, &plan_json, cache) {
+        Ok(b) => b,
+        Err(e) => return (false, format!("{e:#}")),
+    };
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => return (false, e.to_string()),
+    };
+    let rec = cell::run(
+        &probe,
+        CellEnv {
+            boot,
+            accel: Accel::Kvm,
+            dir: dir.path().to_path_buf(),
+            progress: &|_| {},
+        },
+    );
+    match (&rec.verdict, rec.timings.boot_s) {
+        (Verdict::Pass, Some(b)) => (true, format!("guest booted with KVM in {b:.2}s")),
+        (v, _) => {
+            let stderr =
+                std::fs::read_to_string(dir.path().join("qemu.stderr")).unwrap_or_default();
+            let why = stderr
+                .lines()
+                .filter(|l| !l.contains("info:"))
+                .last()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.describe());
+            (
+                false,
+                format!("guest did not boot with KVM ({why}); using TCG"),
+            )
+        }
+    }
+}
+
+/// A smoke cell on Debian's Linux kernel, with short deadlines, for the KVM probe.
+pub fn probe_cell() -> Result<Cell> {
+    let yaml = r#"
+name: kvm-probe
+description: boots the smoke scenario with KVM; KVM is used only if this passes
+images: [linux]
+ram: [128M]
+deadlines: {boot: 10s, cell: 20s, heartbeat: 10s}
+cases:
+  - {name: probe, scenario: smoke, expect: pass}
+"#;
+    let suite: crate::config::Suite = serde_yaml::from_str(yaml)?;
+    let image = crate::config::load_image(&host::workspace_root().join("images/linux.yaml"))?;
+    let case = suite.cases[0].clone();
+    Ok(Cell {
+        id: "kvm-probe".into(),
+        suite: "kvm-probe".into(),
+        params: case.params.clone(),
+        case,
+        image,
+        ram: RamSize(128),
+        variant: suite.variants[0].clone(),
+        repeat: 1,
+        deadlines: suite.deadlines,
+    })
+}
+
+/// Progress: a line per running cell and an overall bar.
+struct Bars {
+    multi: Option<MultiProgress>,
+    overall: ProgressBar,
+}
+
+impl Bars {
+    fn new(enabled: bool, total: usize) -> Bars {
+        use std::io::IsTerminal;
+        if !enabled || !std::io::stderr().is_terminal() {
+            return Bars {
+                multi: None,
+                overall: ProgressBar::hidden(),
+            };
+        }
+        let multi = MultiProgress::new();
+        let overall = multi.add(ProgressBar::new(total as u64));
+        overall.set_style(
+            ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {pos}/{len} cells {msg}")
+                .unwrap()
+                .progress_chars("=> "),
+        );
+        Bars {
+            multi: Some(multi),
+            overall,
+        }
+    }
+
+    fn cell(&self, id: &str) -> ProgressBar {
+        let Some(multi) = &self.multi else {
+            eprintln!("kstorm: {id}: starting");
+            return ProgressBar::hidden();
+        };
+        let bar = multi.insert_before(&self.overall, ProgressBar::new_spinner());
+        bar.set_style(
+            ProgressStyle::with_template("  {spinner} {prefix} {elapsed} {msg}").unwrap(),
+        );
+        bar.set_prefix(id.to_string());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    }
+
+    fn finish_cell(&self, bar: &ProgressBar, record: &CellRecord) {
+        let mark = if record.as_expected { "ok " } else { "NOT OK" };
+        let line = format!("{mark} {} -> {}", record.id, record.verdict.describe());
+        if self.multi.is_some() {
+            bar.finish_and_clear();
+            self.overall.println(line);
+            self.overall.inc(1);
+        } else {
+            eprintln!("kstorm: {line}");
+        }
+    }
+
+    fn done(&self) {
+        self.overall.finish_and_clear();
+    }
+}
+
+/// The `build` verb: the payload and the images of a suite, nothing booted.
+pub fn build(suite_name: &str) -> Result<()> {
+    let catalog = Catalog::load(&host::workspace_root())?;
+    let suite = catalog.suite(suite_name)?;
+    let bin = crate::payload::build()?;
+    eprintln!("payload: {}", bin.display());
+    let cache = host::cache_dir();
+    let mut names: Vec<&str> = suite.images.iter().map(|n| n.as_str()).collect();
+    for case in &suite.cases {
+        names.extend(case.images.iter().flatten().map(|n| n.as_str()));
+    }
+    names.sort();
+    names.dedup();
+    for name in names {
+        let prepared = images::prepare(&catalog.images[name], &cache)?;
+        eprintln!("image {name}: {:?}", prepared.provenance());
+    }
+    Ok(())
+}

@@ -6,6 +6,9 @@
 //! NOTE: this is the minimal first version (issue 3). Issue 5 replaces the engine with
 //! signatures loaded from data files; the public API below stays.
 
+pub mod bench;
+pub mod scan;
+
 use serde::{Deserialize, Serialize};
 
 /// Which kernel printed the log.
@@ -85,7 +88,13 @@ const TRACE_LINES: usize = 60;
 
 impl Detector {
     pub fn new(os: Os) -> anyhow::Result<Detector> {
-        Ok(Detector { os, partial: Vec::new(), line_no: 0, reports: Vec::new(), collecting: None })
+        Ok(Detector {
+            os,
+            partial: Vec::new(),
+            line_no: 0,
+            reports: Vec::new(),
+            collecting: None,
+        })
     }
 
     pub fn os(&self) -> Os {
@@ -119,16 +128,25 @@ impl Detector {
 
     fn line(&mut self, raw: &[u8]) -> Option<Event> {
         self.line_no += 1;
-        let text = String::from_utf8_lossy(raw).trim_end_matches('\r').to_string();
+        let text = String::from_utf8_lossy(raw)
+            .trim_end_matches('\r')
+            .to_string();
         if let Some((idx, left)) = self.collecting {
             self.reports[idx].lines.push(text.clone());
-            self.collecting = if left > 1 { Some((idx, left - 1)) } else { None };
+            self.collecting = if left > 1 {
+                Some((idx, left - 1))
+            } else {
+                None
+            };
         }
         if text.contains(guest_payload_magic()) {
             return None;
         }
         let event = minimal_linux(&text, self.line_no)?;
-        self.reports.push(Report { event: event.clone(), lines: vec![text] });
+        self.reports.push(Report {
+            event: event.clone(),
+            lines: vec![text],
+        });
         self.collecting = Some((self.reports.len() - 1, TRACE_LINES));
         Some(event)
     }
@@ -140,7 +158,15 @@ fn guest_payload_magic() -> &'static str {
 
 fn minimal_linux(text: &str, line: u64) -> Option<Event> {
     let body = strip_timestamp(text);
-    let crash = |kind, title: String| Some(Event { kind, title, line, crash: true, victim: None });
+    let crash = |kind, title: String| {
+        Some(Event {
+            kind,
+            title,
+            line,
+            crash: true,
+            victim: None,
+        })
+    };
     if let Some(msg) = body.strip_prefix("Kernel panic - not syncing: ") {
         return crash(Kind::Panic, format!("kernel panic: {}", msg.trim()));
     }
@@ -151,7 +177,11 @@ fn minimal_linux(text: &str, line: u64) -> Option<Event> {
         return crash(Kind::Oops, "Oops".to_string());
     }
     if let Some(rest) = body.strip_prefix("Out of memory: Killed process ") {
-        let victim = rest.split('(').nth(1).and_then(|s| s.split(')').next()).map(str::to_string);
+        let victim = rest
+            .split('(')
+            .nth(1)
+            .and_then(|s| s.split(')').next())
+            .map(str::to_string);
         return Some(Event {
             kind: Kind::OomKill,
             title: format!("OOM kill: {}", victim.as_deref().unwrap_or("?")),

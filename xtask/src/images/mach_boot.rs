@@ -7,8 +7,7 @@
 //! exhausted), on a deadline, or shortly after a kernel panic line (the kernel would otherwise
 //! wait about 16 s before rebooting).
 
-use crate::images::gnumach::{prepare_kernel, MachKernel};
-use crate::images::mach_task::{build_bootstrap, module_args, prepare_iso, MachScenario};
+use crate::images::mach_task::{module_args, prepare_iso, MachPrepared, MachScenario};
 use anyhow::{Context, Result};
 use kstorm_payload::frame::{decode, Frame, Message};
 use std::path::{Path, PathBuf};
@@ -192,18 +191,14 @@ pub fn boot_and_watch(argv: &[String], limits: Limits) -> Result<Observed> {
 
 /// Everything a Mach boot needs, prepared once: kernel, bootstrap task, cache.
 pub struct MachSetup {
-    pub kernel: MachKernel,
-    pub bootstrap: PathBuf,
+    pub prepared: MachPrepared,
     pub cache_dir: PathBuf,
 }
 
 impl MachSetup {
     pub fn new(package: &str, patch: bool, cache_dir: &Path) -> Result<MachSetup> {
-        let kernel = prepare_kernel(package, patch, cache_dir)?;
-        let bootstrap = build_bootstrap(&cache_dir.join("gnumach").join("bootstrap"))?;
         Ok(MachSetup {
-            kernel,
-            bootstrap,
+            prepared: MachPrepared::new(package, patch, cache_dir)?,
             cache_dir: cache_dir.to_path_buf(),
         })
     }
@@ -214,11 +209,11 @@ impl MachSetup {
             None
         } else {
             Some((
-                self.bootstrap.as_path(),
+                self.prepared.bootstrap.as_path(),
                 module_args(cell, hb_ms, scenarios)?,
             ))
         };
-        Ok(prepare_iso(&self.kernel, module, &[], &self.cache_dir)?.cdrom)
+        Ok(prepare_iso(&self.prepared.kernel, module, &[], &self.cache_dir)?.cdrom)
     }
 }
 

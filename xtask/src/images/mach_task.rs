@@ -92,11 +92,8 @@ pub struct MachScenario {
 /// The module command line for a cell: the task's name, the kernel's port substitutions, the
 /// cell and its scenarios, and GNU Mach's task-creation words.
 pub fn module_args(cell: &str, hb_ms: u32, scenarios: &[MachScenario]) -> Result<Vec<String>> {
-    let word_ok = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c))
-    };
+    // Printable ASCII without quotes: GRUB passes it through and the task echoes it in JSON.
+    let word_ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() && c != '\'');
     if !word_ok(cell) {
         bail!("cell id {cell:?} cannot go on the GNU Mach module line");
     }
@@ -157,6 +154,59 @@ pub fn module_args(cell: &str, hb_ms: u32, scenarios: &[MachScenario]) -> Result
     args.push("$(task-create)".into());
     args.push("$(task-resume)".into());
     Ok(args)
+}
+
+/// What every Mach cell of an image shares: the kernel and the built bootstrap task.
+#[derive(Debug, Clone)]
+pub struct MachPrepared {
+    pub kernel: MachKernel,
+    pub bootstrap: PathBuf,
+}
+
+/// The heartbeat period the task uses at most. On a hang the count reached is the last
+/// heartbeat's, so the task beats more often than the Linux payload (tasks are created at
+/// about 2000 a second under TCG).
+pub const MACH_MAX_HEARTBEAT_MS: u32 = 100;
+
+impl MachPrepared {
+    /// Fetches and prepares the kernel and builds the task (all cached under `cache_dir`).
+    pub fn new(package: &str, patch: bool, cache_dir: &Path) -> Result<MachPrepared> {
+        let kernel = super::gnumach::prepare_kernel(package, patch, cache_dir)?;
+        let bootstrap = build_bootstrap(&cache_dir.join("gnumach").join("bootstrap"))?;
+        Ok(MachPrepared { kernel, bootstrap })
+    }
+
+    /// The ISO for one cell of the harness: its plan's scenarios on the task's command line.
+    pub fn cell_iso(
+        &self,
+        plan: &kstorm_payload::plan::Plan,
+        kernel_args: &[String],
+        cache_dir: &Path,
+    ) -> Result<MachBoot> {
+        let scenarios: Vec<MachScenario> = plan
+            .scenarios
+            .iter()
+            .map(|s| MachScenario {
+                name: s.name.clone(),
+                params: s.params.clone(),
+            })
+            .collect();
+        if !plan.sysctl.is_empty() {
+            bail!(
+                "cell {}: GNU Mach has no sysctls (variant sets {:?})",
+                plan.cell,
+                plan.sysctl
+            );
+        }
+        let hb_ms = (plan.heartbeat_ms.clamp(1, 1000) as u32).min(MACH_MAX_HEARTBEAT_MS);
+        let args = module_args(&plan.cell, hb_ms, &scenarios)?;
+        prepare_iso(
+            &self.kernel,
+            Some((&self.bootstrap, args)),
+            kernel_args,
+            cache_dir,
+        )
+    }
 }
 
 /// The GRUB ISO for one cell and what went into it.
@@ -272,5 +322,49 @@ mod tests {
         assert_eq!(u16::from_le_bytes([bytes[18], bytes[19]]), 3, "EM_386");
         // Cached: the second build returns the same file without compiling.
         assert_eq!(build_bootstrap(dir.path()).unwrap(), elf);
+    }
+}
+
+#[cfg(test)]
+mod suite_tests {
+    use super::*;
+    use crate::config::{load_image, load_suite};
+
+    /// The Mach suite loads and every case turns into a module line the task accepts.
+    #[test]
+    fn mach_suite_cases_make_valid_module_lines() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut images = std::collections::BTreeMap::new();
+        for name in ["gnumach", "gnumach-unpatched"] {
+            images.insert(
+                name.to_string(),
+                load_image(&root.join(format!("images/{name}.yaml"))).unwrap(),
+            );
+        }
+        let suite = load_suite(&root.join("suites/hurd-zone-mach.yaml"), &images).unwrap();
+        let known = [
+            "task-hoard",
+            "task-churn",
+            "port-hoard",
+            "port-churn",
+            "no-senders-flood",
+            "spawn-kill",
+        ];
+        let source = std::fs::read_to_string(source_dir().join("scenarios.c")).unwrap();
+        for case in &suite.cases {
+            assert!(known.contains(&case.scenario.as_str()), "{}", case.scenario);
+            assert!(
+                source.contains(&format!("{{\"{}\",", case.scenario)),
+                "{} not in scenarios.c",
+                case.scenario
+            );
+            for params in [&case.params, &case.deep] {
+                let s = MachScenario {
+                    name: case.scenario.0.clone(),
+                    params: params.clone(),
+                };
+                module_args("hurd-zone-mach@gnumach-64M-base", 100, &[s]).unwrap();
+            }
+        }
     }
 }

@@ -1,0 +1,206 @@
+//! `cargo xtask bench ...`: speed targets, measured as ratios against a baseline taken in the
+//! same run (absolute times under TCG vary too much between machines to mean anything alone).
+
+use crate::cell::{self, CellEnv};
+use crate::config::Catalog;
+use crate::host;
+use crate::images::{self, PreparedImage};
+use crate::qemu::{Accel, QemuSpec};
+use crate::run::{self, AccelChoice};
+use anyhow::{bail, Context, Result};
+use kstorm_payload::plan::{Plan, ScenarioSpec};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+struct LinuxBench {
+    image: crate::config::Image,
+    prepared: PreparedImage,
+    payload: Vec<u8>,
+    accel: Accel,
+}
+
+fn linux_bench() -> Result<LinuxBench> {
+    std::env::set_var("KSTORM_QUIET", "1");
+    let catalog = Catalog::load(&host::workspace_root())?;
+    let image = catalog
+        .images
+        .get("linux")
+        .context("images/linux.yaml is missing")?
+        .clone();
+    let cache = host::cache_dir();
+    let payload = std::fs::read(crate::payload::build()?)?;
+    let prepared = images::prepare(&image, &cache)?;
+    let mut map = BTreeMap::new();
+    map.insert("linux".to_string(), Ok(prepared.clone()));
+    let (accel, why) = run::choose_accel(AccelChoice::Auto, &map, &payload, &cache);
+    eprintln!("accelerator: {accel} ({why})");
+    Ok(LinuxBench {
+        image,
+        prepared,
+        payload,
+        accel,
+    })
+}
+
+/// (a) bare QEMU booting the same kernel and the payload running `smoke` with its frames on the
+/// console, timed from spawn to exit, against (b) a whole kstorm cell running `smoke`.
+pub fn boot(rounds: usize) -> Result<()> {
+    let b = linux_bench()?;
+    let cache = host::cache_dir();
+    let bare_plan = Plan {
+        cell: "bench-bare".into(),
+        results_device: "/dev/console".into(),
+        heartbeat_ms: 500,
+        sysctl: Vec::new(),
+        scenarios: vec![ScenarioSpec {
+            name: "smoke".into(),
+            params: Default::default(),
+        }],
+    };
+    let boot = images::cell_artifacts(
+        &b.prepared,
+        &b.image,
+        &[],
+        &b.payload,
+        &serde_json::to_vec(&bare_plan)?,
+        &cache,
+    )?;
+    let argv = QemuSpec {
+        boot,
+        ram_mib: 256,
+        accel: b.accel,
+        results_socket: None,
+    }
+    .argv();
+    let cell = smoke_cell(&b.image)?;
+    let out = tempfile::tempdir()?;
+
+    let bare_once = || -> Result<f64> {
+        let t = Instant::now();
+        let st = std::process::Command::new(crate::qemu::QEMU)
+            .args(&argv)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()?;
+        if !st.success() {
+            bail!("bare QEMU exited with {st}");
+        }
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let kstorm_once = |i: usize| -> Result<f64> {
+        let t = Instant::now();
+        let plan = run::plan_for(&cell);
+        let boot = images::cell_artifacts(
+            &b.prepared,
+            &b.image,
+            &[format!("kstorm.cell={}", cell.id)],
+            &b.payload,
+            &serde_json::to_vec(&plan)?,
+            &cache,
+        )?;
+        let dir = out.path().join(format!("cell{i}"));
+        let rec = cell::run(
+            &cell,
+            CellEnv {
+                boot,
+                accel: b.accel,
+                dir: dir.clone(),
+                progress: &|_| {},
+            },
+        );
+        host::write_atomic(
+            &dir.join("result.json"),
+            serde_json::to_string_pretty(&rec)?.as_bytes(),
+        )?;
+        if !rec.as_expected {
+            bail!("kstorm smoke cell ended in {}", rec.verdict.describe());
+        }
+        Ok(t.elapsed().as_secs_f64())
+    };
+    // Warm the page cache and the initramfs cache first.
+    bare_once()?;
+    kstorm_once(0)?;
+    let (mut bare, mut full) = (Vec::new(), Vec::new());
+    for i in 0..rounds {
+        bare.push(bare_once()?);
+        full.push(kstorm_once(i + 1)?);
+        eprintln!(
+            "round {}: bare {:.3}s, kstorm {:.3}s",
+            i + 1,
+            bare[i],
+            full[i]
+        );
+    }
+    let (a, k) = (median(bare), median(full));
+    println!("bench boot ({} rounds, {}): bare QEMU median {a:.3}s, kstorm smoke cell median {k:.3}s, ratio {:.3} (target <= 1.15)", rounds, b.accel, k / a);
+    Ok(())
+}
+
+/// Detector throughput, then the live latencies of a real panic: line to event, event to QEMU gone.
+pub fn detect() -> Result<()> {
+    crate::detect::bench::throughput()?;
+    let b = linux_bench()?;
+    let cache = host::cache_dir();
+    let mut cell = smoke_cell(&b.image)?;
+    cell.case.scenario = crate::config::Name("panic".into());
+    cell.case.expect = crate::config::Expect::Crash;
+    cell.id = "bench-panic".into();
+    let out = tempfile::tempdir()?;
+    let (mut detect_ms, mut exit_ms) = (Vec::new(), Vec::new());
+    for i in 0..5 {
+        let plan = run::plan_for(&cell);
+        let boot = images::cell_artifacts(
+            &b.prepared,
+            &b.image,
+            &[],
+            &b.payload,
+            &serde_json::to_vec(&plan)?,
+            &cache,
+        )?;
+        let rec = cell::run(
+            &cell,
+            CellEnv {
+                boot,
+                accel: b.accel,
+                dir: out.path().join(format!("p{i}")),
+                progress: &|_| {},
+            },
+        );
+        match (rec.timings.detect_ms, rec.timings.crash_to_exit_ms) {
+            (Some(d), Some(e)) => {
+                detect_ms.push(d);
+                exit_ms.push(e);
+            }
+            _ => bail!("panic cell did not crash: {}", rec.verdict.describe()),
+        }
+    }
+    println!(
+        "bench detect live (5 panics): line->event median {:.2} ms (max {:.2}; target <= 50), event->QEMU gone median {:.1} ms (max {:.1}; target <= 500)",
+        median(detect_ms.clone()),
+        detect_ms.iter().cloned().fold(0.0, f64::max),
+        median(exit_ms.clone()),
+        exit_ms.iter().cloned().fold(0.0, f64::max)
+    );
+    let _ = Duration::ZERO;
+    Ok(())
+}
+
+fn smoke_cell(image: &crate::config::Image) -> Result<crate::matrix::Cell> {
+    let mut cell = run::probe_cell()?;
+    cell.id = "bench-smoke".into();
+    cell.image = image.clone();
+    cell.ram = crate::config::RamSize(256);
+    cell.deadlines = Default::default();
+    Ok(cell)
+}

@@ -1,0 +1,146 @@
+//! The initramfs kstorm boots Linux with: a newc cpio archive holding the static guest payload
+//! as `/init`, the cell's plan as `/kstorm/plan.json`, `/dev/console` (the kernel opens it
+//! before running `/init`) and empty mount points. Cached by content hash.
+
+use crate::host;
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const DIR: u32 = 0o040755;
+const FILE_EXEC: u32 = 0o100755;
+const FILE: u32 = 0o100644;
+const CHAR_DEV: u32 = 0o020600;
+
+/// One entry of the archive.
+enum Entry<'a> {
+    Dir(&'a str),
+    File {
+        name: &'a str,
+        mode: u32,
+        data: &'a [u8],
+    },
+    CharDev {
+        name: &'a str,
+        major: u32,
+        minor: u32,
+    },
+}
+
+/// Writes the archive for `init` (the payload's bytes) and `plan` (JSON) under `cache`, named
+/// by the hash of both; returns its path. An archive that already exists is reused.
+pub fn build(cache: &Path, init: &[u8], plan_json: &[u8]) -> Result<PathBuf> {
+    let hash = host::sha256_bytes(&[init, plan_json]);
+    let path = cache
+        .join("initramfs")
+        .join(format!("{}.cpio", &hash[..32]));
+    if path.exists() {
+        return Ok(path);
+    }
+    let bytes = archive(init, plan_json)?;
+    host::write_atomic(&path, &bytes)
+        .with_context(|| format!("writing initramfs {}", path.display()))?;
+    Ok(path)
+}
+
+/// The archive's bytes.
+pub fn archive(init: &[u8], plan_json: &[u8]) -> Result<Vec<u8>> {
+    let entries = [
+        Entry::Dir("dev"),
+        Entry::CharDev {
+            name: "dev/console",
+            major: 5,
+            minor: 1,
+        },
+        Entry::Dir("proc"),
+        Entry::Dir("sys"),
+        Entry::Dir("tmp"),
+        Entry::Dir("kstorm"),
+        Entry::File {
+            name: "kstorm/plan.json",
+            mode: FILE,
+            data: plan_json,
+        },
+        Entry::File {
+            name: "init",
+            mode: FILE_EXEC,
+            data: init,
+        },
+    ];
+    let mut out = Vec::with_capacity(init.len() + plan_json.len() + 4096);
+    for (ino, entry) in entries.iter().enumerate() {
+        let ino = ino as u32 + 1;
+        match entry {
+            Entry::Dir(name) => {
+                let w = cpio::newc::Builder::new(name)
+                    .ino(ino)
+                    .mode(DIR)
+                    .nlink(2)
+                    .write(&mut out, 0);
+                w.finish()?;
+            }
+            Entry::CharDev { name, major, minor } => {
+                let w = cpio::newc::Builder::new(name)
+                    .ino(ino)
+                    .mode(CHAR_DEV)
+                    .nlink(1)
+                    .rdev_major(*major)
+                    .rdev_minor(*minor)
+                    .write(&mut out, 0);
+                w.finish()?;
+            }
+            Entry::File { name, mode, data } => {
+                let size = u32::try_from(data.len()).context("initramfs file larger than 4 GiB")?;
+                let mut w = cpio::newc::Builder::new(name)
+                    .ino(ino)
+                    .mode(*mode)
+                    .nlink(1)
+                    .write(&mut out, size);
+                w.write_all(data)?;
+                w.finish()?;
+            }
+        }
+    }
+    cpio::newc::trailer(&mut out)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_reads_back_with_its_entries() {
+        let bytes = archive(b"\x7fELF-payload", b"{\"cell\":\"c\"}").unwrap();
+        let mut rest: &[u8] = &bytes;
+        let mut seen = Vec::new();
+        loop {
+            let reader = cpio::newc::Reader::new(rest).unwrap();
+            if reader.entry().is_trailer() {
+                break;
+            }
+            let e = reader.entry();
+            seen.push((
+                e.name().to_string(),
+                e.mode(),
+                e.rdev_major(),
+                e.file_size(),
+            ));
+            rest = reader.finish().unwrap();
+        }
+        assert!(seen.contains(&("dev/console".into(), CHAR_DEV, 5, 0)));
+        assert!(seen.contains(&("init".into(), FILE_EXEC, 0, 12)));
+        assert!(seen.contains(&("kstorm/plan.json".into(), FILE, 0, 12)));
+        assert_eq!(bytes.len() % 4, 0);
+    }
+
+    #[test]
+    fn cache_key_is_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = build(dir.path(), b"init", b"plan-a").unwrap();
+        let b = build(dir.path(), b"init", b"plan-b").unwrap();
+        let a2 = build(dir.path(), b"init", b"plan-a").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a, a2);
+    }
+}
