@@ -87,6 +87,11 @@ enum BenchWhich {
     },
     /// Detector throughput on a 100 MB clean log vs a memchr line count, and live latencies.
     Detect,
+    /// GNU Mach: QEMU start to the bootstrap task's first frame (median; target <= 1.5 s).
+    Mach {
+        #[arg(long, default_value_t = 7)]
+        boots: usize,
+    },
 }
 
 #[derive(Args)]
@@ -104,6 +109,7 @@ fn main() -> ExitCode {
         Verb::Bench(a) => match a.which {
             BenchWhich::Boot { rounds } => report(bench::boot(rounds)),
             BenchWhich::Detect => report(bench::detect()),
+            BenchWhich::Mach { boots } => report(bench::mach(boots)),
         },
         Verb::Scan(a) => kstorm::detect::scan::run(&a),
         Verb::Clean(a) => report(clean(a.results)),

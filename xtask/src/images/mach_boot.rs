@@ -224,19 +224,9 @@ pub struct BenchMach {
     pub median: Duration,
 }
 
-/// Boots the patched kernel `boots` times with a cached ISO whose task does almost nothing and
-/// measures QEMU start to the first frame (`hello`). Boots run one after another.
-pub fn bench_mach(cache_dir: &Path, boots: usize) -> Result<BenchMach> {
-    let setup = MachSetup::new("gnumach-image-1.8-486", true, cache_dir)?;
-    let scenario = MachScenario {
-        name: "port-churn".into(),
-        params: serde_json::json!({"limit": 1})
-            .as_object()
-            .cloned()
-            .unwrap_or_default(),
-    };
-    let iso = setup.iso("bench", 250, &[scenario])?;
-    let argv = qemu_argv(&iso, 128);
+/// Boots `argv` (a Mach cell's QEMU command, ISO cached) `boots` times, one after another, and
+/// measures QEMU start to the first frame (`hello`).
+pub fn bench_first_frame(argv: &[String], boots: usize) -> Result<BenchMach> {
     let limits = Limits {
         boot: Duration::from_secs(20),
         heartbeat: Duration::from_secs(10),
@@ -244,7 +234,7 @@ pub fn bench_mach(cache_dir: &Path, boots: usize) -> Result<BenchMach> {
     };
     let mut samples = Vec::new();
     for i in 0..boots.max(1) {
-        let seen = boot_and_watch(&argv, limits)?;
+        let seen = boot_and_watch(argv, limits)?;
         let first = seen
             .first_frame_after
             .with_context(|| format!("bench boot {i}: no frame ({:?})", seen.ending))?;
