@@ -127,6 +127,9 @@ static void run_one(struct run *r) {
     r->limit = param(r, "limit", s->name ? s->default_limit : 0);
     r->seconds = param(r, "seconds", 600);
     r->hb_ms = hb_ms;
+    /* Memory before and after: what the scenario's objects cost, and whether it came back. */
+    u32 free_before = 0, wired_before = 0, free_after = 0, wired_after = 0;
+    int have_stats = vm_statistics(task_self, &free_before, &wired_before) == KERN_SUCCESS;
     r->start_ms = r->last_hb_ms = now_ms();
     int pass = 0;
     if (!s->name) {
@@ -144,6 +147,12 @@ static void run_one(struct run *r) {
     }
     u32 elapsed = now_ms() - r->start_ms;
     send_hb(r); /* the final count, in case the result frame is lost */
+    if (have_stats && vm_statistics(task_self, &free_after, &wired_after) == KERN_SUCCESS) {
+        run_measure(r, "free_pages_before", free_before, "pages");
+        run_measure(r, "free_pages_after", free_after, "pages");
+        run_measure(r, "wired_pages_before", wired_before, "pages");
+        run_measure(r, "wired_pages_after", wired_after, "pages");
+    }
 
     json_begin(&j, "result");
     json_str(&j, "scenario", r->name);

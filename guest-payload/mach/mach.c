@@ -120,6 +120,16 @@ i32 host_reboot(port_t host_priv) {
     return rpc(host_priv, 2635, 4 * (BODY + 2), 0);
 }
 
+i32 vm_statistics(port_t task, u32 *free_pages, u32 *wired_pages) {
+    i32 r = rpc(task, 2030, 4 * BODY, 0);
+    if (r == KERN_SUCCESS) {
+        /* RetCodeType, RetCode, struct[13] type, pagesize, free, active, inactive, wired, ... */
+        *free_pages = msg[REPLY_CODE + 3];
+        *wired_pages = msg[REPLY_CODE + 6];
+    }
+    return r;
+}
+
 i32 mach_port_destroy(port_t task, port_t name) {
     msg[BODY] = TYPE_PORT_NAME;
     msg[BODY + 1] = name;

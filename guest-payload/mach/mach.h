@@ -43,6 +43,8 @@ i32 device_write_inband(port_t device, const char *data, u32 len);
 i32 host_get_time(port_t host, u32 *seconds, u32 *microseconds);
 i32 host_kernel_version(port_t host, char *out, u32 out_size);
 i32 host_reboot(port_t host_priv);
+/* Free and wired page counts of the host (the kernel's vm_statistics). */
+i32 vm_statistics(port_t task, u32 *free_pages, u32 *wired_pages);
 i32 mach_port_destroy(port_t task, port_t name);
 i32 mach_port_deallocate(port_t task, port_t name);
 i32 task_create(port_t parent, u32 inherit_memory, port_t *child);

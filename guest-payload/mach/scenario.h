@@ -35,7 +35,7 @@ struct run {
         const char *name;
         u32 value;
         const char *unit;
-    } extra[6];
+    } extra[8];
     u32 nextra;
 };
 
