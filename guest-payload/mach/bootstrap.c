@@ -80,7 +80,8 @@ int run_tick(struct run *r) {
         r->stop = "limit";
         return 1;
     }
-    /* Reading the clock is an RPC: do it every 16th call. */
+    /* Reading the clock is an RPC: do it every 16th call (scenarios whose iterations are long
+     * call run_heartbeat() inside them). */
     if (r->calls++ % 16)
         return 0;
     run_heartbeat(r);

@@ -56,15 +56,20 @@ static void port_churn(struct run *r) {
     if (batch < 1 || batch > sizeof names / sizeof names[0])
         return run_error(r, "parameter batch out of range", 0);
     while (!run_tick(r)) {
+        /* A big batch is long: beat inside it, not only between batches. */
         for (u32 i = 0; i < batch; i++) {
             i32 kr = sc_port_allocate(task_self, MACH_PORT_RIGHT_RECEIVE, &names[i]);
             if (kr != KERN_SUCCESS)
                 return run_error(r, "mach_port_allocate", kr);
+            if (i % 64 == 63)
+                run_heartbeat(r);
         }
         for (u32 i = 0; i < batch; i++) {
             i32 kr = mach_port_destroy(task_self, names[i]);
             if (kr != KERN_SUCCESS)
                 return run_error(r, "mach_port_destroy", kr);
+            if (i % 64 == 63)
+                run_heartbeat(r);
         }
         r->progress += batch;
     }

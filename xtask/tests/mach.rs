@@ -351,3 +351,86 @@ fn measure_counts_per_ram() {
         }
     }
 }
+
+/// Through the harness itself: the hurd-zone-mach suite's cells, prepared by `images::prepare`
+/// and `cell_artifacts`, run by `cell::run`, judged by its verdict logic.
+mod through_the_harness {
+    use super::ONE_GUEST;
+    use kstorm::cell::{self, CellEnv};
+    use kstorm::config::{Catalog, RamSize};
+    use kstorm::images;
+    use kstorm::matrix::{expand, Selection};
+    use kstorm::qemu::Accel;
+    use kstorm::verdict::Verdict;
+    use std::path::Path;
+
+    fn run_cells(filter: &str, ram: u64) -> Vec<cell::CellRecord> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let catalog = Catalog::load(&root).unwrap();
+        let suite = catalog.suite("hurd-zone-mach").unwrap();
+        let sel = Selection {
+            images: Some(vec!["gnumach".into()]),
+            ram: Some(vec![RamSize(ram)]),
+            filters: vec![filter.into()],
+            ..Selection::default()
+        };
+        let cells = expand(suite, &catalog, &sel).unwrap();
+        assert!(!cells.is_empty(), "no cell matches {filter}");
+        let cache = super::cache_dir();
+        let out = tempfile::tempdir().unwrap();
+        let mut records = Vec::new();
+        for c in &cells {
+            let prepared = images::prepare(&c.image, &cache).unwrap();
+            let plan = kstorm::run::plan_for(c);
+            let boot = images::cell_artifacts(
+                &prepared,
+                &c.image,
+                &[format!("kstorm.cell={}", c.id)],
+                &[],
+                &serde_json::to_vec(&plan).unwrap(),
+                &cache,
+            )
+            .unwrap();
+            assert!(boot.cdrom.is_some() && boot.kernel.is_none());
+            assert!(boot.provenance.contains_key("patched_kernel_sha256"));
+            let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+            records.push(cell::run(
+                c,
+                CellEnv {
+                    boot,
+                    accel: Accel::Tcg,
+                    dir: out.path().join(&c.id),
+                    progress: &|_| {},
+                },
+            ));
+        }
+        records
+    }
+
+    #[test]
+    fn smoke_cell_passes() {
+        let recs = run_cells("smoke@", 128);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].verdict, Verdict::Pass, "{:?}", recs[0].reports);
+        assert!(recs[0].as_expected);
+        let hello = recs[0].hello.as_ref().expect("hello frame");
+        assert_eq!(hello["agent"], "mach-bootstrap");
+    }
+
+    #[test]
+    fn port_hoard_at_64m_is_a_hang_with_its_count() {
+        let recs = run_cells("port-hoard@", 64);
+        assert_eq!(recs.len(), 1);
+        match &recs[0].verdict {
+            Verdict::Hang {
+                last_progress: Some(n),
+                scenario: Some(s),
+            } => {
+                assert_eq!(s, "port-hoard");
+                assert!(*n > 100_000, "{n}");
+            }
+            other => panic!("expected a hang, got {other:?}"),
+        }
+        assert!(recs[0].as_expected);
+    }
+}
