@@ -67,12 +67,17 @@ static void send_hb(struct run *r) {
     frame_send(cell, &j);
 }
 
-void run_heartbeat(struct run *r) {
+int run_heartbeat(struct run *r) {
     u32 now = now_ms();
     if (now - r->last_hb_ms >= r->hb_ms) {
         r->last_hb_ms = now;
         send_hb(r);
     }
+    if (now - r->start_ms >= r->seconds * 1000) {
+        r->stop = "time";
+        return 1;
+    }
+    return 0;
 }
 
 int run_tick(struct run *r) {
@@ -84,12 +89,7 @@ int run_tick(struct run *r) {
      * call run_heartbeat() inside them). */
     if (r->calls++ % 16)
         return 0;
-    run_heartbeat(r);
-    if (now_ms() - r->start_ms >= r->seconds * 1000) {
-        r->stop = "time";
-        return 1;
-    }
-    return 0;
+    return run_heartbeat(r);
 }
 
 void run_error(struct run *r, const char *what, i32 code) {

@@ -46,8 +46,9 @@ u32 now_ms(void);
 /* Called once per iteration, before it: sends a heartbeat when one is due and returns nonzero
  * when the scenario must stop (count or time limit reached). */
 int run_tick(struct run *r);
-/* Sends a heartbeat when one is due (for long iterations). */
-void run_heartbeat(struct run *r);
+/* For long iterations: sends a heartbeat when one is due and returns nonzero once the time
+ * limit has passed (the scenario then stops at once, without cleaning up). */
+int run_heartbeat(struct run *r);
 /* Records why the scenario stopped early, with a kern_return_t. */
 void run_error(struct run *r, const char *what, i32 code);
 void run_measure(struct run *r, const char *name, u32 value, const char *unit);

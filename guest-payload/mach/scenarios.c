@@ -61,15 +61,15 @@ static void port_churn(struct run *r) {
             i32 kr = sc_port_allocate(task_self, MACH_PORT_RIGHT_RECEIVE, &names[i]);
             if (kr != KERN_SUCCESS)
                 return run_error(r, "mach_port_allocate", kr);
-            if (i % 64 == 63)
-                run_heartbeat(r);
+            if (i % 64 == 63 && run_heartbeat(r))
+                return;
         }
         for (u32 i = 0; i < batch; i++) {
             i32 kr = mach_port_destroy(task_self, names[i]);
             if (kr != KERN_SUCCESS)
                 return run_error(r, "mach_port_destroy", kr);
-            if (i % 64 == 63)
-                run_heartbeat(r);
+            if (i % 64 == 63 && run_heartbeat(r))
+                return;
         }
         r->progress += batch;
     }
@@ -132,8 +132,8 @@ static void spawn_kill(struct run *r) {
                 if ((kr = sc_port_insert_right(tasks[t], *name, *name, MSG_TYPE_MAKE_SEND)))
                     return run_error(r, "mach_port_insert_right", kr);
                 r->progress++;
-                if (p % 64 == 63)
-                    run_heartbeat(r);
+                if (p % 64 == 63 && run_heartbeat(r))
+                    goto out;
             }
         }
         for (u32 t = 0; t < ntasks; t++) {
@@ -146,17 +146,19 @@ static void spawn_kill(struct run *r) {
                 sleep_ms(delay);
                 for (u32 p = 0; p < nports; p++)
                     mach_port_destroy(task_self, names[t * nports + p]);
-                run_heartbeat(r);
+                if (run_heartbeat(r))
+                    goto out;
             }
         }
         if (!delay)
             for (u32 i = 0; i < ntasks * nports; i++) {
                 mach_port_destroy(task_self, names[i]);
-                if (i % 64 == 63)
-                    run_heartbeat(r);
+                if (i % 64 == 63 && run_heartbeat(r))
+                    goto out;
             }
         rounds++;
     }
+out:
     run_measure(r, "rounds", rounds, "count");
     run_measure(r, "tasks_killed", killed, "count");
 }
