@@ -98,6 +98,43 @@ pub fn require_tools(tools: &[&str]) -> Result<()> {
     .into())
 }
 
+/// Like [`require_tools`], but as root installs the missing tools' Debian packages first (one
+/// `apt-get install` per package, echoed; `apt-get update` once if the lists are stale). Set
+/// `KSTORM_NO_INSTALL=1` to only report.
+pub fn ensure_tools(tools: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| find_program(t).is_none())
+        .collect();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if missing.is_empty()
+        || !root
+        || std::env::var_os("KSTORM_NO_INSTALL").is_some()
+        || find_program("apt-get").is_none()
+    {
+        return require_tools(tools);
+    }
+    let mut packages: Vec<&str> = missing
+        .iter()
+        .filter_map(|m| TOOLS.iter().find(|(t, _)| t == m).map(|(_, p)| *p))
+        .flat_map(|p| p.split(' '))
+        .collect();
+    packages.sort();
+    packages.dedup();
+    let mut updated = false;
+    for package in packages {
+        let install = args(["install", "-y", "-q", package]);
+        if run_capture("apt-get", &install, None).is_err() && !updated {
+            run_capture("apt-get", &args(["update", "-q"]), None)?;
+            updated = true;
+            run_capture("apt-get", &install, None)?;
+        }
+    }
+    require_tools(tools)
+}
+
 /// Runs a command (argument vector, never a shell string), echoing it to stderr first, and
 /// returns its standard output. Fails with its stderr when it exits non-zero.
 pub fn run_capture(program: &str, args: &[OsString], cwd: Option<&Path>) -> Result<String> {
@@ -152,6 +189,21 @@ pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(items: I) -> Vec<OsStr
     items.into_iter().map(Into::into).collect()
 }
 
+/// The host's TSC frequency in kHz, measured once (about 50 ms) against the monotonic clock.
+pub fn tsc_khz() -> u64 {
+    static KHZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *KHZ.get_or_init(|| {
+        // SAFETY: rdtsc has no preconditions on x86-64.
+        let tsc = || unsafe { core::arch::x86_64::_rdtsc() };
+        let (t0, c0) = (std::time::Instant::now(), tsc());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let (c1, t1) = (tsc(), std::time::Instant::now());
+        let khz = (c1 - c0) as f64 / t1.duration_since(t0).as_secs_f64() / 1000.0;
+        // Round to 1 MHz: the measurement's noise is well below that.
+        ((khz / 1000.0).round() * 1000.0) as u64
+    })
+}
+
 /// SHA-256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
     use sha2::Digest;
@@ -199,6 +251,12 @@ mod tests {
             "{msg}"
         );
         assert!(err.downcast_ref::<InfraError>().is_some());
+    }
+
+    #[test]
+    fn tsc_frequency_is_plausible() {
+        let khz = tsc_khz();
+        assert!((500_000..10_000_000).contains(&khz), "{khz} kHz");
     }
 
     #[test]

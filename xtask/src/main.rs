@@ -28,6 +28,12 @@ enum Verb {
     Bench(BenchArgs),
     /// Scan saved console logs for crashes, hangs and OOM kills.
     Scan(kstorm::detect::scan::ScanArgs),
+    /// Install what the tests need (as root, from Debian), then run the whole test suite
+    /// (`cargo test --workspace`; extra arguments go to cargo test).
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cargo_args: Vec<String>,
+    },
     /// Delete the cache (downloads, built images) and, with --results, all results.
     Clean(CleanArgs),
 }
@@ -85,6 +91,8 @@ enum BenchWhich {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// Every scenario once at 256M: wall time and the payload's own overhead.
+    Scenarios,
     /// Detector throughput on a 100 MB clean log vs a memchr line count, and live latencies.
     Detect,
     /// GNU Mach: QEMU start to the bootstrap task's first frame (median; target <= 1.5 s).
@@ -109,9 +117,11 @@ fn main() -> ExitCode {
         Verb::Bench(a) => match a.which {
             BenchWhich::Boot { rounds } => report(bench::boot(rounds)),
             BenchWhich::Detect => report(bench::detect()),
+            BenchWhich::Scenarios => report(bench::scenarios()),
             BenchWhich::Mach { boots } => report(bench::mach(boots)),
         },
         Verb::Scan(a) => kstorm::detect::scan::run(&a),
+        Verb::Test { cargo_args } => test(&cargo_args),
         Verb::Clean(a) => report(clean(a.results)),
     };
     ExitCode::from(code as u8)
@@ -151,6 +161,30 @@ fn report(r: anyhow::Result<()>) -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("kstorm: error: {e:#}");
+            2
+        }
+    }
+}
+
+fn test(cargo_args: &[String]) -> i32 {
+    let tools: Vec<&str> = host::TOOLS.iter().map(|(t, _)| *t).collect();
+    if let Err(e) = host::ensure_tools(&tools) {
+        eprintln!("kstorm: error: {e:#}");
+        return 2;
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut argv = vec!["test".to_string(), "--workspace".to_string()];
+    argv.extend(cargo_args.iter().cloned());
+    let argv: Vec<std::ffi::OsString> = argv.into_iter().map(Into::into).collect();
+    host::echo(&cargo.to_string_lossy(), &argv);
+    match std::process::Command::new(&cargo)
+        .args(&argv)
+        .current_dir(host::workspace_root())
+        .status()
+    {
+        Ok(st) => st.code().unwrap_or(2),
+        Err(e) => {
+            eprintln!("kstorm: error: starting cargo: {e}");
             2
         }
     }

@@ -42,6 +42,9 @@ pub struct QemuSpec {
     /// Unix socket QEMU listens on for the results serial port (COM2, 0x2f8). QEMU waits for the
     /// harness to connect before starting the guest, so no frame is lost.
     pub results_socket: Option<PathBuf>,
+    /// Shown in `ps` as the guest's name: the cell's results folder, so a QEMU process can
+    /// always be traced back to its cell.
+    pub name: Option<String>,
 }
 
 impl QemuSpec {
@@ -54,6 +57,11 @@ impl QemuSpec {
         };
         let mut a: Vec<OsString> = vec!["-M".into(), machine.into()];
         let words = |a: &mut Vec<OsString>, ws: &[&str]| a.extend(ws.iter().map(OsString::from));
+        if let Some(name) = &self.name {
+            // ',' separates QEMU sub-options; it can't appear in the value.
+            a.push("-name".into());
+            a.push(name.replace(',', "_").into());
+        }
         words(
             &mut a,
             &[
@@ -272,6 +280,7 @@ mod tests {
             ram_mib: 128,
             accel: Accel::Tcg,
             results_socket: Some("/tmp/x/r.sock".into()),
+            name: Some("cells/a,b".into()),
         }
     }
 
@@ -286,6 +295,7 @@ mod tests {
         assert!(a.windows(2).any(|w| w == ["-m", "128M"]));
         assert!(a.windows(2).any(|w| w == ["-accel", "tcg"]));
         assert!(a.contains(&"-no-reboot".to_string()));
+        assert!(a.windows(2).any(|w| w == ["-name", "cells/a_b"]));
         // The command line stays one argument, quotes and all: no shell in between.
         assert!(a
             .windows(2)

@@ -33,6 +33,8 @@ pub struct RunOptions {
     pub jobs: usize,
     pub accel: AccelChoice,
     pub results_root: PathBuf,
+    /// Downloads and built artifacts (default: [`host::cache_dir`]).
+    pub cache: PathBuf,
     /// Show progress bars (off for tests and when stderr is not a terminal).
     pub progress: bool,
 }
@@ -45,6 +47,7 @@ impl RunOptions {
             jobs: default_jobs(),
             accel: AccelChoice::Auto,
             results_root: host::workspace_root().join("results"),
+            cache: host::cache_dir(),
             progress: true,
         }
     }
@@ -91,7 +94,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
 /// Runs given cells (the suite name labels the results).
 pub fn run_cells(suite_name: &str, cells: Vec<Cell>, opts: &RunOptions) -> Result<RunOutcome> {
     qemu::install_signal_handler().ok();
-    let cache = host::cache_dir();
+    let cache = opts.cache.clone();
     let dir = RunDir::create(&opts.results_root)?;
     eprintln!(
         "kstorm: {} cells of suite {suite_name}, results in {}",
@@ -100,7 +103,7 @@ pub fn run_cells(suite_name: &str, cells: Vec<Cell>, opts: &RunOptions) -> Resul
     );
 
     // Shared inputs. A failure here is the host's, and every cell it concerns says so.
-    let payload = host::require_tools(&[qemu::QEMU])
+    let payload = host::ensure_tools(&[qemu::QEMU, "apt-get", "dpkg-deb"])
         .and_then(|_| crate::payload::build())
         .and_then(|p| std::fs::read(&p).with_context(|| format!("reading {}", p.display())));
     let mut prepared: BTreeMap<String, Result<PreparedImage, String>> = BTreeMap::new();

@@ -96,13 +96,20 @@ pub fn cell_artifacts(
                 (Machine::Pc, _) => (Machine::Pc, kernel.bzimage.clone()),
             };
             provenance.insert("boot.kernel_file".into(), kernel_file.display().to_string());
-            let cmdline: Vec<&str> = image
+            let mut cmdline: Vec<String> = image
                 .boot
                 .cmdline
                 .iter()
                 .chain(extra_cmdline.iter())
-                .map(String::as_str)
+                .cloned()
                 .collect();
+            if machine == Machine::Microvm {
+                // microvm has no HPET or ACPI PM timer to calibrate the TSC against, and the PIT
+                // calibration fails when the host is busy (the vCPU thread gets descheduled): the
+                // guest then hangs at boot. Under TCG the guest's TSC is the host's, so tell the
+                // kernel its frequency.
+                cmdline.push(format!("tsc_early_khz={}", crate::host::tsc_khz()));
+            }
             Ok(BootArtifacts {
                 machine,
                 kernel: Some(kernel_file),
