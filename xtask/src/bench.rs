@@ -148,6 +148,61 @@ pub fn boot(rounds: usize) -> Result<()> {
     Ok(())
 }
 
+/// GNU Mach: QEMU start to the bootstrap task's first frame, with the cell's ISO cached, booted
+/// the way the harness boots a Mach cell (TCG). Target: median <= 1.5 s.
+pub fn mach(boots: usize) -> Result<()> {
+    std::env::set_var("KSTORM_QUIET", "1");
+    let catalog = Catalog::load(&host::workspace_root())?;
+    let image = catalog
+        .images
+        .get("gnumach")
+        .context("images/gnumach.yaml is missing")?
+        .clone();
+    let cache = host::cache_dir();
+    let prepared = images::prepare(&image, &cache)?;
+    let plan = Plan {
+        cell: "bench-mach".into(),
+        results_device: "console".into(),
+        heartbeat_ms: 100,
+        sysctl: Vec::new(),
+        scenarios: vec![ScenarioSpec {
+            name: "port-churn".into(),
+            params: serde_json::json!({"limit": 1})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        }],
+    };
+    let boot = images::cell_artifacts(
+        &prepared,
+        &image,
+        &[],
+        &[],
+        &serde_json::to_vec(&plan)?,
+        &cache,
+    )?;
+    let spec = QemuSpec {
+        boot,
+        ram_mib: 128,
+        accel: Accel::Tcg,
+        results_socket: None,
+        name: None,
+    };
+    let mut argv = vec![crate::qemu::QEMU.to_string()];
+    argv.extend(spec.argv().iter().map(|a| a.to_string_lossy().into_owned()));
+    let r = images::mach_boot::bench_first_frame(&argv, boots)?;
+    for (i, s) in r.samples.iter().enumerate() {
+        eprintln!("boot {}: first frame after {:.3}s", i + 1, s.as_secs_f64());
+    }
+    let m = r.median.as_secs_f64();
+    println!(
+        "bench mach ({} boots, tcg): QEMU start to first payload frame, median {m:.3}s (target <= 1.5s){}",
+        r.samples.len(),
+        if m <= 1.5 { "" } else { "  ABOVE TARGET" }
+    );
+    Ok(())
+}
+
 /// Detector throughput, then the live latencies of a real panic: line to event, event to QEMU gone.
 pub fn detect() -> Result<()> {
     let fixtures = host::workspace_root().join("xtask/tests/fixtures/detect");

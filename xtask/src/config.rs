@@ -37,6 +37,13 @@ pub enum Source {
     DebianKernel { metapackage: String },
     /// A bzImage published at a URL, pinned by SHA-256, downloaded resumably.
     DownloadedKernel { url: String, sha256: String },
+    /// Debian's GNU Mach image package (`gnumach-image-1.8-486`), booted through a GRUB ISO
+    /// with kstorm's bootstrap task. `patch_syscall_trap` applies the one patch that lets the
+    /// stock kernel run user tasks (see `images/gnumach.rs`); without it the first trap panics.
+    DebianGnumach {
+        package: String,
+        patch_syscall_trap: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -95,6 +95,11 @@ enum BenchWhich {
     Scenarios,
     /// Detector throughput on a 100 MB clean log vs a memchr line count, and live latencies.
     Detect,
+    /// GNU Mach: QEMU start to the bootstrap task's first frame (median; target <= 1.5 s).
+    Mach {
+        #[arg(long, default_value_t = 7)]
+        boots: usize,
+    },
 }
 
 #[derive(Args)]
@@ -113,6 +118,7 @@ fn main() -> ExitCode {
             BenchWhich::Boot { rounds } => report(bench::boot(rounds)),
             BenchWhich::Detect => report(bench::detect()),
             BenchWhich::Scenarios => report(bench::scenarios()),
+            BenchWhich::Mach { boots } => report(bench::mach(boots)),
         },
         Verb::Scan(a) => kstorm::detect::scan::run(&a),
         Verb::Test { cargo_args } => test(&cargo_args),

@@ -314,7 +314,12 @@ pub fn choose_accel(
             }
         }
     }
-    let Some(linux) = prepared.values().find_map(|p| p.as_ref().ok()) else {
+    // The probe cell is a Linux payload cell: probe with a Linux kernel.
+    let Some(linux) = prepared.values().find_map(|p| {
+        p.as_ref()
+            .ok()
+            .filter(|p| matches!(p, PreparedImage::Linux(_)))
+    }) else {
         return (Accel::Tcg, "no kernel to probe KVM with".into());
     };
     let (works, detail) = probe_kvm(linux, payload, cache);

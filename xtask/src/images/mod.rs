@@ -3,11 +3,15 @@
 
 pub mod debian;
 pub mod download;
+pub mod gnumach;
+pub mod grub;
 pub mod initramfs;
 pub mod linux;
+pub mod mach_boot;
+pub mod mach_task;
 
 use crate::config::{Image, Machine, Source};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -31,12 +35,15 @@ pub struct BootArtifacts {
 #[derive(Debug, Clone)]
 pub enum PreparedImage {
     Linux(linux::LinuxKernel),
+    /// GNU Mach and kstorm's bootstrap task (the task is the payload there).
+    Mach(mach_task::MachPrepared),
 }
 
 impl PreparedImage {
     pub fn provenance(&self) -> BTreeMap<String, String> {
         match self {
             PreparedImage::Linux(k) => k.provenance(),
+            PreparedImage::Mach(m) => m.kernel.provenance(),
         }
     }
 }
@@ -50,11 +57,20 @@ pub fn prepare(image: &Image, cache: &Path) -> Result<PreparedImage> {
         Source::DownloadedKernel { url, sha256 } => Ok(PreparedImage::Linux(
             linux::LinuxKernel::from_url(url, sha256, cache)?,
         )),
+        Source::DebianGnumach {
+            package,
+            patch_syscall_trap,
+        } => Ok(PreparedImage::Mach(mach_task::MachPrepared::new(
+            package,
+            *patch_syscall_trap,
+            cache,
+        )?)),
     }
 }
 
 /// The boot artifacts of one cell: the prepared kernel plus the cell's own initramfs (payload
-/// as `/init`, the plan) and command line.
+/// as `/init`, the plan) and command line. For GNU Mach: a GRUB ISO with the kernel and the
+/// bootstrap task, the plan on the task's command line (the Linux payload is not used).
 pub fn cell_artifacts(
     prepared: &PreparedImage,
     image: &Image,
@@ -101,6 +117,26 @@ pub fn cell_artifacts(
                 cmdline: Some(cmdline.join(" ")),
                 cdrom: None,
                 provenance,
+            })
+        }
+        PreparedImage::Mach(mach) => {
+            let plan: kstorm_payload::plan::Plan =
+                serde_json::from_slice(plan_json).context("reading back the cell's plan")?;
+            let kernel_args: Vec<String> = image
+                .boot
+                .cmdline
+                .iter()
+                .chain(extra_cmdline.iter())
+                .cloned()
+                .collect();
+            let boot = mach.cell_iso(&plan, &kernel_args, cache)?;
+            Ok(BootArtifacts {
+                machine: Machine::Pc,
+                kernel: None,
+                initrd: None,
+                cmdline: None,
+                cdrom: Some(boot.cdrom),
+                provenance: boot.provenance,
             })
         }
     }

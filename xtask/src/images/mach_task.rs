@@ -1,0 +1,370 @@
+//! kstorm's GNU Mach bootstrap task (`guest-payload/mach/`): building it, and turning a cell
+//! into the module command line the task reads.
+
+use super::gnumach::{run_tool, sha256_hex, MachKernel};
+use super::grub::{build_iso, grub_cfg, MultibootEntry};
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The C sources of the task, in link order.
+const SOURCES: [&str; 4] = ["bootstrap.c", "scenarios.c", "frame.c", "mach.c"];
+const HEADERS: [&str; 3] = ["mach.h", "frame.h", "scenario.h"];
+
+/// A freestanding static 32-bit ELF (the kernel runs USER32 tasks), no libc, no libgcc.
+const GCC_FLAGS: [&str; 14] = [
+    "-m32",
+    "-ffreestanding",
+    "-nostdlib",
+    "-static",
+    "-no-pie",
+    "-fno-pic",
+    "-fno-stack-protector",
+    "-fno-builtin",
+    "-O2",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-Wl,-m,elf_i386",
+    "-Wl,--build-id=none",
+];
+
+/// The directory holding the task's sources.
+pub fn source_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("guest-payload")
+        .join("mach")
+}
+
+/// Compiles the bootstrap task into `out_dir` (`gcc -m32`, from `gcc-multilib`) and returns the
+/// ELF's path. The output is named by the hash of sources and flags, so an unchanged task is
+/// not rebuilt.
+pub fn build_bootstrap(out_dir: &Path) -> Result<PathBuf> {
+    let src = source_dir();
+    let mut h = sha2::Sha256::new();
+    use sha2::Digest;
+    for name in SOURCES.iter().chain(HEADERS.iter()) {
+        let path = src.join(name);
+        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        h.update(name.as_bytes());
+        h.update((text.len() as u64).to_le_bytes());
+        h.update(&text);
+    }
+    h.update(GCC_FLAGS.join(" ").as_bytes());
+    let key = hex::encode(h.finalize());
+    let out = out_dir.join(format!("mach-bootstrap-{}", &key[..16]));
+    if out.exists() {
+        return Ok(out);
+    }
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let tmp = out_dir.join(format!(
+        ".mach-bootstrap-{}.{}",
+        &key[..16],
+        std::process::id()
+    ));
+    let tmp_s = tmp
+        .to_str()
+        .context("output path is not UTF-8")?
+        .to_string();
+    let sources: Vec<String> = SOURCES
+        .iter()
+        .map(|n| src.join(n).to_string_lossy().into_owned())
+        .collect();
+    let mut argv: Vec<&str> = vec!["gcc"];
+    argv.extend(GCC_FLAGS);
+    argv.extend(["-o", &tmp_s]);
+    argv.extend(sources.iter().map(|s| s.as_str()));
+    run_tool(&argv, None).context("building the GNU Mach bootstrap task (needs gcc-multilib)")?;
+    std::fs::rename(&tmp, &out)?;
+    Ok(out)
+}
+
+/// One scenario of a Mach cell.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MachScenario {
+    pub name: String,
+    /// Parameters as the suite gives them; the task takes non-negative integers (and booleans,
+    /// passed as 0/1).
+    pub params: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The module command line for a cell: the task's name, the kernel's port substitutions, the
+/// cell and its scenarios, and GNU Mach's task-creation words.
+pub fn module_args(cell: &str, hb_ms: u32, scenarios: &[MachScenario]) -> Result<Vec<String>> {
+    // Printable ASCII without quotes: GRUB passes it through and the task echoes it in JSON.
+    let word_ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() && c != '\'');
+    if !word_ok(cell) {
+        bail!("cell id {cell:?} cannot go on the GNU Mach module line");
+    }
+    if !(1..=1000).contains(&hb_ms) {
+        bail!("heartbeat period {hb_ms} ms: the Mach task takes 1 to 1000 ms");
+    }
+    if scenarios.is_empty() || scenarios.len() > 8 {
+        bail!(
+            "cell {cell}: a Mach cell runs 1 to 8 scenarios, not {}",
+            scenarios.len()
+        );
+    }
+    let mut args: Vec<String> = vec![
+        "payload".into(),
+        "${host-port}".into(),
+        "${device-port}".into(),
+    ];
+    args.push(format!("cell={cell}"));
+    args.push(format!("hb_ms={hb_ms}"));
+    for s in scenarios {
+        if !word_ok(&s.name) {
+            bail!(
+                "cell {cell}: scenario name {:?} cannot go on the GNU Mach module line",
+                s.name
+            );
+        }
+        args.push(format!("scenario={}", s.name));
+        if s.params.len() > 16 {
+            bail!("cell {cell}: scenario {}: at most 16 parameters", s.name);
+        }
+        for (key, value) in &s.params {
+            if key.is_empty()
+                || !key
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                bail!("cell {cell}: scenario {}: parameter name {key:?} must be lower-case letters, digits, '_'", s.name);
+            }
+            let n = match value {
+                serde_json::Value::Bool(b) => u64::from(*b),
+                serde_json::Value::Number(n) => n.as_u64().with_context(|| {
+                    format!("cell {cell}: scenario {}: parameter {key}: {n} is not a non-negative integer", s.name)
+                })?,
+                other => bail!(
+                    "cell {cell}: scenario {}: parameter {key}: {other} is not a number (the Mach task takes integers)",
+                    s.name
+                ),
+            };
+            if n > u64::from(u32::MAX) {
+                bail!(
+                    "cell {cell}: scenario {}: parameter {key}: {n} does not fit 32 bits",
+                    s.name
+                );
+            }
+            args.push(format!("{key}={n}"));
+        }
+    }
+    args.push("$(task-create)".into());
+    args.push("$(task-resume)".into());
+    Ok(args)
+}
+
+/// What every Mach cell of an image shares: the kernel and the built bootstrap task.
+#[derive(Debug, Clone)]
+pub struct MachPrepared {
+    pub kernel: MachKernel,
+    pub bootstrap: PathBuf,
+}
+
+/// The heartbeat period the task uses at most. On a hang the count reached is the last
+/// heartbeat's, so the task beats more often than the Linux payload (tasks are created at
+/// about 2000 a second under TCG).
+pub const MACH_MAX_HEARTBEAT_MS: u32 = 100;
+
+impl MachPrepared {
+    /// Fetches and prepares the kernel and builds the task (all cached under `cache_dir`).
+    pub fn new(package: &str, patch: bool, cache_dir: &Path) -> Result<MachPrepared> {
+        let kernel = super::gnumach::prepare_kernel(package, patch, cache_dir)?;
+        let bootstrap = build_bootstrap(&cache_dir.join("gnumach").join("bootstrap"))?;
+        Ok(MachPrepared { kernel, bootstrap })
+    }
+
+    /// The ISO for one cell of the harness: its plan's scenarios on the task's command line.
+    pub fn cell_iso(
+        &self,
+        plan: &kstorm_payload::plan::Plan,
+        kernel_args: &[String],
+        cache_dir: &Path,
+    ) -> Result<MachBoot> {
+        let scenarios: Vec<MachScenario> = plan
+            .scenarios
+            .iter()
+            .map(|s| MachScenario {
+                name: s.name.clone(),
+                params: s.params.clone(),
+            })
+            .collect();
+        if !plan.sysctl.is_empty() {
+            bail!(
+                "cell {}: GNU Mach has no sysctls (variant sets {:?})",
+                plan.cell,
+                plan.sysctl
+            );
+        }
+        let hb_ms = (plan.heartbeat_ms.clamp(1, 1000) as u32).min(MACH_MAX_HEARTBEAT_MS);
+        let args = module_args(&plan.cell, hb_ms, &scenarios)?;
+        prepare_iso(
+            &self.kernel,
+            Some((&self.bootstrap, args)),
+            kernel_args,
+            cache_dir,
+        )
+    }
+}
+
+/// The GRUB ISO for one cell and what went into it.
+#[derive(Debug, Clone)]
+pub struct MachBoot {
+    pub cdrom: PathBuf,
+    pub provenance: BTreeMap<String, String>,
+}
+
+/// Kernel command line words every Mach cell gets.
+pub fn kernel_args(extra: &[String]) -> Vec<String> {
+    let mut words = vec!["console=com0".to_string()];
+    words.extend(extra.iter().cloned());
+    words
+}
+
+/// Builds (or finds cached) the ISO booting `kernel` with `bootstrap` (None: no bootstrap
+/// module, which makes the kernel panic) and the given module line.
+pub fn prepare_iso(
+    kernel: &MachKernel,
+    bootstrap: Option<(&Path, Vec<String>)>,
+    extra_kernel_args: &[String],
+    cache_dir: &Path,
+) -> Result<MachBoot> {
+    let (module, module_args) = match bootstrap {
+        Some((path, args)) => (Some(path), Some(args)),
+        None => (None, None),
+    };
+    let cfg = grub_cfg(&MultibootEntry {
+        kernel_args: kernel_args(extra_kernel_args),
+        module_args,
+    })?;
+    let cdrom = build_iso(&kernel.path, module, &cfg, cache_dir)?;
+    let mut provenance = kernel.provenance();
+    if let Some(m) = module {
+        provenance.insert("bootstrap_sha256".into(), sha256_hex(&std::fs::read(m)?));
+    }
+    provenance.insert("boot".into(), "grub-mkrescue ISO, multiboot".into());
+    Ok(MachBoot { cdrom, provenance })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn scenario(name: &str, params: serde_json::Value) -> MachScenario {
+        MachScenario {
+            name: name.into(),
+            params: params.as_object().unwrap().clone(),
+        }
+    }
+
+    #[test]
+    fn module_line_carries_cell_and_scenarios() {
+        let args = module_args(
+            "c7",
+            250,
+            &[
+                scenario("task-churn", json!({"limit": 2000, "cleanup": false})),
+                scenario("port-hoard", json!({})),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            args,
+            [
+                "payload",
+                "${host-port}",
+                "${device-port}",
+                "cell=c7",
+                "hb_ms=250",
+                "scenario=task-churn",
+                "cleanup=0",
+                "limit=2000",
+                "scenario=port-hoard",
+                "$(task-create)",
+                "$(task-resume)"
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        let err =
+            module_args("c1", 250, &[scenario("port-hoard", json!({"limit": -1}))]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("parameter limit: -1 is not a non-negative integer"),
+            "{err}"
+        );
+        let err = module_args(
+            "c1",
+            250,
+            &[scenario("port-hoard", json!({"limit": "lots"}))],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("parameter limit"), "{err}");
+        let err =
+            module_args("c1", 250, &[scenario("port-hoard", json!({"Bad Key": 1}))]).unwrap_err();
+        assert!(err.to_string().contains("parameter name"), "{err}");
+        assert!(module_args("c 1", 250, &[scenario("port-hoard", json!({}))]).is_err());
+        assert!(module_args("c1", 0, &[scenario("port-hoard", json!({}))]).is_err());
+    }
+
+    #[test]
+    fn builds_a_32bit_elf() {
+        let dir = tempfile::tempdir().unwrap();
+        let elf = build_bootstrap(dir.path()).unwrap();
+        let bytes = std::fs::read(&elf).unwrap();
+        assert_eq!(&bytes[..4], b"\x7fELF");
+        assert_eq!(bytes[4], 1, "ELFCLASS32");
+        assert_eq!(u16::from_le_bytes([bytes[18], bytes[19]]), 3, "EM_386");
+        // Cached: the second build returns the same file without compiling.
+        assert_eq!(build_bootstrap(dir.path()).unwrap(), elf);
+    }
+}
+
+#[cfg(test)]
+mod suite_tests {
+    use super::*;
+    use crate::config::{load_image, load_suite};
+
+    /// The Mach suite loads and every case turns into a module line the task accepts.
+    #[test]
+    fn mach_suite_cases_make_valid_module_lines() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut images = std::collections::BTreeMap::new();
+        for name in ["gnumach", "gnumach-unpatched"] {
+            images.insert(
+                name.to_string(),
+                load_image(&root.join(format!("images/{name}.yaml"))).unwrap(),
+            );
+        }
+        let suite = load_suite(&root.join("suites/hurd-zone-mach.yaml"), &images).unwrap();
+        let known = [
+            "task-hoard",
+            "task-churn",
+            "port-hoard",
+            "port-churn",
+            "no-senders-flood",
+            "spawn-kill",
+        ];
+        let source = std::fs::read_to_string(source_dir().join("scenarios.c")).unwrap();
+        for case in &suite.cases {
+            assert!(known.contains(&case.scenario.as_str()), "{}", case.scenario);
+            assert!(
+                source.contains(&format!("{{\"{}\",", case.scenario)),
+                "{} not in scenarios.c",
+                case.scenario
+            );
+            for params in [&case.params, &case.deep] {
+                let s = MachScenario {
+                    name: case.scenario.0.clone(),
+                    params: params.clone(),
+                };
+                module_args("hurd-zone-mach@gnumach-64M-base", 100, &[s]).unwrap();
+            }
+        }
+    }
+}
