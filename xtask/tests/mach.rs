@@ -352,7 +352,7 @@ fn measure_counts_per_ram() {
     }
 }
 
-/// Through the harness itself: the hurd-zone-mach suite's cells, prepared by `images::prepare`
+/// Through the harness itself: the Mach cells of the hurd-zone suite, prepared by `images::prepare`
 /// and `cell_artifacts`, run by `cell::run`, judged by its verdict logic.
 mod through_the_harness {
     use super::ONE_GUEST;
@@ -367,7 +367,7 @@ mod through_the_harness {
     fn run_cells(filter: &str, ram: u64) -> Vec<cell::CellRecord> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let catalog = Catalog::load(&root).unwrap();
-        let suite = catalog.suite("hurd-zone-mach").unwrap();
+        let suite = catalog.suite("hurd-zone").unwrap();
         let sel = Selection {
             images: Some(vec!["gnumach".into()]),
             ram: Some(vec![RamSize(ram)]),
@@ -409,7 +409,7 @@ mod through_the_harness {
 
     #[test]
     fn smoke_cell_passes() {
-        let recs = run_cells("smoke@", 128);
+        let recs = run_cells("mach-smoke@", 128);
         assert_eq!(recs.len(), 1);
         assert_eq!(recs[0].verdict, Verdict::Pass, "{:?}", recs[0].reports);
         assert!(recs[0].as_expected);
@@ -419,7 +419,7 @@ mod through_the_harness {
 
     #[test]
     fn port_hoard_at_64m_is_a_hang_with_its_count() {
-        let recs = run_cells("port-hoard@", 64);
+        let recs = run_cells("mach-port-hoard@", 64);
         assert_eq!(recs.len(), 1);
         match &recs[0].verdict {
             Verdict::Hang {
