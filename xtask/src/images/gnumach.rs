@@ -46,6 +46,9 @@ impl MachKernel {
             "package".into(),
             format!("{}={}", self.package, self.version),
         );
+        // The same keys as Linux kernels, for the results table and summaries.
+        p.insert("kernel.origin".into(), format!("debian:{}", self.package));
+        p.insert("kernel.version".into(), self.version.clone());
         p.insert("deb_sha256".into(), self.deb_sha256.clone());
         p.insert("kernel_sha256".into(), self.image_sha256.clone());
         match &self.patched {
