@@ -81,6 +81,8 @@ pub fn boot(rounds: usize) -> Result<()> {
         accel: b.accel,
         results_socket: None,
         name: None,
+        disk: None,
+        ssh_forward: None,
     }
     .argv();
     let cell = smoke_cell(&b.image)?;

@@ -177,6 +177,8 @@ fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Re
         accel: env.accel,
         results_socket: Some(sock.clone()),
         name: Some(env.dir.display().to_string()),
+        disk: None,
+        ssh_forward: None,
     };
     let argv = spec.argv();
     write_command_file(&env.dir.join("qemu.cmd"), &argv)?;

@@ -43,9 +43,13 @@ struct RunArgs {
     /// Suite from suites/<name>.yaml.
     #[arg(long, default_value = "default")]
     suite: String,
-    /// Only these images (repeatable).
+    /// Run the suite's cases on these images instead of the suite's own (repeatable).
     #[arg(long = "image")]
     images: Vec<String>,
+    /// Reach the payload through this transport instead of each image's default
+    /// (the image must offer it: see `transport:` in images/*.yaml).
+    #[arg(long, value_enum)]
+    transport: Option<kstorm::config::TransportKind>,
     /// Only these RAM sizes, e.g. --ram 128M (repeatable).
     #[arg(long = "ram")]
     ram: Vec<RamSize>,
@@ -126,6 +130,7 @@ fn run(a: RunArgs) -> i32 {
         filters: a.filters,
         repeat: a.repeat,
         profile: a.profile,
+        transport: a.transport,
     };
     if let Some(j) = a.jobs {
         opts.jobs = j;

@@ -3,7 +3,9 @@
 //! A cell id reads `case@image-RAM-variant` (plus `.rN` for repeats), e.g.
 //! `fork-hold@linux-128M-base.r2`; it names the cell's results folder and travels in every frame.
 
-use crate::config::{Case, Catalog, Deadlines, Image, RamSize, Suite, Variant};
+use crate::config::{
+    Case, Catalog, Deadlines, Image, RamSize, Suite, TransportKind, TransportSpec, Variant,
+};
 use anyhow::{bail, Result};
 
 /// Parameter profile: `quick` (the defaults, seconds under TCG) or `deep` (nightly counts).
@@ -17,12 +19,15 @@ pub enum Profile {
 /// What the user narrowed the matrix to on the command line.
 #[derive(Debug, Clone)]
 pub struct Selection {
+    /// Run every case on these images instead of the suite's (or the case's) own.
     pub images: Option<Vec<String>>,
     pub ram: Option<Vec<RamSize>>,
     /// Keep cells whose id contains any of these substrings (all when empty).
     pub filters: Vec<String>,
     pub repeat: u32,
     pub profile: Profile,
+    /// Use this transport instead of each image's default (`run --transport`).
+    pub transport: Option<TransportKind>,
 }
 
 impl Default for Selection {
@@ -33,6 +38,7 @@ impl Default for Selection {
             filters: Vec::new(),
             repeat: 1,
             profile: Profile::Quick,
+            transport: None,
         }
     }
 }
@@ -51,6 +57,8 @@ pub struct Cell {
     pub params: serde_json::Map<String, serde_json::Value>,
     /// Case, then suite, then image, then built-in defaults.
     pub deadlines: Deadlines,
+    /// How the harness reaches the payload in this cell.
+    pub transport: TransportSpec,
 }
 
 pub fn expand(suite: &Suite, catalog: &Catalog, sel: &Selection) -> Result<Vec<Cell>> {
@@ -71,21 +79,22 @@ pub fn expand(suite: &Suite, catalog: &Catalog, sel: &Selection) -> Result<Vec<C
     }
     let mut cells = Vec::new();
     for case in &suite.cases {
-        let images = case.images.as_ref().unwrap_or(&suite.images);
+        let chosen: Option<Vec<crate::config::Name>> = sel
+            .images
+            .as_ref()
+            .map(|w| w.iter().map(|n| crate::config::Name(n.clone())).collect());
+        let images = chosen
+            .as_ref()
+            .or(case.images.as_ref())
+            .unwrap_or(&suite.images);
         let rams = sel.ram.as_ref().or(case.ram.as_ref()).unwrap_or(&suite.ram);
         let mut params = case.params.clone();
         if sel.profile == Profile::Deep {
             params.extend(case.deep.clone());
         }
         for image_name in images {
-            if sel
-                .images
-                .as_ref()
-                .is_some_and(|w| !w.iter().any(|x| x == image_name.as_str()))
-            {
-                continue;
-            }
             let image = &catalog.images[image_name.as_str()];
+            let transport = image.transport(sel.transport)?;
             for &ram in rams {
                 for variant in &suite.variants {
                     for repeat in 1..=sel.repeat.max(1) {
@@ -109,6 +118,7 @@ pub fn expand(suite: &Suite, catalog: &Catalog, sel: &Selection) -> Result<Vec<C
                             repeat,
                             params: params.clone(),
                             deadlines: case.deadlines.or(suite.deadlines).or(image.deadlines),
+                            transport: transport.clone(),
                         });
                     }
                 }

@@ -396,6 +396,7 @@ cases:
         variant: suite.variants[0].clone(),
         repeat: 1,
         deadlines: suite.deadlines,
+        transport: crate::config::TransportSpec::Pid1,
     })
 }
 

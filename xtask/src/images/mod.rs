@@ -2,12 +2,13 @@
 //! needs (cached by content), and then, per cell, the [`BootArtifacts`] QEMU boots.
 
 pub mod debian;
+pub mod disk;
 pub mod download;
 pub mod initramfs;
 pub mod linux;
 
 use crate::config::{Image, Machine, Source};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,8 @@ pub struct BootArtifacts {
     pub cmdline: Option<String>,
     /// `-cdrom` (a GRUB rescue ISO)
     pub cdrom: Option<PathBuf>,
+    /// A read-only base disk image; the cell boots a qcow2 overlay of it, never the base.
+    pub disk_base: Option<PathBuf>,
     /// Versions and hashes of what was booted, recorded in every result.
     pub provenance: BTreeMap<String, String>,
 }
@@ -31,25 +34,42 @@ pub struct BootArtifacts {
 #[derive(Debug, Clone)]
 pub enum PreparedImage {
     Linux(linux::LinuxKernel),
+    /// A Linux kernel with a root filesystem that boots its own init.
+    LinuxDisk(linux::LinuxKernel, disk::DiskImage),
 }
 
 impl PreparedImage {
     pub fn provenance(&self) -> BTreeMap<String, String> {
         match self {
             PreparedImage::Linux(k) => k.provenance(),
+            PreparedImage::LinuxDisk(k, d) => {
+                let mut p = k.provenance();
+                p.insert("disk.hash".into(), d.hash.clone());
+                p.insert("disk.packages".into(), d.packages.join(" "));
+                p
+            }
         }
     }
 }
 
 /// Fetches and unpacks what `image` needs (cached under `cache`).
 pub fn prepare(image: &Image, cache: &Path) -> Result<PreparedImage> {
-    match &image.source {
-        Source::DebianKernel { metapackage } => Ok(PreparedImage::Linux(
-            linux::LinuxKernel::from_debian(metapackage, cache)?,
-        )),
-        Source::DownloadedKernel { url, sha256 } => Ok(PreparedImage::Linux(
-            linux::LinuxKernel::from_url(url, sha256, cache)?,
-        )),
+    let kernel = match &image.source {
+        Source::DebianKernel { metapackage } => {
+            linux::LinuxKernel::from_debian(metapackage, cache)?
+        }
+        Source::DownloadedKernel { url, sha256 } => {
+            linux::LinuxKernel::from_url(url, sha256, cache)?
+        }
+    };
+    match &image.disk {
+        None => Ok(PreparedImage::Linux(kernel)),
+        Some(recipe) => {
+            let images_dir = crate::host::workspace_root().join("images");
+            let d = disk::build(recipe, &kernel, &images_dir, cache)
+                .with_context(|| format!("building the disk of image {}", image.name))?;
+            Ok(PreparedImage::LinuxDisk(kernel, d))
+        }
     }
 }
 
@@ -63,10 +83,18 @@ pub fn cell_artifacts(
     plan_json: &[u8],
     cache: &Path,
 ) -> Result<BootArtifacts> {
-    match prepared {
-        PreparedImage::Linux(kernel) => {
-            let initrd = initramfs::build(cache, payload, plan_json)?;
-            let mut provenance = kernel.provenance();
+    let (kernel, disk) = match prepared {
+        PreparedImage::Linux(k) => (k, None),
+        PreparedImage::LinuxDisk(k, d) => (k, Some(d)),
+    };
+    {
+        {
+            // A disk image boots its own init; the payload and plan travel over the transport.
+            let initrd = match disk {
+                Some(d) => d.initrd.clone(),
+                None => initramfs::build(cache, payload, plan_json)?,
+            };
+            let mut provenance = prepared.provenance();
             // The fast path needs the PVH-bootable vmlinux; without it, boot the bzImage on pc.
             let (machine, kernel_file) = match (image.boot.machine, &kernel.vmlinux) {
                 (Machine::Microvm, Some(vmlinux)) => (Machine::Microvm, vmlinux.clone()),
@@ -100,6 +128,7 @@ pub fn cell_artifacts(
                 initrd: Some(initrd),
                 cmdline: Some(cmdline.join(" ")),
                 cdrom: None,
+                disk_base: disk.map(|d| d.base.clone()),
                 provenance,
             })
         }
