@@ -27,15 +27,30 @@ fn main() {
         mount("sysfs", "/sys", "sysfs");
         mount("devtmpfs", "/dev", "devtmpfs");
     }
-    let plan: Plan =
-        serde_json::from_slice(&std::fs::read(kstorm_payload::plan::PLAN_PATH).unwrap()).unwrap();
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&plan.results_device)
-        .unwrap();
+    // Not PID 1 (run over ssh or a serial shell): `--plan FILE [--results FILE]`, frames on
+    // stdout unless --results names a file; no mounts, no power-off.
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let plan_path = arg("--plan").unwrap_or_else(|| kstorm_payload::plan::PLAN_PATH.into());
+    let plan: Plan = serde_json::from_slice(&std::fs::read(plan_path).unwrap()).unwrap();
+    let mut out: Box<dyn Write> = match (pid1, arg("--results")) {
+        (false, Some(path)) => Box::new(std::fs::File::create(path).unwrap()),
+        (false, None) => Box::new(std::io::stdout()),
+        (true, _) => Box::new(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&plan.results_device)
+                .unwrap(),
+        ),
+    };
     let mut seq = 0;
     let mut send = |m: &Message| {
         let _ = out.write_all(frame::encode(&plan.cell, seq, m).as_bytes());
+        let _ = out.flush();
         seq += 1;
     };
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")

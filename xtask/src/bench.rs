@@ -120,6 +120,8 @@ pub fn boot(rounds: usize) -> Result<()> {
                 accel: b.accel,
                 dir: dir.clone(),
                 progress: &|_| {},
+                guest: None,
+                faults: Default::default(),
             },
         );
         host::write_atomic(
@@ -178,6 +180,8 @@ pub fn detect() -> Result<()> {
                 accel: b.accel,
                 dir: out.path().join(format!("p{i}")),
                 progress: &|_| {},
+                guest: None,
+                faults: Default::default(),
             },
         );
         match (rec.timings.detect_ms, rec.timings.crash_to_exit_ms) {
