@@ -132,6 +132,16 @@ impl SerialTransport {
         }
     }
 
+    /// Reads until the console has been silent for `quiet` (or `until`).
+    fn wait_quiet(&mut self, quiet: Duration, until: Instant) -> TResult<()> {
+        while Instant::now() < until {
+            if !self.read_more(quiet.min(until.saturating_duration_since(Instant::now())))? {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
     /// Runs `script` between markers; returns its status and output lines.
     fn command(&mut self, script: &str) -> TResult<(i32, Vec<String>)> {
         let mut lines = Vec::new();
@@ -152,7 +162,11 @@ impl SerialTransport {
                 let raw: Vec<u8> = self.buf.drain(..=pos).collect();
                 let line = String::from_utf8_lossy(&raw[..raw.len() - 1]).into_owned();
                 let line = line.trim_end_matches('\r');
-                let line = line.strip_prefix(prompt.as_str()).unwrap_or(line);
+                // The shell prints its prompt before each line of a script, with no newline.
+                let mut line = line;
+                while let Some(rest) = line.strip_prefix(prompt.as_str()) {
+                    line = rest;
+                }
                 match wire::classify(line, &nonce) {
                     wire::Line::Start => {}
                     wire::Line::End(rc) => return Ok(rc),
@@ -163,7 +177,9 @@ impl SerialTransport {
             // was damaged on the way. Ask again; the status is still in KS_RC.
             let idle_at_prompt = self.buf_text().ends_with(&prompt);
             let since = last_requery.elapsed();
-            if (idle_at_prompt && since > Duration::from_millis(500))
+            if (idle_at_prompt
+                && since > Duration::from_secs(1)
+                && last_data.elapsed() > Duration::from_secs(1))
                 || (last_data.elapsed() > REQUERY_IDLE && since > REQUERY_IDLE)
             {
                 self.buf.clear();
@@ -210,6 +226,8 @@ impl Transport for SerialTransport {
     fn connect(&mut self, deadline: Instant) -> TResult<()> {
         let user = self.spec.user.clone();
         let login_prompt = self.spec.prompt.clone();
+        let prompt = self.prompt();
+        let mut refusals = 0;
         loop {
             self.stats.attempts += 1;
             let poke = Instant::now() + Duration::from_secs(10);
@@ -226,28 +244,52 @@ impl Transport for SerialTransport {
                     continue;
                 }
             }
-            // Let the prompt settle (getty prints it, then kernel messages may follow).
-            std::thread::sleep(Duration::from_millis(200));
+            // getty and login flush the tty's input after printing their prompts, and a TCG
+            // guest can take a while to get there: answer once the console is quiet.
+            self.wait_quiet(Duration::from_secs(1), deadline)?;
             self.buf.clear();
-            self.send(&format!("{user}\r"))?;
-            let until = (Instant::now() + Duration::from_secs(15)).min(deadline);
+            self.send(&format!("{user}\n"))?;
+            let until = (Instant::now() + Duration::from_secs(20)).min(deadline);
             if let Some(pw) = self.spec.password.clone() {
                 match self.wait_for(&["assword:", &login_prompt], until)? {
-                    Some(0) => self.send(&format!("{pw}\r"))?,
+                    Some(0) => {
+                        self.wait_quiet(Duration::from_secs(1), deadline)?;
+                        self.send(&format!("{pw}\n"))?;
+                    }
                     _ => continue,
                 }
             }
             // The prompt is built from two quoted words so the echo of this line differs from it.
-            let setup = format!("stty -echo; PS2=''; PS1='KSP''{}> '\r", self.session_nonce);
+            let setup = format!("stty -echo; PS2=''; PS1='KSP''{}> '\n", self.session_nonce);
             self.send(&setup)?;
-            let prompt = self.prompt();
-            match self.wait_for(&[&prompt, "Login incorrect", "incorrect"], until)? {
-                Some(0) => break,
-                Some(_) => {
-                    return Err(TransportError::Refused(format!(
-                        "login as {user} on the serial console was refused (Login incorrect): check the password in the image's transport.serial-shell"
-                    )))
+            // A busy guest may flush what was typed before login read it: when nothing answers,
+            // type the password (if login still waits for it) and the setup line again. If the
+            // first answer did get through, the shell runs the repeat as a harmless command.
+            let mut answer = None;
+            for _ in 0..4 {
+                let step = (Instant::now() + Duration::from_secs(5)).min(until);
+                answer = self.wait_for(&[&prompt, "incorrect", &login_prompt], step)?;
+                if answer.is_some() || Instant::now() >= until {
+                    break;
                 }
+                self.stats.retries += 1;
+                if let Some(pw) = self.spec.password.clone() {
+                    self.send(&format!("{pw}\n"))?;
+                }
+                self.send(&setup)?;
+            }
+            match answer {
+                Some(0) => break,
+                Some(1) => {
+                    refusals += 1;
+                    if refusals >= 2 {
+                        return Err(TransportError::Refused(format!(
+                            "login as {user} on the serial console was refused (Login incorrect): check the password in the image's transport.serial-shell"
+                        )));
+                    }
+                }
+                // Back at the login prompt: the answers were swallowed; start over.
+                Some(_) => self.buf.splice(0..0, login_prompt.bytes()).for_each(drop),
                 None if Instant::now() >= deadline => {
                     return Err(TransportError::Deadline(
                         "no shell prompt after logging in on the serial console".into(),
@@ -255,7 +297,7 @@ impl Transport for SerialTransport {
                 }
                 None => {
                     return Err(TransportError::Refused(format!(
-                        "no shell prompt within 15 s of logging in as {user} on the serial console"
+                        "no shell prompt within 20 s of logging in as {user} on the serial console"
                     )))
                 }
             }
@@ -306,9 +348,11 @@ impl Transport for SerialTransport {
                     self.stats.upload_s += t.elapsed().as_secs_f64();
                     return Ok(());
                 }
-                Some(got) => return Err(TransportError::Refused(format!(
+                Some(got) => {
+                    return Err(TransportError::Refused(format!(
                     "{path}: the guest's SHA-256 {got} is not {want} although every chunk matched"
-                ))),
+                )))
+                }
                 None => script = wire::verify_script(path),
             }
         }
