@@ -195,6 +195,7 @@ struct Watch {
     console_bytes_at_loss: u64,
     /// QEMU ended by itself (the console closed) rather than being killed by the harness.
     qemu_exited: bool,
+    bench_upload_mb_s: Option<f64>,
 }
 
 fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Result<()> {
@@ -273,10 +274,11 @@ fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Re
             TransportSpec::Pid1 => unreachable!(),
         };
         let boot_deadline = start + cell.deadlines.boot();
+        let bench_upload = env.faults.bench_upload;
         (
             None,
             Some(std::thread::spawn(move || {
-                drive(t, guest, boot_deadline, tx)
+                drive(t, guest, boot_deadline, bench_upload, tx)
             })),
         )
     };
@@ -407,6 +409,9 @@ fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Re
     });
 
     record.timings.total_s = start.elapsed().as_secs_f64();
+    if let Some(stats) = record.transport.as_mut() {
+        stats.bench_upload_mb_s = watch.bench_upload_mb_s;
+    }
     // Gaps in the sequence: frames that never arrived by any channel.
     if let Some(&max) = watch.seen.iter().next_back() {
         record.frames.missing = max + 1 - watch.seen.len() as u64;
@@ -492,6 +497,10 @@ fn handle(
                     }
                 }
             }
+        }
+        Input::ResultsLine(line) if line.starts_with("kstorm-bench-upload ") => {
+            let rate = line["kstorm-bench-upload ".len()..].parse().ok();
+            watch.bench_upload_mb_s = rate;
         }
         Input::ResultsLine(line) => on_frame_line(
             &line,
@@ -722,10 +731,18 @@ fn drive(
     mut t: Box<dyn Transport>,
     guest: GuestFiles,
     boot_deadline: Instant,
+    bench_upload: Option<usize>,
     tx: mpsc::Sender<Input>,
 ) {
     let serial = t.stats().kind == "serial";
     let end = t.connect(boot_deadline).and_then(|()| {
+        if let Some(n) = bench_upload {
+            let data: Vec<u8> = (0..n).map(|_| rand::random::<u8>()).collect();
+            let t0 = Instant::now();
+            t.upload(&data, &format!("{}/bench.bin", transport::GUEST_DIR), 0o644)?;
+            let rate = n as f64 / 1e6 / t0.elapsed().as_secs_f64();
+            let _ = tx.send(Input::ResultsLine(format!("kstorm-bench-upload {rate}")));
+        }
         let tx = tx.clone();
         transport::run_plan(
             t.as_mut(),

@@ -97,6 +97,13 @@ enum BenchWhich {
     },
     /// Detector throughput on a 100 MB clean log vs a memchr line count, and live latencies.
     Detect,
+    /// ssh and serial shell on linux-disk: time to the first command and upload rate, against
+    /// the PID-1 path booting the same kernel.
+    Transport {
+        /// Size of the timed upload, in MB.
+        #[arg(long, default_value_t = 10)]
+        upload_mb: usize,
+    },
 }
 
 #[derive(Args)]
@@ -114,6 +121,7 @@ fn main() -> ExitCode {
         Verb::Bench(a) => match a.which {
             BenchWhich::Boot { rounds } => report(bench::boot(rounds)),
             BenchWhich::Detect => report(bench::detect()),
+            BenchWhich::Transport { upload_mb } => report(bench::transport(upload_mb)),
         },
         Verb::Scan(a) => kstorm::detect::scan::run(&a),
         Verb::Test { cargo_args } => test(&cargo_args),
