@@ -674,4 +674,64 @@ mod tests {
         );
         assert!("90".parse::<HumanDuration>().is_err());
     }
+
+    fn image_with(transport: &str) -> Result<Image> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img.yaml");
+        let disk =
+            "disk: {packages: [busybox-static], modules: [ext4], files: d, init: i, size: 64M}\n";
+        let text = format!(
+            "name: img\ndescription: d\nos: linux\nsource: {{debian-kernel: {{metapackage: m}}}}\nboot: {{machine: microvm}}\n{disk}{transport}"
+        );
+        std::fs::write(&path, text).unwrap();
+        load_image(&path)
+    }
+
+    #[test]
+    fn transports_parse_one_or_many() {
+        let i = image_with("transport: {ssh: {user: root, password: pw}}\n").unwrap();
+        assert_eq!(i.transport.len(), 1);
+        assert_eq!(i.transport(None).unwrap().kind(), TransportKind::Ssh);
+        let i = image_with(
+            "transport:\n  - {ssh: {user: root, key: id, port: 2222}}\n  - {serial-shell: {user: root}}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            i.transport(Some(TransportKind::Serial)).unwrap().kind(),
+            TransportKind::Serial
+        );
+        match &i.transport[1] {
+            TransportSpec::SerialShell(s) => assert_eq!(s.prompt, "login:"),
+            t => panic!("{t:?}"),
+        }
+        let err = i
+            .transport(Some(TransportKind::Pid1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("offers no pid1 transport (it offers: ssh, serial)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn transport_errors_name_the_field() {
+        let err = format!(
+            "{:#}",
+            image_with("transport: {ssh: {user: root, passwd: x}}\n").unwrap_err()
+        );
+        assert!(
+            err.contains("img.yaml") && err.contains("transport") && err.contains("passwd"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            image_with("transport: {ssh: {user: root}}\n").unwrap_err()
+        );
+        assert!(err.contains("exactly one of `password` and `key`"), "{err}");
+        let err = format!("{:#}", image_with("transport: telnet\n").unwrap_err());
+        assert!(err.contains("transport") && err.contains("telnet"), "{err}");
+        let err = format!("{:#}", image_with("transport: pid1\n").unwrap_err());
+        assert!(err.contains("pid1 does not apply"), "{err}");
+    }
 }
