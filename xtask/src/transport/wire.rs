@@ -19,8 +19,9 @@ use sha2::Digest;
 /// Raw bytes per upload chunk: 32 KiB is about 44 KiB of base64, small enough for the guest
 /// tty's buffers (the harness waits for each chunk's checksum before sending the next).
 pub const UPLOAD_CHUNK: usize = 32 * 1024;
-/// Raw bytes per download chunk.
-pub const DOWNLOAD_CHUNK: usize = 2048;
+/// Raw bytes per download chunk: small, so a line that loses bytes now and then still lets
+/// most chunks through intact.
+pub const DOWNLOAD_CHUNK: usize = 512;
 /// base64 line length in heredocs (the tty's canonical mode limits a line to 4095 bytes).
 const B64_LINE: usize = 76;
 
