@@ -1,8 +1,10 @@
 //! What the guest payload and the harness share: the cell plan the harness hands to the guest,
-//! and the framed result lines the guest sends back.
+//! the framed result lines the guest sends back, and the pure statistics both sides compute.
 //!
 //! This library has no OS-specific code so the host-side harness can link it; the payload's
 //! own scenarios live in the binary.
 
 pub mod frame;
+pub mod kmem;
 pub mod plan;
+pub mod stats;

@@ -1,96 +1,124 @@
-//! Interim PID-1 payload used while the full payload (issue 3/4) is written on its own branch:
-//! enough to drive the harness (smoke, panic, hang).
+//! kstorm's guest payload.
+//!
+//! As PID 1 of a guest (`/init` of the cell's initramfs) it mounts what the scenarios need,
+//! reads `/kstorm/plan.json`, runs the plan with frames on the results device, and powers the
+//! guest off, whatever happened. Started any other way (a test, a shell over ssh) it runs
+//! `--plan FILE` with frames on standard output and touches nothing of the machine.
 
-use kstorm_payload::frame::{self, Message, Outcome, ScenarioResult};
+mod channel;
+#[cfg(target_os = "linux")]
+mod init;
+mod memwatch;
+mod progress;
+mod runner;
+mod scenarios;
+mod sys;
+
 use kstorm_payload::plan::Plan;
-use std::collections::BTreeMap;
-use std::io::Write;
 
-fn mount(src: &str, target: &str, fstype: &str) {
-    let c = |s: &str| std::ffi::CString::new(s).unwrap();
-    let _ = std::fs::create_dir_all(target);
-    unsafe {
-        libc::mount(
-            c(src).as_ptr(),
-            c(target).as_ptr(),
-            c(fstype).as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-}
+const USAGE: &str = "usage: kstorm-payload --plan FILE [--disposable]
+  As PID 1 it reads /kstorm/plan.json and powers off when done.
+  --plan FILE    run this plan, frames on standard output
+  --check-plan FILE
+                 check scenario names and parameters of a plan without running it
+  --disposable   this machine is a throwaway guest: allow the scenarios that harm it
+                 (panic, oom, tmpfs-fill, overcommit, cgroup-limit) and kernel-wide settings";
 
 fn main() {
-    let pid1 = std::process::id() == 1;
-    if pid1 {
-        mount("proc", "/proc", "proc");
-        mount("sysfs", "/sys", "sysfs");
-        mount("devtmpfs", "/dev", "devtmpfs");
-    }
-    // Not PID 1 (run over ssh or a serial shell): `--plan FILE [--results FILE]`, frames on
-    // stdout unless --results names a file; no mounts, no power-off.
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1).cloned())
-    };
-    let plan_path = arg("--plan").unwrap_or_else(|| kstorm_payload::plan::PLAN_PATH.into());
-    let plan: Plan = serde_json::from_slice(&std::fs::read(plan_path).unwrap()).unwrap();
-    let mut out: Box<dyn Write> = match (pid1, arg("--results")) {
-        (false, Some(path)) => Box::new(std::fs::File::create(path).unwrap()),
-        (false, None) => Box::new(std::io::stdout()),
-        (true, _) => Box::new(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&plan.results_device)
-                .unwrap(),
-        ),
-    };
-    let mut seq = 0;
-    let mut send = |m: &Message| {
-        let _ = out.write_all(frame::encode(&plan.cell, seq, m).as_bytes());
-        let _ = out.flush();
-        seq += 1;
-    };
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    send(&Message::Hello {
-        agent: "linux-payload".into(),
-        agent_version: "interim".into(),
-        kernel,
-        mem_total_kib: None,
-        ncpu: None,
-    });
-    for (i, s) in plan.scenarios.iter().enumerate() {
-        send(&Message::Start {
-            scenario: s.name.clone(),
-            index: i as u32,
-        });
-        match s.name.as_str() {
-            "panic" => {
-                let _ = std::fs::write("/proc/sysrq-trigger", "c");
+    if args.get(1).map(String::as_str) == Some("--copy") {
+        std::process::exit(scenarios::copy_main(&args[2..]));
+    }
+    #[cfg(target_os = "linux")]
+    if sys::getpid() == 1 {
+        init::pid1_main();
+    }
+    std::process::exit(host_main(&args[1..]));
+}
+
+/// Not PID 1: exit code 0 when every scenario passed, 1 when one did not, 2 on usage errors.
+fn host_main(args: &[String]) -> i32 {
+    let mut plan_path = None;
+    let mut disposable = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--plan" => plan_path = it.next().cloned(),
+            "--disposable" => disposable = true,
+            "--check-plan" => return check_plan(it.next().map(String::as_str).unwrap_or("")),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return 0;
             }
-            "hang" => std::thread::sleep(std::time::Duration::from_secs(600)),
-            _ => {}
-        }
-        send(&Message::Result(ScenarioResult {
-            scenario: s.name.clone(),
-            index: i as u32,
-            outcome: Outcome::Pass,
-            error: None,
-            measurements: BTreeMap::new(),
-            facts: BTreeMap::new(),
-            series: BTreeMap::new(),
-        }));
-    }
-    send(&Message::Done);
-    if pid1 {
-        unsafe {
-            libc::sync();
-            libc::reboot(libc::RB_POWER_OFF);
+            other => {
+                eprintln!("kstorm-payload: unknown argument {other:?}\n{USAGE}");
+                return 2;
+            }
         }
     }
+    let Some(path) = plan_path else {
+        eprintln!("kstorm-payload: no --plan given\n{USAGE}");
+        return 2;
+    };
+    let plan = match load_plan(&path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("kstorm-payload: {e}");
+            return 2;
+        }
+    };
+    // Orphans of scenario workers come back to us to be reaped.
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain prctl.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    };
+    let mut chan = channel::Channel::stdout(&plan.cell);
+    match runner::Runner::new(&mut chan, &plan, disposable) {
+        Ok(mut r) => {
+            if r.run_plan(&plan) {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!("kstorm-payload: shared memory: {e}");
+            2
+        }
+    }
+}
+
+/// `--check-plan`: 0 when every scenario exists and its parameters parse, else 2 with one
+/// line per problem.
+fn check_plan(path: &str) -> i32 {
+    let plan = match load_plan(path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("kstorm-payload: {e}");
+            return 2;
+        }
+    };
+    let mut bad = 0;
+    for (i, spec) in plan.scenarios.iter().enumerate() {
+        let problem = match scenarios::find(&spec.name) {
+            None => Some(format!("unknown scenario {:?}", spec.name)),
+            Some(s) => s.check(&spec.params).err(),
+        };
+        if let Some(p) = problem {
+            eprintln!("{path}: scenarios[{i}] ({}): {p}", spec.name);
+            bad += 1;
+        }
+    }
+    if bad == 0 {
+        0
+    } else {
+        2
+    }
+}
+
+/// Reads and parses a plan; the error names the file (and line/column for bad JSON).
+pub fn load_plan(path: &str) -> Result<Plan, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading plan {path}: {e}"))?;
+    serde_json::from_str(&text).map_err(|e| format!("plan {path}: {e}"))
 }

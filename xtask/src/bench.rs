@@ -154,7 +154,12 @@ pub fn boot(rounds: usize) -> Result<()> {
 
 /// Detector throughput, then the live latencies of a real panic: line to event, event to QEMU gone.
 pub fn detect() -> Result<()> {
-    crate::detect::bench::throughput()?;
+    let fixtures = host::workspace_root().join("xtask/tests/fixtures/detect");
+    crate::detect::bench::bench_detect_throughput(
+        &fixtures,
+        crate::detect::Os::Linux,
+        100_000_000,
+    )?;
     let b = linux_bench()?;
     let cache = host::cache_dir();
     let mut cell = smoke_cell(&b.image)?;
@@ -311,5 +316,68 @@ pub fn transport(upload_mb: usize) -> Result<()> {
             rec.verdict.word(),
         );
     }
+    Ok(())
+}
+
+/// One cell per scenario at 256M: wall time per scenario and the payload's own overhead
+/// (heartbeat and result framing, measured by the payload's supervisor) as a share of it.
+pub fn scenarios() -> Result<()> {
+    std::env::set_var("KSTORM_QUIET", "1");
+    let yaml = r#"
+name: bench-scenarios
+description: one cell per scenario at 256M
+images: [linux]
+ram: [256M]
+deadlines: {heartbeat: 20s, cell: 300s}
+cases:
+  - {name: smoke, scenario: smoke, expect: pass}
+  - {name: fork-hold, scenario: fork-hold, params: {children: 200, fds_per_child: 16}, expect: pass}
+  - {name: spawn-kill, scenario: spawn-kill, params: {cycles: 10, batch: 8, fds: 64}, expect: pass}
+  - {name: fd-churn, scenario: fd-churn, params: {procs: 2, duration_s: 3}, expect: pass}
+  - {name: copies, scenario: copies, params: {counts: [1, 10, 50]}, expect: pass}
+  - {name: mmap-group, scenario: mmap-group, params: {counts: [1, 10, 50]}, expect: pass}
+  - {name: mem-profile, scenario: mem-profile, expect: pass}
+  - {name: oom, scenario: oom, expect: oom}
+  - {name: rlimits, scenario: rlimits, expect: pass}
+  - {name: tmpfs-fill, scenario: tmpfs-fill, expect: pass}
+  - {name: overcommit, scenario: overcommit, params: {modes: [2]}, expect: pass}
+  - {name: cgroup-limit, scenario: cgroup-limit, expect: oom}
+"#;
+    let catalog = Catalog::load(&host::workspace_root())?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("bench-scenarios.yaml");
+    std::fs::write(&path, yaml)?;
+    let suite = crate::config::load_suite(&path, &catalog.images)?;
+    let cells = crate::matrix::expand(&suite, &catalog, &Default::default())?;
+    let mut opts = run::RunOptions::new("bench-scenarios");
+    opts.results_root = dir.path().join("results");
+    opts.progress = false;
+    opts.jobs = 1;
+    let outcome = run::run_cells("bench-scenarios", cells, &opts)?;
+    println!(
+        "{:<14} {:>9} {:>12} {:>10}  verdict",
+        "scenario", "wall [s]", "overhead [s]", "overhead"
+    );
+    let (mut busy_total, mut wall_total) = (0.0, 0.0);
+    for r in &outcome.records {
+        let Some(res) = r.results.first() else {
+            println!("{:<14} no result: {}", r.scenario, r.verdict.describe());
+            continue;
+        };
+        let get = |k: &str| res.measurements.get(k).map(|m| m.value).unwrap_or(f64::NAN);
+        let (wall, busy) = (get("payload_wall"), get("payload_supervisor_busy"));
+        busy_total += busy;
+        wall_total += wall;
+        println!(
+            "{:<14} {wall:>9.3} {busy:>12.4} {:>9.2}%  {}",
+            r.scenario,
+            100.0 * busy / wall,
+            r.verdict.word()
+        );
+    }
+    println!(
+        "bench scenarios: payload overhead {:.2}% of scenario time overall (target < 2%)",
+        100.0 * busy_total / wall_total
+    );
     Ok(())
 }

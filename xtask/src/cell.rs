@@ -421,6 +421,13 @@ fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Re
             Some(gone.saturating_duration_since(*at).as_secs_f64() * 1000.0);
     }
     record.reports = detector.finish();
+    if let Some((event, _)) = &mut watch.crash {
+        // The live event's title is provisional; the finished report may name the guilty
+        // function from lines that came after the first (RIP:, the call trace).
+        if let Some(first) = crate::detect::summary::Summary::of(&record.reports).crash {
+            *event = first;
+        }
+    }
     if watch.hang {
         // Silence is a finding too: keep it next to the console's own reports.
         let (kind, title) = match (&watch.running, watch.boot_silent) {

@@ -95,6 +95,8 @@ enum BenchWhich {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// Every scenario once at 256M: wall time and the payload's own overhead.
+    Scenarios,
     /// Detector throughput on a 100 MB clean log vs a memchr line count, and live latencies.
     Detect,
     /// ssh and serial shell on linux-disk: time to the first command and upload rate, against
@@ -122,6 +124,7 @@ fn main() -> ExitCode {
             BenchWhich::Boot { rounds } => report(bench::boot(rounds)),
             BenchWhich::Detect => report(bench::detect()),
             BenchWhich::Transport { upload_mb } => report(bench::transport(upload_mb)),
+            BenchWhich::Scenarios => report(bench::scenarios()),
         },
         Verb::Scan(a) => kstorm::detect::scan::run(&a),
         Verb::Test { cargo_args } => test(&cargo_args),

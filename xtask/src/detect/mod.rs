@@ -3,13 +3,30 @@
 //! The harness feeds console bytes as QEMU writes them; the detector answers with [`Event`]s as
 //! soon as a report starts, and with whole [`Report`]s (start line plus trace) at the end.
 //!
-//! NOTE: this is the minimal first version (issue 3). Issue 5 replaces the engine with
-//! signatures loaded from data files; the public API below stays.
+//! What a crash looks like is data: `xtask/signatures/<os>.yaml` (see [`signatures`]). The
+//! engine ([`engine`]) prefilters whole chunks with a literal search and runs regexes only on
+//! candidate lines, so it keeps up with any console; [`summary`] turns reports into a verdict
+//! (the first crash wins the title), [`scan`] is the offline CLI and [`bench`] the benchmark.
+//!
+//! An [`Event`]'s title is given when the start line is seen (for low latency); the matching
+//! [`Report`] from [`Detector::finish`] may carry a better title, learnt from the trace lines
+//! (the guilty function in `RIP:`, say). Use the report's title for verdicts.
 
 pub mod bench;
+pub mod engine;
+pub mod line;
 pub mod scan;
+pub mod signatures;
+pub mod summary;
+pub mod title;
+
+pub use engine::Stats;
+pub use signatures::Signatures;
+pub use summary::Summary;
 
 use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
 
 /// Which kernel printed the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -51,6 +68,51 @@ pub enum Kind {
     LostConnection,
 }
 
+impl Kind {
+    /// The name used in signature files and JSON (`kernel-page-fault`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Panic => "panic",
+            Kind::Bug => "bug",
+            Kind::Oops => "oops",
+            Kind::GeneralProtectionFault => "general-protection-fault",
+            Kind::KernelPageFault => "kernel-page-fault",
+            Kind::Sanitizer => "sanitizer",
+            Kind::Warning => "warning",
+            Kind::SoftLockup => "soft-lockup",
+            Kind::HardLockup => "hard-lockup",
+            Kind::HungTask => "hung-task",
+            Kind::RcuStall => "rcu-stall",
+            Kind::OomKill => "oom-kill",
+            Kind::DebuggerEntered => "debugger-entered",
+            Kind::KernelTrap => "kernel-trap",
+            Kind::ZoneExhausted => "zone-exhausted",
+            Kind::KmemMapTooSmall => "kmem-map-too-small",
+            Kind::BootFailure => "boot-failure",
+            Kind::NoOutput => "no-output",
+            Kind::NoProgress => "no-progress",
+            Kind::LostConnection => "lost-connection",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Os {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Os::Linux => "linux",
+            Os::Freebsd => "freebsd",
+            Os::Mach => "mach",
+            Os::Hurd => "hurd",
+        }
+    }
+}
+
 /// A report recognised in the stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -76,129 +138,45 @@ pub struct Report {
 
 /// Streaming detector for one console log.
 pub struct Detector {
-    os: Os,
-    partial: Vec<u8>,
-    line_no: u64,
-    reports: Vec<Report>,
-    /// Index into `reports` of the report still collecting trace lines, and how many more.
-    collecting: Option<(usize, usize)>,
+    engine: engine::Engine,
 }
 
-const TRACE_LINES: usize = 60;
-
 impl Detector {
+    /// A detector with the shipped signatures for `os` (compiled once per process).
     pub fn new(os: Os) -> anyhow::Result<Detector> {
-        Ok(Detector {
-            os,
-            partial: Vec::new(),
-            line_no: 0,
-            reports: Vec::new(),
-            collecting: None,
-        })
+        Ok(Detector::with_signatures(Signatures::builtin(os)?))
+    }
+
+    /// A detector with signatures from a file (its `os:` field names the OS).
+    pub fn from_signature_file(path: &Path) -> anyhow::Result<Detector> {
+        Ok(Detector::with_signatures(Arc::new(Signatures::from_file(
+            path,
+        )?)))
+    }
+
+    /// A detector sharing already loaded signatures (one load for many cells).
+    pub fn with_signatures(signatures: Arc<Signatures>) -> Detector {
+        Detector {
+            engine: engine::Engine::new(signatures),
+        }
     }
 
     pub fn os(&self) -> Os {
-        self.os
+        self.engine.signatures().os
     }
 
-    /// Feeds bytes as they arrive; returns the events recognised in them.
+    /// Feeds bytes as they arrive; returns the events whose start lines they completed.
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<Event> {
-        let mut events = Vec::new();
-        for &b in bytes {
-            if b == b'\n' {
-                let line = std::mem::take(&mut self.partial);
-                if let Some(e) = self.line(&line) {
-                    events.push(e);
-                }
-            } else {
-                self.partial.push(b);
-            }
-        }
-        events
+        self.engine.feed(bytes)
     }
 
-    /// Ends the stream; returns every report with its lines.
-    pub fn finish(mut self) -> Vec<Report> {
-        if !self.partial.is_empty() {
-            let line = std::mem::take(&mut self.partial);
-            self.line(&line);
-        }
-        self.reports
+    /// Line count and what was cut (overlong lines, reports over the cap).
+    pub fn stats(&self) -> Stats {
+        self.engine.stats()
     }
 
-    fn line(&mut self, raw: &[u8]) -> Option<Event> {
-        self.line_no += 1;
-        let text = String::from_utf8_lossy(raw)
-            .trim_end_matches('\r')
-            .to_string();
-        if let Some((idx, left)) = self.collecting {
-            self.reports[idx].lines.push(text.clone());
-            self.collecting = if left > 1 {
-                Some((idx, left - 1))
-            } else {
-                None
-            };
-        }
-        if text.contains(guest_payload_magic()) {
-            return None;
-        }
-        let event = minimal_linux(&text, self.line_no)?;
-        self.reports.push(Report {
-            event: event.clone(),
-            lines: vec![text],
-        });
-        self.collecting = Some((self.reports.len() - 1, TRACE_LINES));
-        Some(event)
+    /// Ends the stream; returns every report with its lines and final title.
+    pub fn finish(self) -> Vec<Report> {
+        self.engine.finish()
     }
-}
-
-fn guest_payload_magic() -> &'static str {
-    kstorm_payload::frame::MAGIC
-}
-
-fn minimal_linux(text: &str, line: u64) -> Option<Event> {
-    let body = strip_timestamp(text);
-    let crash = |kind, title: String| {
-        Some(Event {
-            kind,
-            title,
-            line,
-            crash: true,
-            victim: None,
-        })
-    };
-    if let Some(msg) = body.strip_prefix("Kernel panic - not syncing: ") {
-        return crash(Kind::Panic, format!("kernel panic: {}", msg.trim()));
-    }
-    if body.starts_with("BUG: ") {
-        return crash(Kind::Bug, body.to_string());
-    }
-    if body.starts_with("Oops: ") {
-        return crash(Kind::Oops, "Oops".to_string());
-    }
-    if let Some(rest) = body.strip_prefix("Out of memory: Killed process ") {
-        let victim = rest
-            .split('(')
-            .nth(1)
-            .and_then(|s| s.split(')').next())
-            .map(str::to_string);
-        return Some(Event {
-            kind: Kind::OomKill,
-            title: format!("OOM kill: {}", victim.as_deref().unwrap_or("?")),
-            line,
-            crash: false,
-            victim,
-        });
-    }
-    None
-}
-
-fn strip_timestamp(text: &str) -> &str {
-    let t = text.trim_start();
-    if t.starts_with('[') {
-        if let Some(end) = t.find(']') {
-            return t[end + 1..].trim_start();
-        }
-    }
-    t
 }

@@ -1,63 +1,157 @@
-//! `cargo xtask scan`: the detector over saved logs.
+//! `cargo xtask scan --os <os> [--json] FILE...`: the detector over saved console logs.
+//!
+//! Contract (other tools depend on it): with `--json`, one JSON object per input file per line,
+//! `{"file", "crashed", "kind", "title", "line", "events": [...]}` with `kind`/`title`/`line`
+//! null when nothing crashed and OOM kills only in `events`. Exit status 0 when no file crashed,
+//! 1 when any did, 2 on an error (missing file, bad signature file).
 
-use super::{Detector, Os};
-use std::path::PathBuf;
+use super::{Detector, Event, Os, Signatures, Summary};
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ScanArgs {
     /// Which kernel wrote the logs.
     #[arg(long, value_enum)]
     pub os: Os,
-    /// One JSON object per file on its own line.
+    /// One JSON object per file, one per line.
     #[arg(long)]
     pub json: bool,
+    /// A signature file to use instead of the shipped one (its `os:` must match --os).
+    #[arg(long, value_name = "YAML")]
+    pub signatures: Option<PathBuf>,
+    /// Console logs to scan.
+    #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
 }
 
-/// Exit code: 0 no file crashed, 1 some did, 2 error.
+/// What `--json` prints for one file.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileScan {
+    pub file: String,
+    pub crashed: bool,
+    pub kind: Option<String>,
+    pub title: Option<String>,
+    pub line: Option<u64>,
+    pub events: Vec<Event>,
+}
+
+#[derive(Serialize)]
+struct FileError<'a> {
+    file: &'a str,
+    error: String,
+}
+
+/// Runs the verb; returns the process exit status.
 pub fn run(args: &ScanArgs) -> i32 {
-    let mut crashed_any = false;
-    for file in &args.files {
-        let bytes = match std::fs::read(file) {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("kstorm scan: {}: {e}", file.display());
-                return 2;
+    let sigs = match load(args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 2;
+        }
+    };
+    let mut crashed = false;
+    let mut failed = false;
+    for path in &args.files {
+        let name = path.display().to_string();
+        match scan_file(&sigs, path) {
+            Ok(scan) => {
+                crashed |= scan.crashed;
+                if args.json {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&scan).expect("plain data serialises")
+                    );
+                } else {
+                    print_text(&scan);
+                }
             }
-        };
-        let mut d = match Detector::new(args.os) {
-            Ok(d) => d,
             Err(e) => {
-                eprintln!("kstorm scan: {e:#}");
-                return 2;
-            }
-        };
-        d.feed(&bytes);
-        let reports = d.finish();
-        let first = reports.iter().find(|r| r.event.crash);
-        crashed_any |= first.is_some();
-        let events: Vec<_> = reports.iter().map(|r| &r.event).collect();
-        if args.json {
-            let v = serde_json::json!({
-                "file": file.display().to_string(),
-                "crashed": first.is_some(),
-                "kind": first.map(|r| r.event.kind),
-                "title": first.map(|r| r.event.title.clone()),
-                "line": first.map(|r| r.event.line),
-                "events": events,
-            });
-            println!("{v}");
-        } else {
-            match first {
-                Some(r) => println!(
-                    "{}: crash at line {}: {}",
-                    file.display(),
-                    r.event.line,
-                    r.event.title
-                ),
-                None => println!("{}: no crash", file.display()),
+                failed = true;
+                eprintln!("error: {e:#}");
+                if args.json {
+                    let line = FileError {
+                        file: &name,
+                        error: format!("{e:#}"),
+                    };
+                    println!(
+                        "{}",
+                        serde_json::to_string(&line).expect("plain data serialises")
+                    );
+                }
             }
         }
     }
-    i32::from(crashed_any)
+    if failed {
+        2
+    } else if crashed {
+        1
+    } else {
+        0
+    }
+}
+
+fn load(args: &ScanArgs) -> Result<Arc<Signatures>> {
+    match &args.signatures {
+        None => Signatures::builtin(args.os),
+        Some(path) => {
+            let sigs = Signatures::from_file(path)?;
+            if sigs.os != args.os {
+                bail!(
+                    "{}: written for --os {}, not {}",
+                    path.display(),
+                    sigs.os.as_str(),
+                    args.os.as_str()
+                );
+            }
+            Ok(Arc::new(sigs))
+        }
+    }
+}
+
+/// Scans one file, streaming it (a log never needs to fit in memory).
+pub fn scan_file(sigs: &Arc<Signatures>, path: &Path) -> Result<FileScan> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut detector = Detector::with_signatures(Arc::clone(sigs));
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        detector.feed(&buf[..n]);
+    }
+    let summary = Summary::of(&detector.finish());
+    Ok(FileScan {
+        file: path.display().to_string(),
+        crashed: summary.crashed(),
+        kind: summary.crash.as_ref().map(|e| e.kind.as_str().to_string()),
+        title: summary.crash.as_ref().map(|e| e.title.clone()),
+        line: summary.crash.as_ref().map(|e| e.line),
+        events: summary.events,
+    })
+}
+
+fn print_text(scan: &FileScan) {
+    match (&scan.kind, &scan.title, scan.line) {
+        (Some(kind), Some(title), Some(line)) => {
+            println!("{}: CRASH {kind} at line {line}: {title}", scan.file)
+        }
+        _ => println!("{}: no crash", scan.file),
+    }
+    let first = scan.line;
+    for e in &scan.events {
+        if Some(e.line) == first && e.crash {
+            continue;
+        }
+        let what = if e.crash { "secondary" } else { "event" };
+        println!("  {what} {} at line {}: {}", e.kind, e.line, e.title);
+    }
 }

@@ -98,6 +98,8 @@ pub struct Faults {
 }
 
 /// Uploads the payload and the plan, runs the plan, and returns the payload's exit status.
+/// The payload runs `--disposable`: every cell boots a throwaway overlay of the disk, so the
+/// scenarios that harm the machine (panic, oom) may run.
 /// Output lines go to `on_line`. With `results_file`, the payload also writes its frames to a
 /// file that is read back at the end (the serial console may damage lines on the way; frames
 /// read back fill the gaps, the cell ignores duplicates).
@@ -141,13 +143,13 @@ pub fn run_plan(
     let command = if results_file {
         // pipefail: the status is the payload's, not tee's.
         format!(
-            "set -o pipefail; {} --plan {} | tee {}",
+            "set -o pipefail; {} --plan {} --disposable | tee {}",
             q(&bin),
             q(&plan),
             q(&results)
         )
     } else {
-        format!("{} --plan {}", q(&bin), q(&plan))
+        format!("{} --plan {} --disposable", q(&bin), q(&plan))
     };
     let status = t.run(&command, on_line)?;
     if results_file {

@@ -1,0 +1,105 @@
+//! The results channel: frames go out one `write()` per line, numbered in order. Only the
+//! supervising process writes frames, so sequence numbers never interleave.
+
+use crate::sys;
+use kstorm_payload::frame::{encode, Message};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+pub struct Channel {
+    cell: String,
+    seq: u64,
+    fd: RawFd,
+    _owned: Option<OwnedFd>,
+    /// What the frames are written to, for the log.
+    pub target: String,
+}
+
+impl Channel {
+    /// Frames to standard output (not PID 1: tests, runs over ssh).
+    pub fn stdout(cell: &str) -> Channel {
+        Channel {
+            cell: cell.to_string(),
+            seq: 0,
+            fd: 1,
+            _owned: None,
+            target: "stdout".into(),
+        }
+    }
+
+    /// Frames to `device` (a serial port of their own), or to /dev/console when it can't be
+    /// opened (no such port on this machine). `why_not` says why the device was not used.
+    pub fn device_or_console(cell: &str, device: &str) -> (Channel, Option<String>) {
+        match open_raw_tty(device) {
+            Ok(fd) => {
+                let raw = fd.as_raw_fd();
+                (
+                    Channel {
+                        cell: cell.into(),
+                        seq: 0,
+                        fd: raw,
+                        _owned: Some(fd),
+                        target: device.into(),
+                    },
+                    None,
+                )
+            }
+            Err(e) => {
+                let why = format!("results device {device}: {e}; using /dev/console");
+                match sys::open("/dev/console", libc::O_WRONLY | libc::O_NOCTTY) {
+                    Ok(fd) => {
+                        let raw = fd.as_raw_fd();
+                        (
+                            Channel {
+                                cell: cell.into(),
+                                seq: 0,
+                                fd: raw,
+                                _owned: Some(fd),
+                                target: "/dev/console".into(),
+                            },
+                            Some(why),
+                        )
+                    }
+                    Err(_) => (
+                        Channel {
+                            cell: cell.into(),
+                            seq: 0,
+                            fd: 1,
+                            _owned: None,
+                            target: "stdout".into(),
+                        },
+                        Some(why),
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Sends one frame. A lost channel is reported on stderr (the console) and otherwise
+    /// ignored: the payload must still power off.
+    pub fn send(&mut self, msg: &Message) {
+        let line = encode(&self.cell, self.seq, msg);
+        self.seq += 1;
+        if let Err(e) = sys::write_all(self.fd, line.as_bytes()) {
+            eprintln!("kstorm-payload: writing a frame to {}: {e}", self.target);
+        }
+    }
+
+    pub fn log(&mut self, msg: impl Into<String>) {
+        self.send(&Message::Log { msg: msg.into() });
+    }
+}
+
+/// Opens a serial port for writing, without making it our controlling terminal, and turns
+/// off output processing so a frame goes out byte for byte.
+fn open_raw_tty(device: &str) -> std::io::Result<OwnedFd> {
+    let fd = sys::open(device, libc::O_WRONLY | libc::O_NOCTTY)?;
+    // SAFETY: zeroed termios is a valid out-buffer; fd is ours.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(fd.as_raw_fd(), &mut t) == 0 {
+            libc::cfmakeraw(&mut t);
+            libc::tcsetattr(fd.as_raw_fd(), libc::TCSANOW, &t);
+        }
+    }
+    Ok(fd)
+}

@@ -1,0 +1,193 @@
+//! `cgroup-limit` (seed 003): a cgroup v2 group with `memory.max`; a hog inside it must be
+//! killed inside the group only, while a bystander outside the group, which a system-wide OOM
+//! would pick first (adj 1000), lives on. Reports the time to the kill. Linux (cgroup v2).
+
+use super::hog::{hog, HogEnd};
+use super::{deadline, Ctx, Report, RunError};
+use crate::progress::SharedCounters;
+use crate::sys;
+use serde::Deserialize;
+use std::os::fd::AsRawFd;
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// memory.max of the group.
+    #[serde(default = "d_max")]
+    pub max_mib: u64,
+    /// The hog stops here if nothing killed it (count limit).
+    #[serde(default = "d_cap")]
+    pub cap_mib: u64,
+    #[serde(default = "d_step")]
+    pub step_mib: u64,
+    /// Memory the bystander outside the group holds.
+    #[serde(default = "d_bystander")]
+    pub bystander_mib: u64,
+    #[serde(default = "d_deadline")]
+    pub deadline_s: f64,
+}
+
+fn d_max() -> u64 {
+    16
+}
+fn d_cap() -> u64 {
+    256
+}
+fn d_step() -> u64 {
+    1
+}
+fn d_bystander() -> u64 {
+    8
+}
+fn d_deadline() -> f64 {
+    60.0
+}
+
+fn memory_events(group: &str) -> std::collections::BTreeMap<String, u64> {
+    sys::read_file(&format!("{group}/memory.events"))
+        .map(|t| {
+            t.lines()
+                .filter_map(|l| {
+                    l.split_once(' ')
+                        .and_then(|(k, v)| Some((k.to_string(), v.trim().parse().ok()?)))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
+    let dl = deadline(ctx, p.deadline_s);
+    let mut r = Report::default();
+    let controllers = sys::read_file(&format!("{ROOT}/cgroup.controllers"))
+        .map_err(|e| format!("cgroup v2 not mounted at {ROOT}: {e}"))?;
+    if !controllers.split_whitespace().any(|c| c == "memory") {
+        return Err(format!(
+            "cgroup v2 at {ROOT} has no memory controller (controllers: {})",
+            controllers.trim()
+        ));
+    }
+    sys::write_file(&format!("{ROOT}/cgroup.subtree_control"), "+memory")
+        .map_err(|e| format!("enabling the memory controller: {e}"))?;
+    sys::linux_set_oom_score_adj(-1000).map_err(|e| format!("protecting the coordinator: {e}"))?;
+    let group = format!("{ROOT}/kstorm-{}", sys::getpid());
+    sys::mkdir_p(&group).map_err(|e| format!("mkdir {group}: {e}"))?;
+    let result = in_group(&p, ctx, &dl, &group, &mut r);
+    let removed = std::fs::remove_dir(&group);
+    result?;
+    if let Err(e) = removed {
+        r.fail(format!("rmdir {group}: {e}"));
+    }
+    Ok(r)
+}
+
+fn in_group(
+    p: &Params,
+    ctx: &Ctx,
+    dl: &sys::Deadline,
+    group: &str,
+    r: &mut Report,
+) -> Result<(), RunError> {
+    sys::write_file(
+        &format!("{group}/memory.max"),
+        &(p.max_mib * sys::MIB as u64).to_string(),
+    )
+    .map_err(|e| format!("{group}/memory.max: {e}"))?;
+    let _ = sys::write_file(&format!("{group}/memory.swap.max"), "0");
+    let counters = SharedCounters::new(1).map_err(|e| format!("shared memory: {e}"))?;
+    let c = &counters;
+
+    let (ready_r, ready_w) = sys::pipe(false).map_err(|e| format!("pipe: {e}"))?;
+    let (rw, bmib) = (ready_w.as_raw_fd(), p.bystander_mib);
+    let bystander = sys::fork_run(move || {
+        sys::linux_set_name("cg-bystander");
+        let _ = sys::linux_set_oom_score_adj(1000);
+        let mut m = match sys::AnonMap::new(bmib.max(1) as usize * sys::MIB) {
+            Ok(m) => m,
+            Err(_) => return 2,
+        };
+        m.touch(7);
+        let _ = sys::send_word(rw, 1);
+        loop {
+            sys::sleep_secs(1.0);
+        }
+    })
+    .map_err(|e| format!("fork: {e}"))?;
+    let ready = sys::recv_word(ready_r.as_raw_fd(), dl.at());
+
+    let procs = format!("{group}/cgroup.procs");
+    let (step, cap, end) = (p.step_mib, p.cap_mib, dl.at());
+    let t0 = sys::now();
+    let hog_pid = sys::fork_run(|| {
+        sys::linux_set_name("cg-hog");
+        let _ = sys::linux_set_oom_score_adj(0);
+        if sys::write_file(&procs, "0").is_err() {
+            return 98;
+        }
+        let (held, how) = hog(step, cap, true, end, c.slot(0));
+        drop(held);
+        how.code()
+    });
+    let result = (|| -> Result<(), RunError> {
+        ready.map_err(|e| format!("bystander did not start: {e}"))?;
+        let hog_pid = hog_pid.map_err(|e| format!("fork: {e}"))?;
+        let exit = loop {
+            if let Ok(Some(exit)) = sys::try_wait(hog_pid) {
+                break exit;
+            }
+            ctx.progress.set(c.get(0));
+            if sys::now() > dl.at() + 5.0 {
+                let _ = sys::kill(hog_pid, libc::SIGKILL);
+                break sys::wait(hog_pid).map_err(|e| format!("wait: {e}"))?;
+            }
+            sys::sleep_secs(0.005);
+        };
+        let t_kill = sys::now() - t0;
+        let events = memory_events(group);
+        let bystander_alive = matches!(sys::try_wait(bystander), Ok(None));
+        r.num("memory_max", p.max_mib as f64, "MiB");
+        r.num("hog_size_at_end", c.get(0) as f64, "MiB");
+        r.num("time_to_kill", t_kill * 1000.0, "ms");
+        r.num(
+            "group_oom_kills",
+            *events.get("oom_kill").unwrap_or(&0) as f64,
+            "count",
+        );
+        r.num(
+            "group_max_events",
+            *events.get("max").unwrap_or(&0) as f64,
+            "count",
+        );
+        if let Ok(peak) = sys::read_file(&format!("{group}/memory.peak")) {
+            if let Ok(v) = peak.trim().parse::<u64>() {
+                r.num("group_memory_peak", v as f64 / 1024.0, "KiB");
+            }
+        }
+        r.fact("hog_end", HogEnd::describe_exit(exit));
+        r.fact(
+            "bystander_alive",
+            if bystander_alive { "yes" } else { "no" },
+        );
+        if exit == sys::Exit::Code(98) {
+            r.fail(format!("the hog could not join {group}"));
+        } else if exit != sys::Exit::Signal(libc::SIGKILL) {
+            r.fail(format!(
+                "the hog in a {} MiB group was not killed: {}",
+                p.max_mib,
+                HogEnd::describe_exit(exit)
+            ));
+        }
+        if events.get("oom_kill").copied().unwrap_or(0) == 0 {
+            r.fail("memory.events of the group counts no oom_kill");
+        }
+        if !bystander_alive {
+            r.fail("the bystander outside the group was killed");
+        }
+        Ok(())
+    })();
+    let _ = sys::kill(bystander, libc::SIGKILL);
+    let _ = sys::wait(bystander);
+    result
+}

@@ -1,0 +1,246 @@
+//! `copies` (seed 002, experiments 1a/1b): many copies of one program. For each N in a list,
+//! start N copies by fork (1a) or by exec of the payload binary (1b), each allocating and
+//! writing a chunk of memory after it starts (so copy-on-write sharing is exercised); measure
+//! the start time of each copy, the memory the copies use (Pss/Rss from smaps_rollup, the drop
+//! of MemAvailable), the latency of a probe process doing a fixed small task while they run,
+//! and the time to stop each copy.
+
+use super::{deadline, Ctx, Report, RunError};
+use crate::sys;
+use serde::Deserialize;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, RawFd};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// 1a: one process forks the copies.
+    Fork,
+    /// 1b: a master execs the program for each copy.
+    Exec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    #[serde(default = "d_counts")]
+    pub counts: Vec<u32>,
+    #[serde(default = "d_modes")]
+    pub modes: Vec<Mode>,
+    /// Memory each copy allocates and writes after it starts.
+    #[serde(default = "d_touch")]
+    pub touch_kib: u64,
+    /// Probe runs per N.
+    #[serde(default = "d_probes")]
+    pub probe_rounds: u32,
+    #[serde(default = "d_deadline")]
+    pub deadline_s: f64,
+}
+
+fn d_counts() -> Vec<u32> {
+    vec![1, 10, 50]
+}
+fn d_modes() -> Vec<Mode> {
+    vec![Mode::Fork, Mode::Exec]
+}
+fn d_touch() -> u64 {
+    256
+}
+fn d_probes() -> u32 {
+    20
+}
+fn d_deadline() -> f64 {
+    60.0
+}
+
+/// The copy's life after it started: allocate and write, say ready, wait for release.
+fn copy_body(touch_kib: u64, ready_w: RawFd, release_r: RawFd) -> i32 {
+    let mut mem = match sys::AnonMap::new((touch_kib as usize * 1024).max(sys::page_size())) {
+        Ok(m) => m,
+        Err(_) => return 2,
+    };
+    mem.touch(0x5a);
+    if sys::send_time(ready_w, sys::now()).is_err() {
+        return 3;
+    }
+    sys::block_until_eof(release_r);
+    0
+}
+
+/// Entry of an exec'd copy: `kstorm-payload --copy <touch_kib> <ready_fd> <release_fd>`.
+pub fn copy_main(args: &[String]) -> i32 {
+    let num = |i: usize| args.get(i).and_then(|s| s.parse::<i64>().ok());
+    match (num(0), num(1), num(2)) {
+        (Some(touch), Some(ready), Some(release)) => {
+            copy_body(touch as u64, ready as RawFd, release as RawFd)
+        }
+        _ => {
+            eprintln!("kstorm-payload --copy: expected <touch_kib> <ready_fd> <release_fd>");
+            2
+        }
+    }
+}
+
+/// The probe's fixed task: a few small file reads and a 64 KiB memory write.
+fn probe_task() -> i32 {
+    let mut sum = 0usize;
+    for _ in 0..8 {
+        sum += sys::read_file("/proc/self/stat")
+            .map(|s| s.len())
+            .unwrap_or(0);
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = (i ^ sum) as u8;
+    }
+    std::hint::black_box(buf.iter().map(|b| *b as usize).sum::<usize>());
+    0
+}
+
+/// Sums a field (KiB) of `/proc/<pid>/smaps_rollup` over `pids` (Linux).
+fn linux_smaps_sum(pids: &[i32], field: &str) -> Option<u64> {
+    let mut total = 0;
+    for pid in pids {
+        let text = sys::read_file(&format!("/proc/{pid}/smaps_rollup")).ok()?;
+        total += kstorm_payload::kmem::parse_meminfo(&text)
+            .get(field)
+            .copied()?;
+    }
+    Some(total)
+}
+
+pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
+    let dl = deadline(ctx, p.deadline_s);
+    let mut r = Report::default();
+    let exe = CString::new("/proc/self/exe").expect("no NUL");
+    let mut counts = p.counts.clone();
+    counts.sort_unstable();
+    for mode in &p.modes {
+        let m = match mode {
+            Mode::Fork => "fork",
+            Mode::Exec => "exec",
+        };
+        for &n in &counts {
+            if dl.passed() {
+                r.stop_error.get_or_insert_with(|| "deadline".into());
+                r.fact(format!("{m}_n{n}_skipped"), "deadline");
+                continue;
+            }
+            let avail0 = sys::linux_meminfo_field("MemAvailable");
+            let (ready_r, ready_w) = sys::pipe(false).map_err(|e| format!("pipe: {e}"))?;
+            let (release_r, release_w) = sys::pipe(false).map_err(|e| format!("pipe: {e}"))?;
+            let mut pids = Vec::new();
+            let mut start_ms = Vec::new();
+            let mut stop = None;
+            for _ in 0..n {
+                if dl.passed() {
+                    stop = Some("deadline".to_string());
+                    break;
+                }
+                let t0 = sys::now();
+                let (rw, rr, relw) = (
+                    ready_w.as_raw_fd(),
+                    release_r.as_raw_fd(),
+                    release_w.as_raw_fd(),
+                );
+                let touch = p.touch_kib;
+                let exe = &exe;
+                let forked = sys::fork_run(move || {
+                    // SAFETY: closing our copy of the coordinator's release end.
+                    unsafe { libc::close(relw) };
+                    match mode {
+                        Mode::Fork => copy_body(touch, rw, rr),
+                        Mode::Exec => {
+                            // dup() gives descriptors without close-on-exec for the new image.
+                            // SAFETY: plain syscalls on fds we hold.
+                            let (rw2, rr2) = unsafe { (libc::dup(rw), libc::dup(rr)) };
+                            let args: Vec<CString> = [
+                                "kstorm-payload".to_string(),
+                                "--copy".into(),
+                                touch.to_string(),
+                                rw2.to_string(),
+                                rr2.to_string(),
+                            ]
+                            .into_iter()
+                            .map(|a| CString::new(a).expect("no NUL"))
+                            .collect();
+                            let mut argv: Vec<*const libc::c_char> =
+                                args.iter().map(|a| a.as_ptr()).collect();
+                            argv.push(std::ptr::null());
+                            // SAFETY: NUL-terminated argv of valid C strings.
+                            unsafe { libc::execv(exe.as_ptr(), argv.as_ptr()) };
+                            127
+                        }
+                    }
+                });
+                match forked {
+                    Ok(pid) => pids.push(pid),
+                    Err(e) => {
+                        stop = Some(format!("fork: {}", sys::err_name(&e)));
+                        break;
+                    }
+                }
+                match sys::recv_time(ready_r.as_raw_fd(), dl.at()) {
+                    Ok(t) => start_ms.push((t - t0) * 1000.0),
+                    Err(e) => {
+                        stop = Some(format!("copy did not start: {e}"));
+                        break;
+                    }
+                }
+                ctx.progress.add(1);
+            }
+            let key = |what: &str| format!("{m}_n{n}_{what}");
+            r.num(key("started"), start_ms.len() as f64, "count");
+            r.latency(&key("start"), &start_ms);
+            if let Some(s) = linux_smaps_sum(&pids, "Pss") {
+                r.num(
+                    key("pss_per_copy"),
+                    s as f64 / pids.len().max(1) as f64,
+                    "KiB",
+                );
+            }
+            if let Some(s) = linux_smaps_sum(&pids, "Rss") {
+                r.num(
+                    key("rss_per_copy"),
+                    s as f64 / pids.len().max(1) as f64,
+                    "KiB",
+                );
+            }
+            if let (Some(a0), Some(a1)) = (avail0, sys::linux_meminfo_field("MemAvailable")) {
+                r.num(key("mem_available_drop"), a0 as f64 - a1 as f64, "KiB");
+            }
+            let mut probe_ms = Vec::new();
+            for _ in 0..p.probe_rounds {
+                if dl.passed() {
+                    break;
+                }
+                let t0 = sys::now();
+                match sys::fork_run(probe_task) {
+                    Ok(pid) => {
+                        let _ = sys::wait(pid);
+                        probe_ms.push((sys::now() - t0) * 1000.0);
+                    }
+                    Err(_) => break,
+                }
+            }
+            r.latency(&key("probe"), &probe_ms);
+            // Stop: the release pipe stays open, so each copy ends only by its kill.
+            let mut stop_ms = Vec::new();
+            for pid in pids.drain(..) {
+                let t0 = sys::now();
+                let _ = sys::kill(pid, libc::SIGKILL);
+                let _ = sys::wait(pid);
+                stop_ms.push((sys::now() - t0) * 1000.0);
+            }
+            r.latency(&key("stop"), &stop_ms);
+            drop(release_w);
+            if let Some(s) = stop {
+                r.fact(key("stop"), s.clone());
+                r.stop_error.get_or_insert(s);
+                // Larger N would stop at the same wall.
+                break;
+            }
+        }
+    }
+    Ok(r)
+}

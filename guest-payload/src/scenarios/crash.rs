@@ -1,0 +1,45 @@
+//! Scenarios that end the guest on purpose, so verdicts can be tested against the real
+//! kernel: `panic` (a kernel crash) and `hang` (silence: no heartbeat, no progress).
+
+use super::{deadline, Ctx, Report, RunError};
+use crate::sys;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PanicParams {}
+
+/// Writes `c` to /proc/sysrq-trigger: the kernel crashes ("sysrq triggered crash"). Linux.
+pub fn run_panic(_: PanicParams, ctx: &Ctx) -> Result<Report, RunError> {
+    deadline(ctx, 30.0);
+    // SAFETY: plain syscall; flushes what the guest wrote before the crash.
+    unsafe { libc::sync() };
+    sys::write_file("/proc/sysrq-trigger", "c")
+        .map_err(|e| format!("writing /proc/sysrq-trigger: {e}"))?;
+    sys::sleep_secs(10.0);
+    Err("wrote c to /proc/sysrq-trigger but the kernel did not crash".into())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HangParams {
+    /// Guest-side bound: far beyond any harness deadline.
+    #[serde(default = "d_hang")]
+    pub deadline_s: f64,
+}
+
+fn d_hang() -> f64 {
+    600.0
+}
+
+/// Stops the heartbeat and blocks until its own deadline.
+pub fn run_hang(p: HangParams, ctx: &Ctx) -> Result<Report, RunError> {
+    let dl = deadline(ctx, p.deadline_s);
+    ctx.progress.pause_heartbeat();
+    while !dl.passed() {
+        sys::sleep_secs(dl.remaining().min(1.0));
+    }
+    let mut r = Report::default();
+    r.fail(format!("hung for {} s and nobody stopped the guest (the harness should have declared a hang long before)", p.deadline_s));
+    Ok(r)
+}

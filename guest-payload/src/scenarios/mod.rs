@@ -1,0 +1,245 @@
+//! The scenarios and the small interface they share.
+//!
+//! A scenario is a function from typed parameters and a [`Ctx`] (progress counter, whether we
+//! run inside a disposable guest) to a [`Report`] of measurements. It never writes frames: the
+//! runner turns reports into result lines in one place. Each scenario's parameters are a serde
+//! struct with `deny_unknown_fields` and defaults small enough to finish in seconds under TCG;
+//! each loop is bounded by a count and by the scenario's deadline.
+
+use crate::progress::Progress;
+use crate::sys;
+use kstorm_payload::frame::{Measurement, Series};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+mod cgroup_limit;
+mod copies;
+mod crash;
+mod fd_churn;
+mod fork_hold;
+mod hog;
+pub mod holders;
+pub mod leakcheck;
+mod mem_profile;
+mod mmap_group;
+mod oom;
+mod overcommit;
+mod rlimits;
+mod smoke;
+mod spawn_kill;
+mod tmpfs_fill;
+
+pub use copies::copy_main;
+
+/// What a scenario gets besides its parameters.
+pub struct Ctx<'a> {
+    pub progress: &'a Progress,
+    /// True when the payload is PID 1 of a throwaway guest: destructive scenarios may run,
+    /// kernel-wide settings may be changed.
+    pub in_guest: bool,
+}
+
+/// What a scenario measured. `failure` set means its own checks did not hold.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub failure: Option<String>,
+    /// The error that stopped growth (EAGAIN, EMFILE...) when that is a finding, not a failure.
+    pub stop_error: Option<String>,
+    pub measurements: BTreeMap<String, Measurement>,
+    pub facts: BTreeMap<String, String>,
+    pub series: BTreeMap<String, Series>,
+}
+
+impl Report {
+    pub fn num(&mut self, name: impl Into<String>, value: f64, unit: &str) {
+        self.measurements
+            .insert(name.into(), Measurement::new(value, unit));
+    }
+
+    pub fn fact(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.facts.insert(name.into(), value.into());
+    }
+
+    pub fn series(&mut self, name: impl Into<String>, unit: &str, mut points: Vec<(f64, f64)>) {
+        kstorm_payload::stats::decimate(&mut points, 600);
+        self.series.insert(
+            name.into(),
+            Series {
+                unit: unit.to_string(),
+                points,
+            },
+        );
+    }
+
+    /// Records a failed check; several accumulate, separated by "; ".
+    pub fn fail(&mut self, why: impl Into<String>) {
+        let why = why.into();
+        self.failure = Some(match self.failure.take() {
+            Some(prev) => format!("{prev}; {why}"),
+            None => why,
+        });
+    }
+
+    /// Adds p50/p99/max/n of `samples` (milliseconds) as `<prefix>_p50` etc.
+    pub fn latency(&mut self, prefix: &str, samples_ms: &[f64]) {
+        if let Some(s) = kstorm_payload::stats::summarize(samples_ms) {
+            self.num(format!("{prefix}_p50"), s.p50, "ms");
+            self.num(format!("{prefix}_p99"), s.p99, "ms");
+            self.num(format!("{prefix}_max"), s.max, "ms");
+            self.num(format!("{prefix}_n"), s.n as f64, "count");
+        }
+    }
+}
+
+/// Why a scenario could not run at all.
+pub type RunError = String;
+
+type RunFn = fn(&serde_json::Map<String, serde_json::Value>, &Ctx) -> Result<Report, RunError>;
+
+/// One entry of the scenario table.
+pub struct Scenario {
+    pub name: &'static str,
+    /// Harms the machine it runs on (panics it, exhausts its memory, changes kernel-wide
+    /// settings): only runs as PID 1 of a guest.
+    pub guest_only: bool,
+    run: RunFn,
+    check: fn(&serde_json::Map<String, serde_json::Value>) -> Result<(), RunError>,
+}
+
+macro_rules! scenario {
+    ($name:literal, $guest_only:expr, $module:ident) => {
+        Scenario {
+            name: $name,
+            guest_only: $guest_only,
+            run: |params, ctx| $module::run(parse_params(params)?, ctx),
+            check: |params| parse_params::<$module::Params>(params).map(|_| ()),
+        }
+    };
+}
+
+/// Every scenario the payload knows, by name.
+pub const ALL: &[Scenario] = &[
+    scenario!("smoke", false, smoke),
+    scenario!("fork-hold", false, fork_hold),
+    scenario!("spawn-kill", false, spawn_kill),
+    scenario!("fd-churn", false, fd_churn),
+    scenario!("copies", false, copies),
+    scenario!("mmap-group", false, mmap_group),
+    scenario!("mem-profile", false, mem_profile),
+    scenario!("rlimits", false, rlimits),
+    Scenario {
+        name: "hang",
+        guest_only: false,
+        run: |p, c| crash::run_hang(parse_params(p)?, c),
+        check: |p| parse_params::<crash::HangParams>(p).map(|_| ()),
+    },
+    Scenario {
+        name: "panic",
+        guest_only: true,
+        run: |p, c| crash::run_panic(parse_params(p)?, c),
+        check: |p| parse_params::<crash::PanicParams>(p).map(|_| ()),
+    },
+    scenario!("oom", true, oom),
+    scenario!("tmpfs-fill", true, tmpfs_fill),
+    scenario!("overcommit", true, overcommit),
+    scenario!("cgroup-limit", true, cgroup_limit),
+];
+
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    ALL.iter().find(|s| s.name == name)
+}
+
+impl Scenario {
+    /// Parses the parameters without running anything.
+    pub fn check(
+        &self,
+        params: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), RunError> {
+        (self.check)(params)
+    }
+
+    /// Runs the scenario in the calling process (the runner calls this in a forked child).
+    pub fn run(
+        &self,
+        params: &serde_json::Map<String, serde_json::Value>,
+        ctx: &Ctx,
+    ) -> Result<Report, RunError> {
+        if self.guest_only && !ctx.in_guest {
+            return Err(format!(
+                "scenario {} only runs as PID 1 of a disposable guest (it would harm this machine)",
+                self.name
+            ));
+        }
+        (self.run)(params, ctx)
+    }
+}
+
+/// Parses a scenario's parameters; an unknown or mistyped parameter is an error naming it.
+pub fn parse_params<P: DeserializeOwned>(
+    params: &serde_json::Map<String, serde_json::Value>,
+) -> Result<P, RunError> {
+    serde_json::from_value(serde_json::Value::Object(params.clone()))
+        .map_err(|e| format!("invalid params: {e}"))
+}
+
+/// The scenario's deadline, published to the supervisor.
+pub fn deadline(ctx: &Ctx, secs: f64) -> sys::Deadline {
+    let d = sys::Deadline::after_secs(secs);
+    ctx.progress.publish_deadline(d);
+    d
+}
+
+/// The kind of file descriptor a holder opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FdKind {
+    #[default]
+    Devnull,
+    Pipe,
+    Socket,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct P {
+        #[serde(default = "three")]
+        n: u32,
+    }
+    fn three() -> u32 {
+        3
+    }
+
+    #[test]
+    fn params_default_and_unknown_is_named() {
+        let empty = serde_json::Map::new();
+        assert_eq!(parse_params::<P>(&empty).unwrap().n, 3);
+        let mut bad = serde_json::Map::new();
+        bad.insert("childern".into(), 5.into());
+        let e = parse_params::<P>(&bad).unwrap_err();
+        assert!(e.contains("childern"), "{e}");
+    }
+
+    #[test]
+    fn names_are_unique() {
+        let mut names: Vec<&str> = ALL.iter().map(|s| s.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len());
+    }
+
+    #[test]
+    fn latency_and_failures_accumulate() {
+        let mut r = Report::default();
+        r.latency("join", &[1.0, 2.0, 3.0]);
+        assert_eq!(r.measurements["join_p50"].value, 2.0);
+        assert_eq!(r.measurements["join_max"].unit, "ms");
+        r.fail("a");
+        r.fail("b");
+        assert_eq!(r.failure.as_deref(), Some("a; b"));
+    }
+}

@@ -1,0 +1,176 @@
+//! `overcommit` (seed 003): for each `vm.overcommit_memory` mode (0 heuristic, 1 always,
+//! 2 never), allocate beyond RAM, first without touching the memory, then touching it, and
+//! report where allocation fails (ENOMEM) and where the OOM killer acts instead. Linux: sets
+//! the sysctl, and restores it afterwards.
+
+use super::hog::{hog, HogEnd};
+use super::{deadline, Ctx, Report, RunError};
+use crate::progress::SharedCounters;
+use crate::sys;
+use serde::Deserialize;
+use std::os::fd::AsRawFd;
+
+const SYSCTL: &str = "/proc/sys/vm/overcommit_memory";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    #[serde(default = "d_modes")]
+    pub modes: Vec<u8>,
+    /// Allocation stops here at the latest, as a share of MemTotal + SwapTotal (count limit).
+    #[serde(default = "d_cap_pct")]
+    pub cap_pct: u64,
+    #[serde(default = "d_step")]
+    pub step_mib: u64,
+    #[serde(default = "d_deadline")]
+    pub deadline_s: f64,
+}
+
+fn d_modes() -> Vec<u8> {
+    vec![0, 1, 2]
+}
+fn d_cap_pct() -> u64 {
+    200
+}
+fn d_step() -> u64 {
+    4
+}
+fn d_deadline() -> f64 {
+    90.0
+}
+
+/// Runs one allocation test in a hog child; returns (MiB reached, how it ended).
+fn attempt(
+    step: u64,
+    cap: u64,
+    touch: bool,
+    single: bool,
+    end: f64,
+) -> Result<(u64, String), String> {
+    let counters = SharedCounters::new(1).map_err(|e| format!("shared memory: {e}"))?;
+    let c = &counters;
+    let (rr, rw) = sys::pipe(false).map_err(|e| format!("pipe: {e}"))?;
+    let w = rw.as_raw_fd();
+    let pid = sys::fork_run(move || {
+        sys::linux_set_name(if touch {
+            "overcommit-touch"
+        } else {
+            "overcommit-map"
+        });
+        let _ = sys::linux_set_oom_score_adj(1000);
+        let how = if single {
+            // One mapping of the whole cap at once.
+            match sys::AnonMap::new(cap as usize * sys::MIB) {
+                Ok(m) => {
+                    c.slot(0).store(cap, std::sync::atomic::Ordering::SeqCst);
+                    drop(m);
+                    HogEnd::Cap
+                }
+                Err(e) => HogEnd::Errno(e.raw_os_error().unwrap_or(0)),
+            }
+        } else {
+            let (held, how) = hog(step, cap, touch, end, c.slot(0));
+            drop(held);
+            how
+        };
+        let _ = sys::send_word(w, how.code() as i64);
+        0
+    })
+    .map_err(|e| format!("fork: {e}"))?;
+    drop(rw);
+    let exit = sys::wait(pid).map_err(|e| format!("wait: {e}"))?;
+    let how = match (exit, sys::recv_word(rr.as_raw_fd(), sys::now() + 1.0)) {
+        (sys::Exit::Signal(_), _) => HogEnd::describe_exit(exit),
+        (_, Ok(code)) => HogEnd::describe_exit(sys::Exit::Code(code as i32)),
+        (other, Err(_)) => other.describe(),
+    };
+    Ok((counters.get(0), how))
+}
+
+pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
+    let dl = deadline(ctx, p.deadline_s);
+    let mut r = Report::default();
+    sys::linux_set_oom_score_adj(-1000).map_err(|e| format!("protecting the coordinator: {e}"))?;
+    let original = sys::read_file(SYSCTL)
+        .map_err(|e| format!("{SYSCTL}: {e}"))?
+        .trim()
+        .to_string();
+    let mi = sys::linux_meminfo();
+    let ram_mib = (mi.get("MemTotal").copied().unwrap_or(0)
+        + mi.get("SwapTotal").copied().unwrap_or(0))
+        / 1024;
+    let cap = ram_mib * p.cap_pct / 100;
+    r.num("cap", cap as f64, "MiB");
+    r.num("ram_plus_swap", ram_mib as f64, "MiB");
+    let result = (|| -> Result<(), RunError> {
+        for &mode in &p.modes {
+            if mode > 2 {
+                return Err(format!("invalid params: modes: {mode} is not 0, 1 or 2"));
+            }
+            sys::write_file(SYSCTL, &mode.to_string())
+                .map_err(|e| format!("setting {SYSCTL} to {mode}: {e}"))?;
+            let m = format!("mode{mode}");
+            if let Some(limit) = sys::linux_meminfo_field("CommitLimit") {
+                r.num(format!("{m}_commit_limit"), limit as f64 / 1024.0, "MiB");
+            }
+            let (single_mib, single) = attempt(p.step_mib, cap, false, true, dl.at())?;
+            r.fact(format!("{m}_single"), single.clone());
+            let (untouched_mib, untouched) = attempt(p.step_mib, cap, false, false, dl.at())?;
+            r.num(format!("{m}_untouched"), untouched_mib as f64, "MiB");
+            r.fact(format!("{m}_untouched_stop"), untouched.clone());
+            let (touched_mib, touched) = attempt(p.step_mib, cap, true, false, dl.at())?;
+            r.num(format!("{m}_touched"), touched_mib as f64, "MiB");
+            r.fact(format!("{m}_touched_stop"), touched.clone());
+            ctx.progress.add(1);
+            let _ = single_mib;
+            // What the documented policy implies (Documentation/mm/overcommit-accounting).
+            let mut want = |ok: bool, what: &str| {
+                if !ok {
+                    r.fail(format!("mode {mode}: {what}"));
+                }
+            };
+            match mode {
+                0 => {
+                    want(
+                        single == "ENOMEM",
+                        &format!(
+                            "one mapping of {cap} MiB (beyond RAM+swap) should fail, got {single}"
+                        ),
+                    );
+                    want(
+                        touched == "oom-kill",
+                        &format!("touching beyond RAM should end in an OOM kill, got {touched}"),
+                    );
+                }
+                1 => {
+                    want(
+                        single == "cap" && untouched == "cap",
+                        &format!(
+                            "untouched mappings should all succeed, got {single} / {untouched}"
+                        ),
+                    );
+                    want(
+                        touched == "oom-kill",
+                        &format!("touching beyond RAM should end in an OOM kill, got {touched}"),
+                    );
+                }
+                _ => {
+                    want(
+                        untouched == "ENOMEM",
+                        &format!(
+                            "mapping beyond CommitLimit should fail with ENOMEM, got {untouched}"
+                        ),
+                    );
+                    want(touched == "ENOMEM", &format!("touched mappings should fail with ENOMEM before any OOM kill, got {touched}"));
+                }
+            }
+        }
+        Ok(())
+    })();
+    let restored = sys::write_file(SYSCTL, &original);
+    result?;
+    if let Err(e) = restored {
+        r.fail(format!("could not restore {SYSCTL} to {original}: {e}"));
+    }
+    Ok(r)
+}

@@ -1,0 +1,204 @@
+//! Report titles: templates such as `KASAN: {type} {access} in {func}` filled from the variables a
+//! report captured, with addresses, numbers and other run-to-run noise normalised away so that
+//! the same bug gives the same title on every run.
+
+use super::signatures::Signatures;
+
+/// A parsed title template: literal text and `{var}` / `{var:raw}` placeholders.
+#[derive(Debug, Clone)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone)]
+enum Part {
+    Text(String),
+    /// A variable; `raw` ones are inserted as captured, the others normalised.
+    Var {
+        name: String,
+        raw: bool,
+    },
+}
+
+impl Template {
+    pub fn parse(s: &str) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut rest = s;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].to_string()));
+            }
+            let after = &rest[open + 1..];
+            let close = after
+                .find('}')
+                .ok_or_else(|| format!("'{s}': unclosed '{{'"))?;
+            let inner = &after[..close];
+            let (name, raw) = match inner.split_once(':') {
+                Some((n, "raw")) => (n, true),
+                Some((_, other)) => return Err(format!("'{s}': unknown modifier ':{other}'")),
+                None => (inner, false),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("'{s}': bad variable name '{name}'"));
+            }
+            parts.push(Part::Var {
+                name: name.to_string(),
+                raw,
+            });
+            rest = &after[close + 1..];
+        }
+        if rest.contains('}') {
+            return Err(format!("'{s}': stray '}}'"));
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_string()));
+        }
+        Ok(Template { parts })
+    }
+
+    pub fn vars(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Var { name, .. } => Some(name.as_str()),
+            Part::Text(_) => None,
+        })
+    }
+
+    /// Fills the template, or `None` when a variable is missing or empty after normalising.
+    fn render(&self, sigs: &Signatures, vars: &Vars) -> Option<String> {
+        let mut out = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Text(t) => out.push_str(t),
+                Part::Var { name, raw } => {
+                    let value = vars.get(name)?;
+                    let value = if *raw {
+                        value.trim().to_string()
+                    } else {
+                        normalise(sigs, name, value)
+                    };
+                    if value.is_empty() {
+                        return None;
+                    }
+                    out.push_str(&value);
+                }
+            }
+        }
+        Some(collapse_spaces(&out))
+    }
+}
+
+/// The variables a report has captured so far; the first value of a name wins.
+#[derive(Debug, Clone, Default)]
+pub struct Vars(Vec<(String, String)>);
+
+impl Vars {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Sets `name` unless it already has a value.
+    pub fn offer(&mut self, name: &str, value: &str) {
+        if !value.is_empty() && !self.has(name) {
+            self.0.push((name.to_string(), value.to_string()));
+        }
+    }
+
+    /// Takes every named group of a regex match.
+    pub fn offer_captures(&mut self, re: &regex::Regex, caps: &regex::Captures) {
+        for name in re.capture_names().flatten() {
+            if let Some(m) = caps.name(name) {
+                self.offer(name, m.as_str());
+            }
+        }
+    }
+}
+
+/// The title of a report: the first template whose variables are all known.
+pub fn render(sigs: &Signatures, templates: &[Template], vars: &Vars) -> String {
+    templates
+        .iter()
+        .find_map(|t| t.render(sigs, vars))
+        .unwrap_or_else(|| {
+            // Validation guarantees the last template uses start-line groups only; an optional group
+            // that did not participate can still leave it empty, so fall back to its literal text.
+            let last = templates.last().expect("validated: at least one template");
+            last.parts
+                .iter()
+                .filter_map(|p| match p {
+                    Part::Text(t) => Some(t.as_str()),
+                    Part::Var { .. } => None,
+                })
+                .collect::<String>()
+                .trim()
+                .to_string()
+        })
+}
+
+/// Normalises one variable: function names lose compiler suffixes (`.isra.0`, `.cold`) and
+/// offsets; other text loses addresses and numbers per the OS's `normalize` rules.
+fn normalise(sigs: &Signatures, name: &str, value: &str) -> String {
+    let value = value.trim();
+    if sigs.function_vars.iter().any(|f| f == name) {
+        return clean_function(sigs, value);
+    }
+    let mut out = value.to_string();
+    for (re, with) in &sigs.normalize {
+        if re.is_match(&out) {
+            out = re.replace_all(&out, with.as_str()).into_owned();
+        }
+    }
+    out.trim()
+        .trim_end_matches([',', ';', ':'])
+        .trim()
+        .to_string()
+}
+
+/// `foo.isra.0+0x12/0x40 [mod]` -> `foo`.
+pub fn clean_function(sigs: &Signatures, value: &str) -> String {
+    let mut f = value.trim();
+    if let Some(i) = f.find("+0x") {
+        f = &f[..i];
+    }
+    let mut f = f.to_string();
+    if let Some(re) = &sigs.function_suffix {
+        // Suffixes can stack (`foo.constprop.0.isra.0`): strip until nothing changes.
+        loop {
+            let next = re.replace(&f, "").into_owned();
+            if next == f {
+                break;
+            }
+            f = next;
+        }
+    }
+    f
+}
+
+fn collapse_spaces(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_parsing_rejects_bad_braces_and_modifiers() {
+        assert!(Template::parse("a {b").is_err());
+        assert!(Template::parse("a b}").is_err());
+        assert!(Template::parse("a {b:x}").is_err());
+        assert!(Template::parse("a {}").is_err());
+        let t = Template::parse("KASAN: {type} {access:raw} in {func}").unwrap();
+        assert_eq!(t.vars().collect::<Vec<_>>(), ["type", "access", "func"]);
+    }
+}

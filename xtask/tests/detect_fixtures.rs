@@ -1,0 +1,366 @@
+//! Table-driven detector tests: every file under `tests/fixtures/detect/<os>/` is one case.
+//!
+//! A fixture is a header, a blank line, then the raw console log. Header keys:
+//! - `crash: no` for logs that must produce no crash, or `kind:` and `title:` of the first crash;
+//! - `line:` (optional) the 1-based log line of the first crash (counted in the log, after the header);
+//! - `event:` (repeatable) `<kind> <title>` of a non-crash event that must be reported (OOM kills);
+//! - `events: none` when the log must produce no event at all;
+//! - `secondary:` (repeatable) `<kind> <title>` of a later crash that must be reported;
+//! - `source:` where the log comes from (free text, required so real and hand-made logs are told apart).
+
+use kstorm::detect::{Detector, Event, Kind, Os, Summary};
+use proptest::prelude::*;
+use std::path::{Path, PathBuf};
+
+/// Fixture counts per OS: a fixture that fails to load or is deleted must fail a test.
+const EXPECTED_COUNTS: [(Os, usize); 4] = [
+    (Os::Linux, 43),
+    (Os::Freebsd, 12),
+    (Os::Mach, 7),
+    (Os::Hurd, 5),
+];
+
+struct Fixture {
+    path: PathBuf,
+    os: Os,
+    crash: Option<(String, String)>,
+    line: Option<u64>,
+    events: Vec<(String, String)>,
+    no_events: bool,
+    secondary: Vec<(String, String)>,
+    log: Vec<u8>,
+}
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/detect")
+}
+
+fn kind_and_title(value: &str, path: &Path) -> (String, String) {
+    let (k, t) = value.split_once(' ').unwrap_or_else(|| {
+        panic!(
+            "{}: expected '<kind> <title>', got '{value}'",
+            path.display()
+        )
+    });
+    (k.to_string(), t.trim().to_string())
+}
+
+fn load(os: Os) -> Vec<Fixture> {
+    let dir = fixtures_dir().join(os.as_str());
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    paths.sort();
+    paths.into_iter().map(|p| parse(os, p)).collect()
+}
+
+fn parse(os: Os, path: PathBuf) -> Fixture {
+    let bytes = std::fs::read(&path).unwrap();
+    let split = bytes
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .unwrap_or_else(|| panic!("{}: no blank line after the header", path.display()));
+    let header = String::from_utf8(bytes[..split].to_vec()).expect("header is UTF-8");
+    let log = bytes[split + 2..].to_vec();
+    let (mut kind, mut title, mut no_crash, mut source) = (None, None, false, false);
+    let mut f = Fixture {
+        path: path.clone(),
+        os,
+        crash: None,
+        line: None,
+        events: vec![],
+        no_events: false,
+        secondary: vec![],
+        log,
+    };
+    for line in header.lines() {
+        let (key, value) = line
+            .split_once(':')
+            .unwrap_or_else(|| panic!("{}: bad header line '{line}'", path.display()));
+        let value = value.trim();
+        match key.trim() {
+            "kind" => kind = Some(value.to_string()),
+            "title" => title = Some(value.to_string()),
+            "crash" => {
+                assert_eq!(value, "no", "{}: 'crash:' takes only 'no'", path.display());
+                no_crash = true
+            }
+            "line" => f.line = Some(value.parse().expect("line is a number")),
+            "event" => f.events.push(kind_and_title(value, &path)),
+            "events" => {
+                assert_eq!(
+                    value,
+                    "none",
+                    "{}: 'events:' takes only 'none'",
+                    path.display()
+                );
+                f.no_events = true
+            }
+            "secondary" => f.secondary.push(kind_and_title(value, &path)),
+            "source" => source = true,
+            other => panic!("{}: unknown header key '{other}'", path.display()),
+        }
+    }
+    assert!(source, "{}: header needs 'source:'", path.display());
+    match (kind, title, no_crash) {
+        (Some(k), Some(t), false) => f.crash = Some((k, t)),
+        (None, None, true) => {}
+        _ => panic!(
+            "{}: header needs either 'kind:' and 'title:', or 'crash: no'",
+            path.display()
+        ),
+    }
+    f
+}
+
+fn run(os: Os, log: &[u8], chunk: Option<usize>) -> (Vec<Event>, Summary) {
+    let mut d = Detector::new(os).unwrap();
+    let mut live = Vec::new();
+    match chunk {
+        None => live.extend(d.feed(log)),
+        Some(n) => {
+            for piece in log.chunks(n) {
+                live.extend(d.feed(piece));
+            }
+        }
+    }
+    (live, Summary::of(&d.finish()))
+}
+
+fn check(f: &Fixture) -> Result<(), String> {
+    let (live, summary) = run(f.os, &f.log, None);
+    let name = f.path.display();
+    let describe = |s: &Summary| {
+        s.events
+            .iter()
+            .map(|e| format!("\n    {} {} (line {})", e.kind, e.title, e.line))
+            .collect::<String>()
+    };
+    match (&f.crash, &summary.crash) {
+        (None, None) => {}
+        (None, Some(c)) => {
+            return Err(format!(
+                "{name}: expected no crash, got {} '{}' at line {}",
+                c.kind, c.title, c.line
+            ))
+        }
+        (Some((k, t)), None) => {
+            return Err(format!(
+                "{name}: expected {k} '{t}', got no crash; events:{}",
+                describe(&summary)
+            ))
+        }
+        (Some((k, t)), Some(c)) => {
+            if c.kind.as_str() != k || &c.title != t {
+                return Err(format!(
+                    "{name}: expected {k} '{t}', got {} '{}'; events:{}",
+                    c.kind,
+                    c.title,
+                    describe(&summary)
+                ));
+            }
+            if let Some(line) = f.line {
+                if c.line != line {
+                    return Err(format!(
+                        "{name}: expected the crash at line {line}, got line {}",
+                        c.line
+                    ));
+                }
+            }
+        }
+    }
+    for (k, t) in &f.events {
+        if !summary
+            .events
+            .iter()
+            .any(|e| !e.crash && e.kind.as_str() == k && &e.title == t)
+        {
+            return Err(format!(
+                "{name}: missing event {k} '{t}'; events:{}",
+                describe(&summary)
+            ));
+        }
+    }
+    if f.no_events && !summary.events.is_empty() {
+        return Err(format!(
+            "{name}: expected no events; got:{}",
+            describe(&summary)
+        ));
+    }
+    for (k, t) in &f.secondary {
+        if !summary
+            .secondary
+            .iter()
+            .any(|e| e.kind.as_str() == k && &e.title == t)
+        {
+            return Err(format!(
+                "{name}: missing secondary {k} '{t}'; events:{}",
+                describe(&summary)
+            ));
+        }
+    }
+    // The live events and the final reports describe the same reports, in order.
+    let live_keys: Vec<_> = live.iter().map(|e| (e.kind, e.line, e.crash)).collect();
+    let final_keys: Vec<_> = summary
+        .events
+        .iter()
+        .map(|e| (e.kind, e.line, e.crash))
+        .collect();
+    if live_keys != final_keys {
+        return Err(format!(
+            "{name}: live events {live_keys:?} differ from reports {final_keys:?}"
+        ));
+    }
+    // Feeding in small pieces gives the same result.
+    for chunk in [1, 7, 4096] {
+        let (live_chunked, chunked) = run(f.os, &f.log, Some(chunk));
+        if chunked != summary || live_chunked != live {
+            return Err(format!(
+                "{name}: feeding in {chunk}-byte pieces changes the result"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_all(os: Os) {
+    let fixtures = load(os);
+    let failures: Vec<String> = fixtures.iter().filter_map(|f| check(f).err()).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} {} fixtures failed:\n{}",
+        failures.len(),
+        fixtures.len(),
+        os.as_str(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn linux_fixtures() {
+    check_all(Os::Linux);
+}
+
+#[test]
+fn freebsd_fixtures() {
+    check_all(Os::Freebsd);
+}
+
+#[test]
+fn mach_fixtures() {
+    check_all(Os::Mach);
+}
+
+#[test]
+fn hurd_fixtures() {
+    check_all(Os::Hurd);
+}
+
+#[test]
+fn fixture_counts_per_os() {
+    for (os, expected) in EXPECTED_COUNTS {
+        let n = load(os).len();
+        assert_eq!(
+            n,
+            expected,
+            "{} fixtures: found {n}, expected {expected} (update EXPECTED_COUNTS when adding)",
+            os.as_str()
+        );
+    }
+}
+
+#[test]
+fn every_os_has_positive_and_negative_fixtures() {
+    for (os, _) in EXPECTED_COUNTS {
+        let fixtures = load(os);
+        assert!(
+            fixtures.iter().any(|f| f.crash.is_some()),
+            "{}: no crash fixture",
+            os.as_str()
+        );
+        assert!(
+            fixtures.iter().any(|f| f.crash.is_none()),
+            "{}: no clean fixture",
+            os.as_str()
+        );
+    }
+}
+
+#[test]
+fn timing_kinds_never_come_from_text() {
+    for (os, _) in EXPECTED_COUNTS {
+        for f in load(os) {
+            let (_, s) = run(os, &f.log, None);
+            for e in &s.events {
+                assert!(
+                    !matches!(
+                        e.kind,
+                        Kind::NoOutput | Kind::NoProgress | Kind::LostConnection
+                    ),
+                    "{}: timing kind from text",
+                    f.path.display()
+                );
+            }
+        }
+    }
+}
+
+/// All fixture logs of all OSes, for the property tests.
+fn all_logs() -> Vec<(Os, Vec<u8>)> {
+    EXPECTED_COUNTS
+        .iter()
+        .flat_map(|(os, _)| load(*os).into_iter().map(move |f| (*os, f.log)))
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Arbitrary chunking of a real log gives the same events and reports as feeding it whole.
+    #[test]
+    fn chunking_never_changes_the_result(which in any::<prop::sample::Index>(), cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..40)) {
+        let logs = all_logs();
+        let (os, log) = &logs[which.index(logs.len())];
+        let mut points: Vec<usize> = cuts.iter().map(|c| c.index(log.len() + 1)).collect();
+        points.sort_unstable();
+        let mut d = Detector::new(*os).unwrap();
+        let mut live = Vec::new();
+        let mut at = 0;
+        for p in points.into_iter().chain(std::iter::once(log.len())) {
+            live.extend(d.feed(&log[at..p]));
+            at = p;
+        }
+        let chunked = d.finish();
+        let mut whole = Detector::new(*os).unwrap();
+        let live_whole = whole.feed(log);
+        prop_assert_eq!(live, live_whole);
+        prop_assert_eq!(chunked, whole.finish());
+    }
+
+    /// Arbitrary bytes (with crash-like fragments mixed in) never make the engine panic.
+    #[test]
+    fn arbitrary_bytes_never_panic(
+        os in prop::sample::select(vec![Os::Linux, Os::Freebsd, Os::Mach, Os::Hurd]),
+        pieces in prop::collection::vec(prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..300),
+            prop::sample::select(vec![
+                b"Kernel panic - not syncing: ".to_vec(), b"BUG: KASAN: ".to_vec(), b"RIP: 0010:".to_vec(),
+                b"\n".to_vec(), b"\r\n".to_vec(), b"\x1b[31m".to_vec(), b"panic: ".to_vec(), b"db> ".to_vec(),
+                b"Call Trace:\n".to_vec(), b"Oops: 0000 [#1]".to_vec(), b"oom-kill:task=".to_vec(), b"\0\0".to_vec(),
+                b"WARNING: CPU: 0 PID: 1 at ".to_vec(), b"Fatal trap 12: ".to_vec(), b"panic ../x.c:1: ".to_vec(),
+                vec![b'x'; 5000], b"KSTORM1 ".to_vec(), b"\xff\xfe".to_vec(), b"{".to_vec(), b"+0x1/0x2".to_vec(),
+            ]),
+        ], 0..60),
+    ) {
+        let mut d = Detector::new(os).unwrap();
+        for p in &pieces {
+            d.feed(p);
+        }
+        let reports = d.finish();
+        for r in &reports {
+            prop_assert!(r.lines.iter().all(|l| l.len() <= 4 * 4096));
+        }
+    }
+}
