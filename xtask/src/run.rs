@@ -198,6 +198,7 @@ pub fn run_cells(suite_name: &str, cells: Vec<Cell>, opts: &RunOptions) -> Resul
 }
 
 /// Prepares and runs one cell; every failure before QEMU starts becomes an `Infra` verdict.
+#[allow(clippy::too_many_arguments)]
 fn run_one(
     cell: &Cell,
     payload: &Result<std::sync::Arc<Vec<u8>>>,

@@ -92,7 +92,7 @@ impl SerialTransport {
                         && self
                             .faults
                             .serial_drop_every
-                            .is_some_and(|n| self.read_count % n == 0);
+                            .is_some_and(|n| self.read_count.is_multiple_of(n));
                     if !drop {
                         self.buf.push(b);
                     }
