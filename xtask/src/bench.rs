@@ -81,6 +81,8 @@ pub fn boot(rounds: usize) -> Result<()> {
         accel: b.accel,
         results_socket: None,
         name: None,
+        disk: None,
+        ssh_forward: None,
     }
     .argv();
     let cell = smoke_cell(&b.image)?;
@@ -118,6 +120,8 @@ pub fn boot(rounds: usize) -> Result<()> {
                 accel: b.accel,
                 dir: dir.clone(),
                 progress: &|_| {},
+                guest: None,
+                faults: Default::default(),
             },
         );
         host::write_atomic(
@@ -187,6 +191,8 @@ pub fn mach(boots: usize) -> Result<()> {
         accel: Accel::Tcg,
         results_socket: None,
         name: None,
+        disk: None,
+        ssh_forward: None,
     };
     let mut argv = vec![crate::qemu::QEMU.to_string()];
     argv.extend(spec.argv().iter().map(|a| a.to_string_lossy().into_owned()));
@@ -236,6 +242,8 @@ pub fn detect() -> Result<()> {
                 accel: b.accel,
                 dir: out.path().join(format!("p{i}")),
                 progress: &|_| {},
+                guest: None,
+                faults: Default::default(),
             },
         );
         match (rec.timings.detect_ms, rec.timings.crash_to_exit_ms) {
@@ -264,6 +272,108 @@ fn smoke_cell(image: &crate::config::Image) -> Result<crate::matrix::Cell> {
     cell.ram = crate::config::RamSize(256);
     cell.deadlines = Default::default();
     Ok(cell)
+}
+
+/// Time to the first command and the rate of a `upload_mb` MB upload, over ssh and over the
+/// serial shell on `linux-disk`, against the PID-1 path (time to the payload's first frame)
+/// booting the same kernel.
+pub fn transport(upload_mb: usize) -> Result<()> {
+    let b = linux_bench()?;
+    let catalog = Catalog::load(&host::workspace_root())?;
+    let disk_image = catalog
+        .images
+        .get("linux-disk")
+        .context("images/linux-disk.yaml is missing")?
+        .clone();
+    let cache = host::cache_dir();
+    let disk = images::prepare(&disk_image, &cache)?;
+    let out = tempfile::tempdir()?;
+    let payload = std::sync::Arc::new(b.payload.clone());
+
+    // PID 1: the payload in the initramfs, frames on the results port.
+    let pid1_cell = smoke_cell(&b.image)?;
+    let plan = run::plan_for(&pid1_cell);
+    let boot = images::cell_artifacts(
+        &b.prepared,
+        &b.image,
+        &[format!("kstorm.cell={}", pid1_cell.id)],
+        &b.payload,
+        &serde_json::to_vec(&plan)?,
+        &cache,
+    )?;
+    let rec = cell::run(
+        &pid1_cell,
+        CellEnv {
+            boot,
+            accel: b.accel,
+            dir: out.path().join("pid1"),
+            progress: &|_| {},
+            guest: None,
+            faults: Default::default(),
+        },
+    );
+    let pid1_first = rec
+        .timings
+        .boot_s
+        .with_context(|| format!("PID-1 smoke cell: {}", rec.verdict.describe()))?;
+    println!(
+        "bench transport ({}): pid1   first frame {pid1_first:.2}s (payload in the initramfs, no upload)",
+        b.accel
+    );
+
+    for kind in [
+        crate::config::TransportKind::Ssh,
+        crate::config::TransportKind::Serial,
+    ] {
+        let mut cell = smoke_cell(&disk_image)?;
+        cell.id = format!("bench-{kind}");
+        cell.transport = disk_image.transport(Some(kind))?.clone();
+        cell.deadlines.cell = Some(crate::config::HumanDuration(Duration::from_secs(900)));
+        let plan_json = serde_json::to_vec(&run::plan_for(&cell))?;
+        let boot = images::cell_artifacts(
+            &disk,
+            &disk_image,
+            &[format!("kstorm.cell={}", cell.id)],
+            &b.payload,
+            &plan_json,
+            &cache,
+        )?;
+        let rec = cell::run(
+            &cell,
+            CellEnv {
+                boot,
+                accel: b.accel,
+                dir: out.path().join(kind.to_string()),
+                progress: &|_| {},
+                guest: Some(cell::GuestFiles {
+                    payload: payload.clone(),
+                    plan_json,
+                }),
+                faults: crate::transport::Faults {
+                    bench_upload: Some(upload_mb * 1_000_000),
+                    ..Default::default()
+                },
+            },
+        );
+        let stats = rec
+            .transport
+            .clone()
+            .with_context(|| format!("{kind} cell: {}", rec.verdict.describe()))?;
+        let first = stats
+            .connect_s
+            .with_context(|| format!("{kind} never connected: {}", rec.verdict.describe()))?;
+        let rate = stats.bench_upload_mb_s.unwrap_or(f64::NAN);
+        println!(
+            "bench transport ({}): {kind:<6} first command {first:.2}s ({:.2}x pid1's first frame), {upload_mb} MB upload {rate:.3} MB/s ({:.1}s), payload's first frame {:.2}s, retries {}, verdict {}",
+            b.accel,
+            first / pid1_first,
+            upload_mb as f64 / rate,
+            rec.timings.boot_s.unwrap_or(f64::NAN),
+            stats.retries,
+            rec.verdict.word(),
+        );
+    }
+    Ok(())
 }
 
 /// One cell per scenario at 256M: wall time per scenario and the payload's own overhead

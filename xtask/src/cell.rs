@@ -5,12 +5,13 @@
 //! reads, and the results port (COM2, a Unix socket), which carries the payload's frames. Frames
 //! found on the console are accepted too (agents with only a console use it).
 
-use crate::config::{Expect, Machine};
+use crate::config::{Expect, Machine, TransportSpec};
 use crate::detect::{Detector, Event, Kind, Report};
 use crate::host::{self, InfraError};
 use crate::images::BootArtifacts;
 use crate::matrix::Cell;
 use crate::qemu::{self, Accel, QemuProcess, QemuSpec};
+use crate::transport::{self, Faults, Transport, TransportError, TransportStats};
 use crate::verdict::{self, Verdict};
 use anyhow::{Context, Result};
 use kstorm_payload::frame::{self, Message, ScenarioResult};
@@ -18,13 +19,17 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 /// After a crash report starts, how long to keep reading its trace before killing QEMU.
 const CRASH_GRACE: Duration = Duration::from_millis(250);
 /// After the payload says it is done, how long it may take to power off.
 const POWEROFF_GRACE: Duration = Duration::from_secs(15);
+/// After a transport failed, how long to keep watching the console for a crash report (the
+/// detector wins: a kernel that died also kills the channel) and for signs of life.
+const TRANSPORT_LOSS_GRACE: Duration = Duration::from_secs(3);
 
 /// Everything known about a finished cell; written as its `result.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,6 +61,9 @@ pub struct CellRecord {
     pub reports: Vec<Report>,
     pub timings: Timings,
     pub frames: FrameStats,
+    /// ssh or serial-shell cells: what the transport did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<TransportStats>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_progress: Option<u64>,
     pub started_at: String,
@@ -82,8 +90,11 @@ pub struct FrameStats {
     pub foreign: u64,
     /// Sequence numbers that never arrived.
     pub missing: u64,
-    /// Which channel carried them: "results-port" or "console".
+    /// Which channel carried them: "results-port", "console", "ssh" or "serial".
     pub channel: Option<String>,
+    /// Frames received twice (a serial cell reads its frames back at the end): ignored.
+    #[serde(default)]
+    pub duplicate: u64,
 }
 
 /// What the cell needs beyond its own description.
@@ -94,6 +105,18 @@ pub struct CellEnv<'a> {
     pub dir: PathBuf,
     /// Called with short progress messages for the progress bar.
     pub progress: &'a (dyn Fn(&str) + Sync),
+    /// For images that boot their own init: the payload and the plan to send over the
+    /// transport (the PID-1 path has them in its initramfs).
+    pub guest: Option<GuestFiles>,
+    /// Test-only fault injection; empty in real runs.
+    pub faults: Faults,
+}
+
+/// What a transport uploads before running the plan.
+#[derive(Clone)]
+pub struct GuestFiles {
+    pub payload: Arc<Vec<u8>>,
+    pub plan_json: Vec<u8>,
 }
 
 /// What the reader threads send to the cell's loop.
@@ -102,6 +125,8 @@ enum Input {
     ConsoleClosed,
     ResultsLine(String),
     ResultsClosed,
+    /// The transport's driver finished: the payload's status, or why it could not run.
+    TransportDone(Result<i32, TransportError>, TransportStats),
 }
 
 /// Runs the cell and returns its record (the verdict is `Infra` when the harness failed).
@@ -131,6 +156,7 @@ pub fn run(cell: &Cell, env: CellEnv<'_>) -> CellRecord {
         reports: Vec::new(),
         timings: Timings::default(),
         frames: FrameStats::default(),
+        transport: None,
         last_progress: None,
         started_at,
     };
@@ -161,6 +187,15 @@ struct Watch {
     seq_next: u64,
     qemu_status: Option<std::process::ExitStatus>,
     console_bytes: u64,
+    /// Sequence numbers of the frames taken (duplicates are ignored).
+    seen: std::collections::BTreeSet<u64>,
+    /// The transport driver's end, once it ended.
+    transport_end: Option<Result<i32, TransportError>>,
+    /// Console bytes seen when the transport failed (more afterwards: the kernel is alive).
+    console_bytes_at_loss: u64,
+    /// QEMU ended by itself (the console closed) rather than being killed by the harness.
+    qemu_exited: bool,
+    bench_upload_mb_s: Option<f64>,
 }
 
 fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Result<()> {
@@ -171,28 +206,82 @@ fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Re
         .tempdir_in("/tmp")
         .context("creating a socket folder")?;
     let sock = sock_dir.path().join("results.sock");
-    let spec = QemuSpec {
+    let pid1 = cell.transport == TransportSpec::Pid1;
+    let disk = match &env.boot.disk_base {
+        Some(base) => {
+            // The base image is shared and never written: the guest writes to an overlay.
+            let overlay = env.dir.join("disk.qcow2");
+            let _ = std::fs::remove_file(&overlay);
+            crate::images::disk::overlay(base, &overlay)?;
+            Some(overlay)
+        }
+        None => None,
+    };
+    let mut spec = QemuSpec {
         boot: env.boot.clone(),
         ram_mib: cell.ram.mib(),
         accel: env.accel,
-        results_socket: Some(sock.clone()),
+        results_socket: pid1.then(|| sock.clone()),
         name: Some(env.dir.display().to_string()),
+        disk,
+        ssh_forward: None,
     };
-    let argv = spec.argv();
-    write_command_file(&env.dir.join("qemu.cmd"), &argv)?;
     let stderr_log = env.dir.join("qemu.stderr");
-    let start = Instant::now();
-    let mut qemu = QemuProcess::spawn(&argv, &stderr_log)?;
+    let (start, mut qemu) = spawn_qemu(&mut spec, cell, env, &stderr_log)?;
     let (tx, rx) = mpsc::channel();
 
     let stdout = qemu.take_stdout().context("QEMU's stdout is not piped")?;
     let console_log =
         std::fs::File::create(env.dir.join("console.log")).context("creating console.log")?;
     let console_tx = tx.clone();
-    let console_thread = std::thread::spawn(move || read_console(stdout, console_log, console_tx));
+    let (tap_tx, tap_rx) = mpsc::channel();
+    let tap = matches!(cell.transport, TransportSpec::SerialShell(_)).then_some(tap_tx);
+    let console_thread =
+        std::thread::spawn(move || read_console(stdout, console_log, console_tx, tap));
 
-    let results = connect_results(&sock, &mut qemu, &stderr_log)?;
-    let results_thread = std::thread::spawn(move || read_results(results, tx));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut console_input = qemu.take_stdin();
+    let (results_thread, driver_thread) = if pid1 {
+        let results = connect_results(&sock, &mut qemu, &stderr_log)?;
+        (
+            Some(std::thread::spawn(move || read_results(results, tx))),
+            None,
+        )
+    } else {
+        let guest = env
+            .guest
+            .clone()
+            .context("an image with its own init needs the payload to upload")?;
+        let t: Box<dyn Transport> = match &cell.transport {
+            TransportSpec::Ssh(ssh) => Box::new(transport::ssh::SshTransport::new(
+                spec.ssh_forward.map(|(h, _)| h).unwrap_or_default(),
+                ssh.clone(),
+                crate::host::workspace_root().join("images"),
+                env.faults.clone(),
+                stop.clone(),
+                start,
+            )),
+            TransportSpec::SerialShell(serial) => {
+                Box::new(transport::serial::SerialTransport::new(
+                    Box::new(console_input.take().context("QEMU's stdin is not piped")?),
+                    tap_rx,
+                    serial.clone(),
+                    env.faults.clone(),
+                    stop.clone(),
+                    start,
+                ))
+            }
+            TransportSpec::Pid1 => unreachable!(),
+        };
+        let boot_deadline = start + cell.deadlines.boot();
+        let bench_upload = env.faults.bench_upload;
+        (
+            None,
+            Some(std::thread::spawn(move || {
+                drive(t, guest, boot_deadline, bench_upload, tx)
+            })),
+        )
+    };
     (env.progress)("booting");
 
     let mut detector = Detector::new(cell.image.os)?;
@@ -216,7 +305,9 @@ fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Re
             watch.timed_out = true;
             break;
         }
-        if record.hello.is_none() && now.duration_since(start) >= deadlines.boot() {
+        // With a transport, the driver enforces the boot deadline while it connects (an upload
+        // over a serial line may then take longer than a boot).
+        if pid1 && record.hello.is_none() && now.duration_since(start) >= deadlines.boot() {
             watch.hang = true;
             watch.boot_silent = watch.console_bytes == 0;
             break;
@@ -227,6 +318,7 @@ fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Re
         }
         if !console_open {
             // QEMU closed the console: it is exiting. Collect what the results port still holds.
+            watch.qemu_exited = true;
             watch.qemu_status = qemu.wait_for(Duration::from_secs(5));
             drain(&rx, &mut |input| {
                 handle(
@@ -246,6 +338,25 @@ fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Re
         }
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(Input::ConsoleClosed) => console_open = false,
+            Ok(Input::TransportDone(end, stats)) => {
+                record.transport = Some(stats);
+                let grace = match &end {
+                    Ok(_) if watch.done => Duration::ZERO,
+                    Err(TransportError::Stopped) => Duration::ZERO,
+                    _ => {
+                        // Poke the console: a live kernel echoes (the getty answers), a dead
+                        // one stays silent. Kept for the verdict's reason.
+                        watch.console_bytes_at_loss = watch.console_bytes;
+                        if let Some(input) = console_input.as_mut() {
+                            let _ = input.write_all(b"\r").and_then(|_| input.flush());
+                        }
+                        TRANSPORT_LOSS_GRACE
+                    }
+                };
+                watch.transport_end = Some(end);
+                let at = Instant::now() + grace;
+                kill_at = Some(kill_at.map_or(at, |k| k.min(at)));
+            }
             Ok(input) => handle(
                 input,
                 cell,
@@ -261,12 +372,13 @@ fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Re
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => console_open = false,
         }
-        if watch.done && kill_at.is_none() {
+        if pid1 && watch.done && kill_at.is_none() {
             // The payload finished: give the guest time to power off by itself.
             kill_at = Some(Instant::now() + POWEROFF_GRACE);
         }
     }
 
+    stop.store(true, Ordering::SeqCst);
     qemu.kill();
     let gone = Instant::now();
     if watch.qemu_status.is_none() {
@@ -274,7 +386,12 @@ fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Re
     }
     drop(qemu);
     let _ = console_thread.join();
-    let _ = results_thread.join();
+    if let Some(t) = results_thread {
+        let _ = t.join();
+    }
+    if let Some(t) = driver_thread {
+        let _ = t.join();
+    }
     // Whatever arrived between the loop's end and QEMU's death still counts.
     drain(&rx, &mut |input| {
         handle(
@@ -292,6 +409,13 @@ fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Re
     });
 
     record.timings.total_s = start.elapsed().as_secs_f64();
+    if let Some(stats) = record.transport.as_mut() {
+        stats.bench_upload_mb_s = watch.bench_upload_mb_s;
+    }
+    // Gaps in the sequence: frames that never arrived by any channel.
+    if let Some(&max) = watch.seen.iter().next_back() {
+        record.frames.missing = max + 1 - watch.seen.len() as u64;
+    }
     if let Some((_, at)) = &watch.crash {
         record.timings.crash_to_exit_ms =
             Some(gone.saturating_duration_since(*at).as_secs_f64() * 1000.0);
@@ -371,15 +495,27 @@ fn handle(
                     *kill_at = Some(now + CRASH_GRACE);
                 }
             }
-            for line in console_lines.push(&bytes) {
-                if line.contains(frame::MAGIC) {
-                    on_frame_line(&line, "console", cell, watch, record, last_beat, start, env);
+            // With a serial shell the console's frames reach the cell through the transport,
+            // which checks what it reads; elsewhere frames on the console are taken as they are.
+            if !matches!(cell.transport, TransportSpec::SerialShell(_)) {
+                for line in console_lines.push(&bytes) {
+                    if line.contains(frame::MAGIC) {
+                        on_frame_line(&line, "console", cell, watch, record, last_beat, start, env);
+                    }
                 }
             }
         }
+        Input::ResultsLine(line) if line.starts_with("kstorm-bench-upload ") => {
+            let rate = line["kstorm-bench-upload ".len()..].parse().ok();
+            watch.bench_upload_mb_s = rate;
+        }
         Input::ResultsLine(line) => on_frame_line(
             &line,
-            "results-port",
+            match cell.transport {
+                TransportSpec::Pid1 => "results-port",
+                TransportSpec::Ssh(_) => "ssh",
+                TransportSpec::SerialShell(_) => "serial",
+            },
             cell,
             watch,
             record,
@@ -387,6 +523,11 @@ fn handle(
             start,
             env,
         ),
+        Input::TransportDone(end, stats) => {
+            // Arrived after the loop ended.
+            record.transport = Some(stats);
+            watch.transport_end.get_or_insert(end);
+        }
         Input::ConsoleClosed | Input::ResultsClosed => {}
     }
 }
@@ -418,14 +559,15 @@ fn on_frame_line(
         record.frames.foreign += 1;
         return;
     }
+    if !watch.seen.insert(f.seq) {
+        record.frames.duplicate += 1;
+        return;
+    }
     record.frames.received += 1;
     record
         .frames
         .channel
         .get_or_insert_with(|| channel.to_string());
-    if f.seq > watch.seq_next {
-        record.frames.missing += f.seq - watch.seq_next;
-    }
     watch.seq_next = watch.seq_next.max(f.seq + 1);
     *last_beat = Instant::now();
     match f.message {
@@ -497,6 +639,26 @@ fn decide(watch: &Watch, record: &CellRecord, stderr_log: &Path, start: Instant)
         }
         return Verdict::Pass;
     }
+    if let (Some(end), false) = (&watch.transport_end, watch.qemu_exited) {
+        if let Some(victim) = watch.oom_victims.first() {
+            // The OOM killer may take the payload or the sshd: either way the kernel acted.
+            return Verdict::OomKilled {
+                victim: victim.clone(),
+            };
+        }
+        let alive = if watch.console_bytes > watch.console_bytes_at_loss {
+            "kernel alive: the console answered after the failure"
+        } else {
+            "the console was silent after the failure, no crash report"
+        };
+        return Verdict::Infra {
+            reason: match end {
+                Ok(st) => format!("guest refused: the payload exited with status {st} before finishing its plan ({alive})"),
+                Err(e @ TransportError::Lost(_)) => format!("{e} ({alive})"),
+                Err(e) => e.to_string(),
+            },
+        };
+    }
     // QEMU ended without the payload finishing and without a kernel report.
     let stderr = std::fs::read_to_string(stderr_log).unwrap_or_default();
     match watch.qemu_status {
@@ -519,6 +681,87 @@ fn decide(watch: &Watch, record: &CellRecord, stderr_log: &Path, start: Instant)
             reason: format!("QEMU could not be waited for: {}", last_line(&stderr)),
         },
     }
+}
+
+/// Starts QEMU. For ssh, picks a free host port for the forward and retries with another
+/// when QEMU could not bind it (another process took it in between).
+fn spawn_qemu(
+    spec: &mut QemuSpec,
+    cell: &Cell,
+    env: &CellEnv<'_>,
+    stderr_log: &Path,
+) -> Result<(Instant, QemuProcess)> {
+    let console_input = cell.transport != TransportSpec::Pid1;
+    for attempt in 0..5 {
+        if let TransportSpec::Ssh(ssh) = &cell.transport {
+            let port = transport::ssh::free_port().context("finding a free port for ssh")?;
+            spec.ssh_forward = Some((port, ssh.port));
+        }
+        let argv = spec.argv();
+        write_command_file(&env.dir.join("qemu.cmd"), &argv)?;
+        let start = Instant::now();
+        let mut qemu = QemuProcess::spawn_with(&argv, stderr_log, console_input)?;
+        let Some((port, _)) = spec.ssh_forward else {
+            return Ok((start, qemu));
+        };
+        // QEMU binds the forward before the guest runs: wait until the port accepts, or QEMU
+        // gives up on it.
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(st) = qemu.try_wait() {
+                let stderr = std::fs::read_to_string(stderr_log).unwrap_or_default();
+                if stderr.contains("forward") && attempt < 4 {
+                    break; // port taken: next attempt
+                }
+                return Err(InfraError(format!(
+                    "QEMU exited at start ({st}): {}",
+                    last_line(&stderr)
+                ))
+                .into());
+            }
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                return Ok((start, qemu));
+            }
+            if Instant::now() > until {
+                return Ok((start, qemu));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    Err(InfraError("no free port for the ssh forward after 5 attempts".into()).into())
+}
+
+/// The transport's side of a cell, on its own thread: connect, upload, run the plan, and
+/// report every output line and the end to the cell's loop.
+fn drive(
+    mut t: Box<dyn Transport>,
+    guest: GuestFiles,
+    boot_deadline: Instant,
+    bench_upload: Option<usize>,
+    tx: mpsc::Sender<Input>,
+) {
+    let serial = t.stats().kind == "serial";
+    let end = t.connect(boot_deadline).and_then(|()| {
+        if let Some(n) = bench_upload {
+            let data: Vec<u8> = (0..n).map(|_| rand::random::<u8>()).collect();
+            let t0 = Instant::now();
+            t.upload(&data, &format!("{}/bench.bin", transport::GUEST_DIR), 0o644)?;
+            let rate = n as f64 / 1e6 / t0.elapsed().as_secs_f64();
+            let _ = tx.send(Input::ResultsLine(format!("kstorm-bench-upload {rate}")));
+        }
+        let tx = tx.clone();
+        transport::run_plan(
+            t.as_mut(),
+            &guest.payload,
+            &guest.plan_json,
+            serial,
+            &mut |line| {
+                let _ = tx.send(Input::ResultsLine(line.to_string()));
+            },
+        )
+    });
+    let _ = tx.send(Input::TransportDone(end, t.stats()));
 }
 
 fn last_line(s: &str) -> String {
@@ -564,10 +807,12 @@ fn connect_results(
     }
 }
 
+/// Reads the console; `tap` gets a copy of every byte (for the serial-shell transport).
 fn read_console(
     mut stdout: std::process::ChildStdout,
     mut log: std::fs::File,
     tx: mpsc::Sender<Input>,
+    tap: Option<mpsc::Sender<Vec<u8>>>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -576,6 +821,9 @@ fn read_console(
             Ok(n) => {
                 let arrived = Instant::now();
                 let _ = log.write_all(&buf[..n]);
+                if let Some(tap) = &tap {
+                    let _ = tap.send(buf[..n].to_vec());
+                }
                 if tx.send(Input::Console(buf[..n].to_vec(), arrived)).is_err() {
                     break;
                 }

@@ -26,6 +26,181 @@ pub struct Image {
     pub boot: Boot,
     #[serde(default)]
     pub deadlines: Deadlines,
+    /// A root filesystem built from Debian packages, booted with its own init (the payload then
+    /// runs as a normal process, reached through a [`TransportSpec`]).
+    #[serde(default)]
+    pub disk: Option<DiskRecipe>,
+    /// How the harness reaches the payload: one transport, or a list whose first entry is the
+    /// default (`run --transport` picks another). Default: `pid1`.
+    #[serde(
+        default = "default_transports",
+        deserialize_with = "one_or_many_transports"
+    )]
+    pub transport: Vec<TransportSpec>,
+}
+
+impl Image {
+    /// The transport named `kind`, or the image's default when `kind` is `None`.
+    pub fn transport(&self, kind: Option<TransportKind>) -> Result<&TransportSpec> {
+        let Some(kind) = kind else {
+            return Ok(&self.transport[0]);
+        };
+        self.transport
+            .iter()
+            .find(|t| t.kind() == kind)
+            .with_context(|| {
+                format!(
+                    "image {} offers no {kind} transport (it offers: {})",
+                    self.name,
+                    self.transport
+                        .iter()
+                        .map(|t| t.kind().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+    }
+}
+
+/// How the harness talks to the payload in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub enum TransportSpec {
+    /// The payload is the guest's PID 1 in an initramfs; frames come on a serial port.
+    Pid1,
+    /// The image boots its own init and runs an sshd; QEMU forwards a host port to it.
+    Ssh(SshSpec),
+    /// The image boots its own init with a login on the serial console.
+    SerialShell(SerialSpec),
+}
+
+impl TransportSpec {
+    pub fn kind(&self) -> TransportKind {
+        match self {
+            TransportSpec::Pid1 => TransportKind::Pid1,
+            TransportSpec::Ssh(_) => TransportKind::Ssh,
+            TransportSpec::SerialShell(_) => TransportKind::Serial,
+        }
+    }
+}
+
+/// The transport's name on the command line (`run --transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransportKind {
+    Pid1,
+    Ssh,
+    Serial,
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransportKind::Pid1 => "pid1",
+            TransportKind::Ssh => "ssh",
+            TransportKind::Serial => "serial",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshSpec {
+    pub user: String,
+    /// The image's documented password (give this or `key`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A private key file, relative to `images/` (give this or `password`).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// The guest's sshd port.
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialSpec {
+    pub user: String,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Text that ends the login prompt on the console.
+    #[serde(default = "default_login_prompt")]
+    pub prompt: String,
+}
+
+fn default_login_prompt() -> String {
+    "login:".into()
+}
+
+fn default_transports() -> Vec<TransportSpec> {
+    vec![TransportSpec::Pid1]
+}
+
+/// `transport: pid1`, `transport: {ssh: {...}}` or a list of those.
+fn one_or_many_transports<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<TransportSpec>, D::Error> {
+    use serde::de::Error;
+    let v = serde_yaml::Value::deserialize(d)?;
+    let one = |i: Option<usize>, v: serde_yaml::Value| {
+        serde_yaml::with::singleton_map::deserialize(v).map_err(|e| {
+            let at = i.map(|i| format!("[{i}]")).unwrap_or_default();
+            D::Error::custom(format!(
+                "transport{at}: {e} (write pid1, {{ssh: {{user, password|key, port}}}} or {{serial-shell: {{user, password, prompt}}}})"
+            ))
+        })
+    };
+    let list = match v {
+        serde_yaml::Value::Sequence(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| one(Some(i), v))
+            .collect::<Result<Vec<_>, _>>()?,
+        v => vec![one(None, v)?],
+    };
+    if list.is_empty() {
+        return Err(D::Error::custom("transport: empty list"));
+    }
+    for t in &list {
+        if let TransportSpec::Ssh(s) = t {
+            if s.password.is_some() == s.key.is_some() {
+                return Err(D::Error::custom(
+                    "transport.ssh: give exactly one of `password` and `key`",
+                ));
+            }
+        }
+    }
+    Ok(list)
+}
+
+/// A small root filesystem built from Debian packages (see `images::disk`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskRecipe {
+    /// Debian packages unpacked into the root, with their `Depends` closure.
+    pub packages: Vec<String>,
+    /// Kernel modules (from the kernel's own package) loaded at boot, with their dependencies.
+    pub modules: Vec<String>,
+    /// A folder, relative to `images/`, copied over the root (inittab, rc scripts, ...).
+    pub files: PathBuf,
+    /// The boot-time initramfs's `/init` script, relative to `images/`: loads the modules,
+    /// mounts the disk and switches to it.
+    pub init: PathBuf,
+    /// Users whose password hash is written to `/etc/shadow`.
+    #[serde(default)]
+    pub users: Vec<DiskUser>,
+    /// Size of the ext4 filesystem, e.g. `64M`.
+    pub size: RamSize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskUser {
+    pub name: String,
+    pub password: String,
 }
 
 /// Where the kernel comes from.
@@ -343,6 +518,21 @@ pub fn load_image(path: &Path) -> Result<Image> {
             image.name.as_str()
         );
     }
+    let needs_disk = image.transport.iter().any(|t| *t != TransportSpec::Pid1);
+    if needs_disk && image.disk.is_none() {
+        bail!(
+            "{}: {}transport: ssh and serial-shell need an image that boots its own init (a `disk:` recipe)",
+            path.display(),
+            at_line(&text, "transport", 0),
+        );
+    }
+    if image.disk.is_some() && image.transport.contains(&TransportSpec::Pid1) {
+        bail!(
+            "{}: {}transport: a disk image boots its own init; pid1 does not apply",
+            path.display(),
+            at_line(&text, "transport", 0),
+        );
+    }
     Ok(image)
 }
 
@@ -502,5 +692,65 @@ mod tests {
             Duration::from_secs(120)
         );
         assert!("90".parse::<HumanDuration>().is_err());
+    }
+
+    fn image_with(transport: &str) -> Result<Image> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img.yaml");
+        let disk =
+            "disk: {packages: [busybox-static], modules: [ext4], files: d, init: i, size: 64M}\n";
+        let text = format!(
+            "name: img\ndescription: d\nos: linux\nsource: {{debian-kernel: {{metapackage: m}}}}\nboot: {{machine: microvm}}\n{disk}{transport}"
+        );
+        std::fs::write(&path, text).unwrap();
+        load_image(&path)
+    }
+
+    #[test]
+    fn transports_parse_one_or_many() {
+        let i = image_with("transport: {ssh: {user: root, password: pw}}\n").unwrap();
+        assert_eq!(i.transport.len(), 1);
+        assert_eq!(i.transport(None).unwrap().kind(), TransportKind::Ssh);
+        let i = image_with(
+            "transport:\n  - {ssh: {user: root, key: id, port: 2222}}\n  - {serial-shell: {user: root}}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            i.transport(Some(TransportKind::Serial)).unwrap().kind(),
+            TransportKind::Serial
+        );
+        match &i.transport[1] {
+            TransportSpec::SerialShell(s) => assert_eq!(s.prompt, "login:"),
+            t => panic!("{t:?}"),
+        }
+        let err = i
+            .transport(Some(TransportKind::Pid1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("offers no pid1 transport (it offers: ssh, serial)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn transport_errors_name_the_field() {
+        let err = format!(
+            "{:#}",
+            image_with("transport: {ssh: {user: root, passwd: x}}\n").unwrap_err()
+        );
+        assert!(
+            err.contains("img.yaml") && err.contains("transport") && err.contains("passwd"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            image_with("transport: {ssh: {user: root}}\n").unwrap_err()
+        );
+        assert!(err.contains("exactly one of `password` and `key`"), "{err}");
+        let err = format!("{:#}", image_with("transport: telnet\n").unwrap_err());
+        assert!(err.contains("transport") && err.contains("telnet"), "{err}");
+        let err = format!("{:#}", image_with("transport: pid1\n").unwrap_err());
+        assert!(err.contains("pid1 does not apply"), "{err}");
     }
 }

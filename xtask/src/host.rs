@@ -50,6 +50,9 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("dpkg-deb", "dpkg"),
     ("grub-mkrescue", "grub-pc-bin xorriso mtools"),
     ("gcc", "gcc-multilib"),
+    // Disk images (images::disk): the ext4 root and the root password's crypt hash.
+    ("mke2fs", "e2fsprogs"),
+    ("openssl", "openssl"),
 ];
 
 /// Looks a program up on `PATH`.

@@ -11,6 +11,7 @@
 //! - [`detect`]: crash, hang and OOM detection on console logs;
 //! - [`verdict`]: the verdict type and expected-vs-actual;
 //! - [`report`]: results on disk (atomic), JUnit, the summary table;
+//! - [`transport`]: ssh and serial-shell access to guests that boot their own init;
 //! - [`run`]: the `run` verb: the whole matrix, in parallel, with progress bars.
 
 pub mod bench;
@@ -24,4 +25,5 @@ pub mod payload;
 pub mod qemu;
 pub mod report;
 pub mod run;
+pub mod transport;
 pub mod verdict;

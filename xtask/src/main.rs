@@ -43,9 +43,13 @@ struct RunArgs {
     /// Suite from suites/<name>.yaml.
     #[arg(long, default_value = "default")]
     suite: String,
-    /// Only these images (repeatable).
+    /// Run the suite's cases on these images instead of the suite's own (repeatable).
     #[arg(long = "image")]
     images: Vec<String>,
+    /// Reach the payload through this transport instead of each image's default
+    /// (the image must offer it: see `transport:` in images/*.yaml).
+    #[arg(long, value_enum)]
+    transport: Option<kstorm::config::TransportKind>,
     /// Only these RAM sizes, e.g. --ram 128M (repeatable).
     #[arg(long = "ram")]
     ram: Vec<RamSize>,
@@ -100,6 +104,13 @@ enum BenchWhich {
         #[arg(long, default_value_t = 7)]
         boots: usize,
     },
+    /// ssh and serial shell on linux-disk: time to the first command and upload rate, against
+    /// the PID-1 path booting the same kernel.
+    Transport {
+        /// Size of the timed upload, in MB.
+        #[arg(long, default_value_t = 10)]
+        upload_mb: usize,
+    },
 }
 
 #[derive(Args)]
@@ -117,6 +128,7 @@ fn main() -> ExitCode {
         Verb::Bench(a) => match a.which {
             BenchWhich::Boot { rounds } => report(bench::boot(rounds)),
             BenchWhich::Detect => report(bench::detect()),
+            BenchWhich::Transport { upload_mb } => report(bench::transport(upload_mb)),
             BenchWhich::Scenarios => report(bench::scenarios()),
             BenchWhich::Mach { boots } => report(bench::mach(boots)),
         },
@@ -135,6 +147,7 @@ fn run(a: RunArgs) -> i32 {
         filters: a.filters,
         repeat: a.repeat,
         profile: a.profile,
+        transport: a.transport,
     };
     if let Some(j) = a.jobs {
         opts.jobs = j;

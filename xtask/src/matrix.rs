@@ -3,7 +3,9 @@
 //! A cell id reads `case@image-RAM-variant` (plus `.rN` for repeats), e.g.
 //! `fork-hold@linux-128M-base.r2`; it names the cell's results folder and travels in every frame.
 
-use crate::config::{Case, Catalog, Deadlines, Image, RamSize, Suite, Variant};
+use crate::config::{
+    Case, Catalog, Deadlines, Image, RamSize, Suite, TransportKind, TransportSpec, Variant,
+};
 use anyhow::{bail, Result};
 
 /// Parameter profile: `quick` (the defaults, seconds under TCG) or `deep` (nightly counts).
@@ -17,12 +19,15 @@ pub enum Profile {
 /// What the user narrowed the matrix to on the command line.
 #[derive(Debug, Clone)]
 pub struct Selection {
+    /// Run every case on these images instead of the suite's (or the case's) own.
     pub images: Option<Vec<String>>,
     pub ram: Option<Vec<RamSize>>,
     /// Keep cells whose id contains any of these substrings (all when empty).
     pub filters: Vec<String>,
     pub repeat: u32,
     pub profile: Profile,
+    /// Use this transport instead of each image's default (`run --transport`).
+    pub transport: Option<TransportKind>,
 }
 
 impl Default for Selection {
@@ -33,6 +38,7 @@ impl Default for Selection {
             filters: Vec::new(),
             repeat: 1,
             profile: Profile::Quick,
+            transport: None,
         }
     }
 }
@@ -51,6 +57,8 @@ pub struct Cell {
     pub params: serde_json::Map<String, serde_json::Value>,
     /// Case, then suite, then image, then built-in defaults.
     pub deadlines: Deadlines,
+    /// How the harness reaches the payload in this cell.
+    pub transport: TransportSpec,
 }
 
 pub fn expand(suite: &Suite, catalog: &Catalog, sel: &Selection) -> Result<Vec<Cell>> {
@@ -71,7 +79,24 @@ pub fn expand(suite: &Suite, catalog: &Catalog, sel: &Selection) -> Result<Vec<C
     }
     let mut cells = Vec::new();
     for case in &suite.cases {
-        let images = case.images.as_ref().unwrap_or(&suite.images);
+        // --image narrows to the images a case runs on; an image the suite does not name at all
+        // takes the place of the suite's images (e.g. the Linux cases on `linux-disk`), while
+        // cases pinned to their own images stay pinned.
+        let chosen: Option<Vec<crate::config::Name>> = sel.images.as_ref().map(|w| {
+            let named = w.iter().any(|x| suite_names_image(suite, x));
+            let base = case.images.as_ref().unwrap_or(&suite.images);
+            w.iter()
+                .filter(|x| {
+                    base.iter().any(|b| b.as_str() == x.as_str())
+                        || (!named && case.images.is_none())
+                })
+                .map(|n| crate::config::Name(n.clone()))
+                .collect()
+        });
+        let images = chosen
+            .as_ref()
+            .or(case.images.as_ref())
+            .unwrap_or(&suite.images);
         // --ram replaces the suite's sizes; a case that pins its own keeps only those asked for.
         let rams: Vec<RamSize> = match (&case.ram, &sel.ram) {
             (Some(own), Some(asked)) => own.iter().filter(|r| asked.contains(r)).copied().collect(),
@@ -84,14 +109,8 @@ pub fn expand(suite: &Suite, catalog: &Catalog, sel: &Selection) -> Result<Vec<C
             params.extend(case.deep.clone());
         }
         for image_name in images {
-            if sel
-                .images
-                .as_ref()
-                .is_some_and(|w| !w.iter().any(|x| x == image_name.as_str()))
-            {
-                continue;
-            }
             let image = &catalog.images[image_name.as_str()];
+            let transport = image.transport(sel.transport)?;
             for &ram in &rams {
                 let variants = suite.variants.iter().filter(|v| {
                     case.variants
@@ -120,6 +139,7 @@ pub fn expand(suite: &Suite, catalog: &Catalog, sel: &Selection) -> Result<Vec<C
                             repeat,
                             params: params.clone(),
                             deadlines: case.deadlines.or(suite.deadlines).or(image.deadlines),
+                            transport: transport.clone(),
                         });
                     }
                 }
@@ -133,4 +153,13 @@ pub fn expand(suite: &Suite, catalog: &Catalog, sel: &Selection) -> Result<Vec<C
         );
     }
     Ok(cells)
+}
+
+/// True when any case of the suite runs on `image` by default.
+fn suite_names_image(suite: &Suite, image: &str) -> bool {
+    suite
+        .images
+        .iter()
+        .chain(suite.cases.iter().flat_map(|c| c.images.iter().flatten()))
+        .any(|i| i.as_str() == image)
 }

@@ -45,6 +45,10 @@ pub struct QemuSpec {
     /// Shown in `ps` as the guest's name: the cell's results folder, so a QEMU process can
     /// always be traced back to its cell.
     pub name: Option<String>,
+    /// The cell's qcow2 overlay of a disk image, attached as the first virtio disk.
+    pub disk: Option<PathBuf>,
+    /// User networking with `127.0.0.1:<host port>` forwarded to the guest's `<guest port>`.
+    pub ssh_forward: Option<(u16, u16)>,
 }
 
 impl QemuSpec {
@@ -96,6 +100,26 @@ impl QemuSpec {
                 &mut a,
                 &["-device", "isa-serial,chardev=results,iobase=0x2f8,irq=3"],
             );
+        }
+        // microvm has virtio-mmio transports, pc has PCI.
+        let (blk, net) = match self.boot.machine {
+            Machine::Microvm => ("virtio-blk-device", "virtio-net-device"),
+            Machine::Pc => ("virtio-blk-pci", "virtio-net-pci"),
+        };
+        if let Some(disk) = &self.disk {
+            let mut spec = OsString::from("if=none,id=disk0,format=qcow2,file=");
+            // ',' would end QEMU's option value: it is escaped by doubling.
+            spec.push(disk.to_string_lossy().replace(',', ",,"));
+            a.push("-drive".into());
+            a.push(spec);
+            a.push("-device".into());
+            a.push(format!("{blk},drive=disk0").into());
+        }
+        if let Some((host, guest)) = self.ssh_forward {
+            a.push("-netdev".into());
+            a.push(format!("user,id=net0,hostfwd=tcp:127.0.0.1:{host}-:{guest}").into());
+            a.push("-device".into());
+            a.push(format!("{net},netdev=net0").into());
         }
         if let Some(k) = &self.boot.kernel {
             a.push("-kernel".into());
@@ -158,13 +182,27 @@ pub struct QemuProcess {
 impl QemuProcess {
     /// Starts QEMU with `argv`; its stdout (the console) is piped, stderr goes to `stderr_log`.
     pub fn spawn(argv: &[OsString], stderr_log: &Path) -> Result<QemuProcess> {
+        Self::spawn_with(argv, stderr_log, false)
+    }
+
+    /// [`spawn`](Self::spawn), with QEMU's stdin (the console's input) piped when `console_input`
+    /// (for logging in on the serial console); otherwise it reads nothing.
+    pub fn spawn_with(
+        argv: &[OsString],
+        stderr_log: &Path,
+        console_input: bool,
+    ) -> Result<QemuProcess> {
         host::require_tools(&[QEMU])?;
         host::echo(QEMU, argv);
         let stderr = std::fs::File::create(stderr_log)
             .with_context(|| format!("creating {}", stderr_log.display()))?;
         let mut cmd = Command::new(QEMU);
         cmd.args(argv)
-            .stdin(Stdio::null())
+            .stdin(if console_input {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(stderr)
             .process_group(0);
@@ -200,6 +238,11 @@ impl QemuProcess {
 
     pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
         self.child.stdout.take()
+    }
+
+    /// The console's input, when QEMU was started with `console_input`.
+    pub fn take_stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.child.stdin.take()
     }
 
     /// The exit status if QEMU has exited (non-blocking).
@@ -275,12 +318,15 @@ mod tests {
                 initrd: Some("/k/i.cpio".into()),
                 cmdline: Some("console=ttyS0 panic=-1 it's".into()),
                 cdrom: None,
+                disk_base: None,
                 provenance: BTreeMap::new(),
             },
             ram_mib: 128,
             accel: Accel::Tcg,
             results_socket: Some("/tmp/x/r.sock".into()),
             name: Some("cells/a,b".into()),
+            disk: None,
+            ssh_forward: None,
         }
     }
 

@@ -37,6 +37,8 @@ pub struct RunOptions {
     pub cache: PathBuf,
     /// Show progress bars (off for tests and when stderr is not a terminal).
     pub progress: bool,
+    /// Test-only fault injection into the transports; empty in real runs.
+    pub faults: crate::transport::Faults,
 }
 
 impl RunOptions {
@@ -49,6 +51,7 @@ impl RunOptions {
             results_root: host::workspace_root().join("results"),
             cache: host::cache_dir(),
             progress: true,
+            faults: Default::default(),
         }
     }
 }
@@ -105,7 +108,8 @@ pub fn run_cells(suite_name: &str, cells: Vec<Cell>, opts: &RunOptions) -> Resul
     // Shared inputs. A failure here is the host's, and every cell it concerns says so.
     let payload = host::ensure_tools(&[qemu::QEMU, "apt-get", "dpkg-deb"])
         .and_then(|_| crate::payload::build())
-        .and_then(|p| std::fs::read(&p).with_context(|| format!("reading {}", p.display())));
+        .and_then(|p| std::fs::read(&p).with_context(|| format!("reading {}", p.display())))
+        .map(std::sync::Arc::new);
     let mut prepared: BTreeMap<String, Result<PreparedImage, String>> = BTreeMap::new();
     for cell in &cells {
         let name = cell.image.name.0.clone();
@@ -154,6 +158,7 @@ pub fn run_cells(suite_name: &str, cells: Vec<Cell>, opts: &RunOptions) -> Resul
                     accel,
                     &cache,
                     &dir,
+                    &opts.faults,
                     &|m: &str| bar.set_message(m.to_string()),
                 );
                 bars.finish_cell(&bar, &record);
@@ -193,15 +198,25 @@ pub fn run_cells(suite_name: &str, cells: Vec<Cell>, opts: &RunOptions) -> Resul
 }
 
 /// Prepares and runs one cell; every failure before QEMU starts becomes an `Infra` verdict.
+#[allow(clippy::too_many_arguments)]
 fn run_one(
     cell: &Cell,
-    payload: &Result<Vec<u8>>,
+    payload: &Result<std::sync::Arc<Vec<u8>>>,
     prepared: &BTreeMap<String, Result<PreparedImage, String>>,
     accel: Accel,
     cache: &Path,
     dir: &RunDir,
+    faults: &crate::transport::Faults,
     progress: &(dyn Fn(&str) + Sync),
 ) -> CellRecord {
+    let plan_json = match serde_json::to_vec(&plan_for(cell)) {
+        Ok(p) => p,
+        Err(e) => return infra_record(cell, accel, format!("plan: {e}")),
+    };
+    let guest = payload.as_ref().ok().map(|p| cell::GuestFiles {
+        payload: p.clone(),
+        plan_json: plan_json.clone(),
+    });
     let boot = (|| -> Result<images::BootArtifacts> {
         let payload = payload
             .as_ref()
@@ -229,6 +244,8 @@ fn run_one(
                 accel,
                 dir: dir.cell_dir(&cell.id),
                 progress,
+                guest,
+                faults: faults.clone(),
             },
         ),
         Err(e) => infra_record(cell, accel, format!("{e:#}")),
@@ -277,6 +294,7 @@ fn infra_record(cell: &Cell, accel: Accel, reason: String) -> CellRecord {
         reports: Vec::new(),
         timings: Default::default(),
         frames: Default::default(),
+        transport: None,
         last_progress: None,
         started_at: chrono::Local::now().to_rfc3339(),
     }
@@ -356,6 +374,8 @@ fn probe_kvm(image: &PreparedImage, payload: &[u8], cache: &Path) -> (bool, Stri
             accel: Accel::Kvm,
             dir: dir.path().to_path_buf(),
             progress: &|_| {},
+            guest: None,
+            faults: Default::default(),
         },
     );
     match (&rec.verdict, rec.timings.boot_s) {
@@ -401,6 +421,7 @@ cases:
         variant: suite.variants[0].clone(),
         repeat: 1,
         deadlines: suite.deadlines,
+        transport: crate::config::TransportSpec::Pid1,
     })
 }
 

@@ -2,6 +2,7 @@
 //! needs (cached by content), and then, per cell, the [`BootArtifacts`] QEMU boots.
 
 pub mod debian;
+pub mod disk;
 pub mod download;
 pub mod gnumach;
 pub mod grub;
@@ -27,6 +28,8 @@ pub struct BootArtifacts {
     pub cmdline: Option<String>,
     /// `-cdrom` (a GRUB rescue ISO)
     pub cdrom: Option<PathBuf>,
+    /// A read-only base disk image; the cell boots a qcow2 overlay of it, never the base.
+    pub disk_base: Option<PathBuf>,
     /// Versions and hashes of what was booted, recorded in every result.
     pub provenance: BTreeMap<String, String>,
 }
@@ -37,6 +40,8 @@ pub enum PreparedImage {
     Linux(linux::LinuxKernel),
     /// GNU Mach and kstorm's bootstrap task (the task is the payload there).
     Mach(mach_task::MachPrepared),
+    /// A Linux kernel with a root filesystem that boots its own init.
+    LinuxDisk(linux::LinuxKernel, disk::DiskImage),
 }
 
 impl PreparedImage {
@@ -44,27 +49,44 @@ impl PreparedImage {
         match self {
             PreparedImage::Linux(k) => k.provenance(),
             PreparedImage::Mach(m) => m.kernel.provenance(),
+            PreparedImage::LinuxDisk(k, d) => {
+                let mut p = k.provenance();
+                p.insert("disk.hash".into(), d.hash.clone());
+                p.insert("disk.packages".into(), d.packages.join(" "));
+                p
+            }
         }
     }
 }
 
 /// Fetches and unpacks what `image` needs (cached under `cache`).
 pub fn prepare(image: &Image, cache: &Path) -> Result<PreparedImage> {
-    match &image.source {
-        Source::DebianKernel { metapackage } => Ok(PreparedImage::Linux(
-            linux::LinuxKernel::from_debian(metapackage, cache)?,
-        )),
-        Source::DownloadedKernel { url, sha256 } => Ok(PreparedImage::Linux(
-            linux::LinuxKernel::from_url(url, sha256, cache)?,
-        )),
+    let kernel = match &image.source {
+        Source::DebianKernel { metapackage } => {
+            linux::LinuxKernel::from_debian(metapackage, cache)?
+        }
+        Source::DownloadedKernel { url, sha256 } => {
+            linux::LinuxKernel::from_url(url, sha256, cache)?
+        }
         Source::DebianGnumach {
             package,
             patch_syscall_trap,
-        } => Ok(PreparedImage::Mach(mach_task::MachPrepared::new(
-            package,
-            *patch_syscall_trap,
-            cache,
-        )?)),
+        } => {
+            return Ok(PreparedImage::Mach(mach_task::MachPrepared::new(
+                package,
+                *patch_syscall_trap,
+                cache,
+            )?));
+        }
+    };
+    match &image.disk {
+        None => Ok(PreparedImage::Linux(kernel)),
+        Some(recipe) => {
+            let images_dir = crate::host::workspace_root().join("images");
+            let d = disk::build(recipe, &kernel, &images_dir, cache)
+                .with_context(|| format!("building the disk of image {}", image.name))?;
+            Ok(PreparedImage::LinuxDisk(kernel, d))
+        }
     }
 }
 
@@ -79,10 +101,21 @@ pub fn cell_artifacts(
     plan_json: &[u8],
     cache: &Path,
 ) -> Result<BootArtifacts> {
-    match prepared {
-        PreparedImage::Linux(kernel) => {
-            let initrd = initramfs::build(cache, payload, plan_json)?;
-            let mut provenance = kernel.provenance();
+    let (kernel, disk) = match prepared {
+        PreparedImage::Linux(k) => (k, None),
+        PreparedImage::LinuxDisk(k, d) => (k, Some(d)),
+        PreparedImage::Mach(mach) => {
+            return mach_artifacts(mach, image, extra_cmdline, plan_json, cache)
+        }
+    };
+    {
+        {
+            // A disk image boots its own init; the payload and plan travel over the transport.
+            let initrd = match disk {
+                Some(d) => d.initrd.clone(),
+                None => initramfs::build(cache, payload, plan_json)?,
+            };
+            let mut provenance = prepared.provenance();
             // The fast path needs the PVH-bootable vmlinux; without it, boot the bzImage on pc.
             let (machine, kernel_file) = match (image.boot.machine, &kernel.vmlinux) {
                 (Machine::Microvm, Some(vmlinux)) => (Machine::Microvm, vmlinux.clone()),
@@ -116,28 +149,39 @@ pub fn cell_artifacts(
                 initrd: Some(initrd),
                 cmdline: Some(cmdline.join(" ")),
                 cdrom: None,
+                disk_base: disk.map(|d| d.base.clone()),
                 provenance,
             })
         }
-        PreparedImage::Mach(mach) => {
-            let plan: kstorm_payload::plan::Plan =
-                serde_json::from_slice(plan_json).context("reading back the cell's plan")?;
-            let kernel_args: Vec<String> = image
-                .boot
-                .cmdline
-                .iter()
-                .chain(extra_cmdline.iter())
-                .cloned()
-                .collect();
-            let boot = mach.cell_iso(&plan, &kernel_args, cache)?;
-            Ok(BootArtifacts {
-                machine: Machine::Pc,
-                kernel: None,
-                initrd: None,
-                cmdline: None,
-                cdrom: Some(boot.cdrom),
-                provenance: boot.provenance,
-            })
-        }
     }
+}
+
+/// GNU Mach: a GRUB ISO per cell with kstorm's bootstrap task, the plan on the task's command
+/// line (the Linux payload is not used).
+fn mach_artifacts(
+    mach: &mach_task::MachPrepared,
+    image: &Image,
+    extra_cmdline: &[String],
+    plan_json: &[u8],
+    cache: &Path,
+) -> Result<BootArtifacts> {
+    let plan: kstorm_payload::plan::Plan =
+        serde_json::from_slice(plan_json).context("reading back the cell's plan")?;
+    let kernel_args: Vec<String> = image
+        .boot
+        .cmdline
+        .iter()
+        .chain(extra_cmdline.iter())
+        .cloned()
+        .collect();
+    let boot = mach.cell_iso(&plan, &kernel_args, cache)?;
+    Ok(BootArtifacts {
+        machine: Machine::Pc,
+        kernel: None,
+        initrd: None,
+        cmdline: None,
+        cdrom: Some(boot.cdrom),
+        disk_base: None,
+        provenance: boot.provenance,
+    })
 }
