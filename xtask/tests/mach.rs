@@ -401,6 +401,8 @@ mod through_the_harness {
                     accel: Accel::Tcg,
                     dir: out.path().join(&c.id),
                     progress: &|_| {},
+                    guest: None,
+                    faults: Default::default(),
                 },
             ));
         }
