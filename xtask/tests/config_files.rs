@@ -167,3 +167,40 @@ fn load_image_checks_name_against_file() {
         "{err}"
     );
 }
+
+#[test]
+fn image_option_narrows_or_substitutes() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "images/img.yaml", IMAGE);
+    write(
+        dir.path(),
+        "images/img2.yaml",
+        &IMAGE.replace("name: img", "name: img2"),
+    );
+    write(
+        dir.path(),
+        "images/pinned.yaml",
+        &IMAGE.replace("name: img", "name: pinned"),
+    );
+    write(
+        dir.path(),
+        "suites/s.yaml",
+        "name: s\ndescription: d\nimages: [img]\nram: [128M]\ncases:\n  - {name: a, scenario: smoke, expect: pass}\n  - {name: p, scenario: smoke, expect: pass, images: [pinned]}\n",
+    );
+    let catalog = Catalog::load(dir.path()).unwrap();
+    let suite = &catalog.suites["s"];
+    let ids = |images: &[&str]| -> Vec<String> {
+        let sel = Selection {
+            images: Some(images.iter().map(|s| s.to_string()).collect()),
+            ..Selection::default()
+        };
+        matrix::expand(suite, &catalog, &sel)
+            .map(|c| c.into_iter().map(|c| c.id).collect())
+            .unwrap_or_default()
+    };
+    // Named by the suite: narrow to the cases that run on it.
+    assert_eq!(ids(&["pinned"]), ["p@pinned-128M-base"]);
+    assert_eq!(ids(&["img"]), ["a@img-128M-base"]);
+    // Not named: it takes the suite's images' place; pinned cases stay pinned (and drop out).
+    assert_eq!(ids(&["img2"]), ["a@img2-128M-base"]);
+}
