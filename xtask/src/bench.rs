@@ -103,27 +103,8 @@ pub fn boot(rounds: usize) -> Result<()> {
     };
     let kstorm_once = |i: usize| -> Result<f64> {
         let t = Instant::now();
-        let plan = run::plan_for(&cell);
-        let boot = images::cell_artifacts(
-            &b.prepared,
-            &b.image,
-            &[format!("kstorm.cell={}", cell.id)],
-            &b.payload,
-            &serde_json::to_vec(&plan)?,
-            &cache,
-        )?;
         let dir = out.path().join(format!("cell{i}"));
-        let rec = cell::run(
-            &cell,
-            CellEnv {
-                boot,
-                accel: b.accel,
-                dir: dir.clone(),
-                progress: &|_| {},
-                guest: None,
-                faults: Default::default(),
-            },
-        );
+        let rec = run_pid1_cell(&b, &cell, dir.clone())?;
         host::write_atomic(
             &dir.join("result.json"),
             serde_json::to_string_pretty(&rec)?.as_bytes(),
@@ -218,7 +199,6 @@ pub fn detect() -> Result<()> {
         100_000_000,
     )?;
     let b = linux_bench()?;
-    let cache = host::cache_dir();
     let mut cell = smoke_cell(&b.image)?;
     cell.case.scenario = crate::config::Name("panic".into());
     cell.case.expect = crate::config::Expect::Crash;
@@ -226,26 +206,7 @@ pub fn detect() -> Result<()> {
     let out = tempfile::tempdir()?;
     let (mut detect_ms, mut exit_ms) = (Vec::new(), Vec::new());
     for i in 0..5 {
-        let plan = run::plan_for(&cell);
-        let boot = images::cell_artifacts(
-            &b.prepared,
-            &b.image,
-            &[],
-            &b.payload,
-            &serde_json::to_vec(&plan)?,
-            &cache,
-        )?;
-        let rec = cell::run(
-            &cell,
-            CellEnv {
-                boot,
-                accel: b.accel,
-                dir: out.path().join(format!("p{i}")),
-                progress: &|_| {},
-                guest: None,
-                faults: Default::default(),
-            },
-        );
+        let rec = run_pid1_cell(&b, &cell, out.path().join(format!("p{i}")))?;
         match (rec.timings.detect_ms, rec.timings.crash_to_exit_ms) {
             (Some(d), Some(e)) => {
                 detect_ms.push(d);
@@ -292,26 +253,7 @@ pub fn transport(upload_mb: usize) -> Result<()> {
 
     // PID 1: the payload in the initramfs, frames on the results port.
     let pid1_cell = smoke_cell(&b.image)?;
-    let plan = run::plan_for(&pid1_cell);
-    let boot = images::cell_artifacts(
-        &b.prepared,
-        &b.image,
-        &[format!("kstorm.cell={}", pid1_cell.id)],
-        &b.payload,
-        &serde_json::to_vec(&plan)?,
-        &cache,
-    )?;
-    let rec = cell::run(
-        &pid1_cell,
-        CellEnv {
-            boot,
-            accel: b.accel,
-            dir: out.path().join("pid1"),
-            progress: &|_| {},
-            guest: None,
-            faults: Default::default(),
-        },
-    );
+    let rec = run_pid1_cell(&b, &pid1_cell, out.path().join("pid1"))?;
     let pid1_first = rec
         .timings
         .boot_s
@@ -437,4 +379,30 @@ cases:
         100.0 * busy_total / wall_total
     );
     Ok(())
+}
+
+/// Boots `cell` on the bench's Linux kernel with the payload as PID 1.
+fn run_pid1_cell(
+    b: &LinuxBench,
+    cell: &crate::matrix::Cell,
+    dir: std::path::PathBuf,
+) -> Result<cell::CellRecord> {
+    let plan = run::plan_for(cell);
+    let boot = images::cell_artifacts(
+        &b.prepared,
+        &b.image,
+        &[format!("kstorm.cell={}", cell.id)],
+        &b.payload,
+        &serde_json::to_vec(&plan)?,
+        &host::cache_dir(),
+    )?;
+    let env = CellEnv {
+        boot,
+        accel: b.accel,
+        dir,
+        progress: &|_| {},
+        guest: None,
+        faults: Default::default(),
+    };
+    Ok(cell::run(cell, env))
 }

@@ -69,6 +69,38 @@ pub struct CellRecord {
     pub started_at: String,
 }
 
+impl CellRecord {
+    /// The record of a cell that did not boot (yet), with an `Infra` verdict giving `reason`.
+    pub fn unstarted(cell: &Cell, accel: Accel, reason: String) -> CellRecord {
+        CellRecord {
+            id: cell.id.clone(),
+            suite: cell.suite.clone(),
+            case: cell.case.name.0.clone(),
+            scenario: cell.case.scenario.0.clone(),
+            image: cell.image.name.0.clone(),
+            ram_mib: cell.ram.mib(),
+            variant: cell.variant.name.0.clone(),
+            repeat: cell.repeat,
+            params: cell.params.clone(),
+            expect: cell.case.expect,
+            expect_title: cell.case.expect_title.clone(),
+            verdict: Verdict::Infra { reason },
+            as_expected: false,
+            accel,
+            machine: None,
+            provenance: BTreeMap::new(),
+            hello: None,
+            results: Vec::new(),
+            reports: Vec::new(),
+            timings: Timings::default(),
+            frames: FrameStats::default(),
+            transport: None,
+            last_progress: None,
+            started_at: chrono::Local::now().to_rfc3339(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Timings {
     /// QEMU start to the payload's hello.
@@ -131,35 +163,9 @@ enum Input {
 
 /// Runs the cell and returns its record (the verdict is `Infra` when the harness failed).
 pub fn run(cell: &Cell, env: CellEnv<'_>) -> CellRecord {
-    let started_at = chrono::Local::now().to_rfc3339();
-    let mut record = CellRecord {
-        id: cell.id.clone(),
-        suite: cell.suite.clone(),
-        case: cell.case.name.0.clone(),
-        scenario: cell.case.scenario.0.clone(),
-        image: cell.image.name.0.clone(),
-        ram_mib: cell.ram.mib(),
-        variant: cell.variant.name.0.clone(),
-        repeat: cell.repeat,
-        params: cell.params.clone(),
-        expect: cell.case.expect,
-        expect_title: cell.case.expect_title.clone(),
-        verdict: Verdict::Infra {
-            reason: "not run".into(),
-        },
-        as_expected: false,
-        accel: env.accel,
-        machine: Some(env.boot.machine),
-        provenance: env.boot.provenance.clone(),
-        hello: None,
-        results: Vec::new(),
-        reports: Vec::new(),
-        timings: Timings::default(),
-        frames: FrameStats::default(),
-        transport: None,
-        last_progress: None,
-        started_at,
-    };
+    let mut record = CellRecord::unstarted(cell, env.accel, "not run".into());
+    record.machine = Some(env.boot.machine);
+    record.provenance = env.boot.provenance.clone();
     if let Err(e) = boot_and_watch(cell, &env, &mut record) {
         record.verdict = Verdict::Infra {
             reason: format!("{e:#}"),

@@ -246,30 +246,163 @@ pub fn table(records: &[CellRecord]) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    text_table(&header, &rows)
+}
+
+/// Left-aligned columns, two spaces apart.
+fn text_table(header: &[String], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());
         }
     }
-    let mut out = String::new();
     let fmt_row = |cells: &[String]| {
-        cells
+        let line: Vec<String> = cells
             .iter()
-            .zip(widths)
+            .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
+            .collect();
+        line.join("  ").trim_end().to_string()
     };
-    out.push_str(&fmt_row(&header.map(String::from)));
+    let mut out = fmt_row(header);
     out.push('\n');
-    for row in &rows {
+    for row in rows {
         out.push_str(&fmt_row(row));
         out.push('\n');
     }
     out
+}
+
+/// How many measurement columns a scenario's table shows on the terminal (summary.json has all).
+const SHOWN_MEASUREMENTS: usize = 6;
+
+/// One table per scenario: a row per cell (image, RAM, variant), its first measurements, and the
+/// last progress count (the number reached when the kernel stopped, for hangs).
+pub fn measurement_tables(records: &[CellRecord]) -> String {
+    let mut by_scenario: BTreeMap<&str, Vec<&CellRecord>> = BTreeMap::new();
+    for r in records {
+        by_scenario.entry(&r.scenario).or_default().push(r);
+    }
+    let mut out = String::new();
+    for (scenario, rows) in by_scenario {
+        let mut columns: Vec<String> = Vec::new();
+        for r in &rows {
+            for res in &r.results {
+                for (name, m) in &res.measurements {
+                    let col = format!("{name} [{}]", m.unit);
+                    let internal = name.starts_with("payload_") || name == "progress";
+                    if !internal && !columns.contains(&col) && columns.len() < SHOWN_MEASUREMENTS {
+                        columns.push(col);
+                    }
+                }
+            }
+        }
+        let mut header: Vec<String> = ["cell", "verdict", "count"].map(String::from).to_vec();
+        header.extend(columns.iter().cloned());
+        let mut sorted = rows.clone();
+        sorted.sort_by(|a, b| {
+            (&a.image, &a.variant, a.ram_mib, &a.id).cmp(&(&b.image, &b.variant, b.ram_mib, &b.id))
+        });
+        let body: Vec<Vec<String>> =
+            sorted
+                .iter()
+                .map(|r| {
+                    let mut row = vec![
+                        r.id.clone(),
+                        r.verdict.word().to_string(),
+                        r.last_progress
+                            .map(|p| p.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                    ];
+                    for col in &columns {
+                        let value = r.results.iter().flat_map(|res| &res.measurements).find_map(
+                            |(name, m)| {
+                                (format!("{name} [{}]", m.unit) == *col)
+                                    .then(|| format_number(m.value))
+                            },
+                        );
+                        row.push(value.unwrap_or_else(|| "-".into()));
+                    }
+                    row
+                })
+                .collect();
+        out.push_str(&format!("\n{scenario}\n"));
+        out.push_str(&text_table(&header, &body));
+    }
+    out
+}
+
+/// With `--repeat`: per cell, min / median / max of the count reached over its repeats (how
+/// stochastic the failure point is) and the verdicts seen.
+pub fn repeat_stats(records: &[CellRecord]) -> Option<String> {
+    let mut groups: BTreeMap<String, Vec<&CellRecord>> = BTreeMap::new();
+    for r in records {
+        let base =
+            r.id.rsplit_once(".r")
+                .filter(|(_, n)| n.parse::<u32>().is_ok())
+                .map(|(b, _)| b)
+                .unwrap_or(&r.id);
+        groups.entry(base.to_string()).or_default().push(r);
+    }
+    if groups.values().all(|g| g.len() < 2) {
+        return None;
+    }
+    let header = ["cell", "runs", "count min", "median", "max", "verdicts"]
+        .map(String::from)
+        .to_vec();
+    let rows: Vec<Vec<String>> = groups
+        .iter()
+        .filter(|(_, g)| g.len() > 1)
+        .map(|(id, g)| {
+            let mut counts: Vec<u64> = g.iter().filter_map(|r| r.last_progress).collect();
+            counts.sort_unstable();
+            let pick = |i: usize| {
+                counts
+                    .get(i)
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".into())
+            };
+            let mut verdicts: BTreeMap<&str, usize> = BTreeMap::new();
+            for r in g {
+                *verdicts.entry(r.verdict.word()).or_default() += 1;
+            }
+            let verdicts = verdicts
+                .iter()
+                .map(|(v, n)| format!("{v} x{n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let median = if counts.is_empty() {
+                "-".into()
+            } else {
+                pick(counts.len() / 2)
+            };
+            vec![
+                id.clone(),
+                g.len().to_string(),
+                pick(0),
+                median,
+                counts
+                    .last()
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                verdicts,
+            ]
+        })
+        .collect();
+    Some(text_table(&header, &rows))
+}
+
+fn format_number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else if v.abs() >= 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
 }
 
 fn truncate(s: &str, n: usize) -> String {

@@ -179,6 +179,13 @@ pub fn run_cells(suite_name: &str, cells: Vec<Cell>, opts: &RunOptions) -> Resul
     meta.complete = !qemu::interrupted() && records.len() == meta.cells_planned;
     dir.write_summary(&meta, &records)?;
     println!("{}", report::table(&records));
+    println!(
+        "measurements per scenario (all of them in summary.json):{}",
+        report::measurement_tables(&records)
+    );
+    if let Some(stats) = report::repeat_stats(&records) {
+        println!("count reached over repeats:\n{stats}");
+    }
     let ok = records.iter().filter(|r| r.as_expected).count();
     println!(
         "{ok}/{} cells as expected{}; accelerator {accel}; results in {}",
@@ -211,7 +218,7 @@ fn run_one(
 ) -> CellRecord {
     let plan_json = match serde_json::to_vec(&plan_for(cell)) {
         Ok(p) => p,
-        Err(e) => return infra_record(cell, accel, format!("plan: {e}")),
+        Err(e) => return CellRecord::unstarted(cell, accel, format!("plan: {e}")),
     };
     let guest = payload.as_ref().ok().map(|p| cell::GuestFiles {
         payload: p.clone(),
@@ -248,7 +255,7 @@ fn run_one(
                 faults: faults.clone(),
             },
         ),
-        Err(e) => infra_record(cell, accel, format!("{e:#}")),
+        Err(e) => CellRecord::unstarted(cell, accel, format!("{e:#}")),
     }
 }
 
@@ -268,35 +275,6 @@ pub fn plan_for(cell: &Cell) -> Plan {
             name: cell.case.scenario.0.clone(),
             params: cell.params.clone(),
         }],
-    }
-}
-
-fn infra_record(cell: &Cell, accel: Accel, reason: String) -> CellRecord {
-    CellRecord {
-        id: cell.id.clone(),
-        suite: cell.suite.clone(),
-        case: cell.case.name.0.clone(),
-        scenario: cell.case.scenario.0.clone(),
-        image: cell.image.name.0.clone(),
-        ram_mib: cell.ram.mib(),
-        variant: cell.variant.name.0.clone(),
-        repeat: cell.repeat,
-        params: cell.params.clone(),
-        expect: cell.case.expect,
-        expect_title: cell.case.expect_title.clone(),
-        verdict: Verdict::Infra { reason },
-        as_expected: false,
-        accel,
-        machine: None,
-        provenance: BTreeMap::new(),
-        hello: None,
-        results: Vec::new(),
-        reports: Vec::new(),
-        timings: Default::default(),
-        frames: Default::default(),
-        transport: None,
-        last_progress: None,
-        started_at: chrono::Local::now().to_rfc3339(),
     }
 }
 
