@@ -227,6 +227,29 @@ pub fn sha256_bytes(parts: &[&[u8]]) -> String {
     hex::encode(h.finalize())
 }
 
+/// An exclusive lock on a named lock file in the cache, held until dropped (flock: the kernel
+/// releases it if the process dies).
+pub struct CacheLock {
+    _file: std::fs::File,
+}
+
+impl CacheLock {
+    pub fn acquire(cache: &Path, name: &str) -> Result<CacheLock> {
+        let dir = cache.join("locks");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(format!("{name}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        file.lock()
+            .with_context(|| format!("locking {}", path.display()))?;
+        Ok(CacheLock { _file: file })
+    }
+}
+
 /// Writes a file atomically: a temporary file in the same directory, renamed over the target.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
@@ -260,6 +283,20 @@ mod tests {
     fn tsc_frequency_is_plausible() {
         let khz = tsc_khz();
         assert!((500_000..10_000_000).contains(&khz), "{khz} kHz");
+    }
+
+    #[test]
+    fn cache_lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = CacheLock::acquire(dir.path(), "x").unwrap();
+        let path = dir.path().join("locks/x.lock");
+        let other = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        assert!(matches!(
+            other.try_lock(),
+            Err(std::fs::TryLockError::WouldBlock)
+        ));
+        drop(held);
+        other.try_lock().unwrap();
     }
 
     #[test]

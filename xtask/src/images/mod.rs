@@ -61,6 +61,10 @@ impl PreparedImage {
 
 /// Fetches and unpacks what `image` needs (cached under `cache`).
 pub fn prepare(image: &Image, cache: &Path) -> Result<PreparedImage> {
+    // Cells, test threads and whole runs may prepare images at once on a fresh cache, and
+    // different images share kernels (linux and linux-pc unpack the same package): one prepares
+    // while the others wait, then find it done.
+    let _lock = crate::host::CacheLock::acquire(cache, "prepare-images")?;
     let kernel = match &image.source {
         Source::DebianKernel { metapackage } => {
             linux::LinuxKernel::from_debian(metapackage, cache)?
