@@ -42,6 +42,8 @@ impl Holders {
         let status_w = self.status_w.as_raw_fd();
         let status_r = self.status_r.as_raw_fd();
         let pid = sys::fork_run(move || {
+            // Named, so an OOM kill of a holder reads as one in the console and the verdict.
+            sys::linux_set_name("fd-holder");
             // SAFETY: closing our copies of the coordinator's ends.
             unsafe {
                 libc::close(release_w);
