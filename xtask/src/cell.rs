@@ -182,6 +182,12 @@ pub fn run(cell: &Cell, env: CellEnv<'_>) -> CellRecord {
 /// What the loop learned, before it becomes a verdict.
 #[derive(Default)]
 struct Watch {
+    /// Console bytes not yet ending in a newline (frames on the console are read by line).
+    console_lines: LineSplitter,
+    /// When the last frame arrived (None: since QEMU started).
+    last_beat: Option<Instant>,
+    /// When the loop stops and QEMU is killed (a crash's grace, power-off, transport loss).
+    kill_at: Option<Instant>,
     crash: Option<(Event, Instant)>,
     oom_victims: Vec<String>,
     done: bool,
@@ -292,10 +298,7 @@ fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Re
 
     let mut detector = Detector::new(cell.image.os)?;
     let mut watch = Watch::default();
-    let mut console_lines = LineSplitter::default();
     let deadlines = cell.deadlines;
-    let mut last_beat = start;
-    let mut kill_at: Option<Instant> = None;
     let mut console_open = true;
 
     loop {
@@ -304,7 +307,7 @@ fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Re
             watch.interrupted = true;
             break;
         }
-        if kill_at.is_some_and(|k| now >= k) {
+        if watch.kill_at.is_some_and(|k| now >= k) {
             break;
         }
         if now.duration_since(start) >= deadlines.cell() {
@@ -318,7 +321,9 @@ fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Re
             watch.boot_silent = watch.console_bytes == 0;
             break;
         }
-        if watch.running.is_some() && now.duration_since(last_beat) >= deadlines.heartbeat() {
+        if watch.running.is_some()
+            && now.duration_since(watch.last_beat.unwrap_or(start)) >= deadlines.heartbeat()
+        {
             watch.hang = true;
             break;
         }
@@ -327,18 +332,7 @@ fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Re
             watch.qemu_exited = true;
             watch.qemu_status = qemu.wait_for(Duration::from_secs(5));
             drain(&rx, &mut |input| {
-                handle(
-                    input,
-                    cell,
-                    &mut detector,
-                    &mut watch,
-                    record,
-                    &mut console_lines,
-                    &mut last_beat,
-                    start,
-                    &mut kill_at,
-                    env,
-                )
+                handle(input, cell, &mut detector, &mut watch, record, start, env)
             });
             break;
         }
@@ -361,26 +355,15 @@ fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Re
                 };
                 watch.transport_end = Some(end);
                 let at = Instant::now() + grace;
-                kill_at = Some(kill_at.map_or(at, |k| k.min(at)));
+                watch.kill_at = Some(watch.kill_at.map_or(at, |k| k.min(at)));
             }
-            Ok(input) => handle(
-                input,
-                cell,
-                &mut detector,
-                &mut watch,
-                record,
-                &mut console_lines,
-                &mut last_beat,
-                start,
-                &mut kill_at,
-                env,
-            ),
+            Ok(input) => handle(input, cell, &mut detector, &mut watch, record, start, env),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => console_open = false,
         }
-        if pid1 && watch.done && kill_at.is_none() {
+        if pid1 && watch.done && watch.kill_at.is_none() {
             // The payload finished: give the guest time to power off by itself.
-            kill_at = Some(Instant::now() + POWEROFF_GRACE);
+            watch.kill_at = Some(Instant::now() + POWEROFF_GRACE);
         }
     }
 
@@ -400,18 +383,7 @@ fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Re
     }
     // Whatever arrived between the loop's end and QEMU's death still counts.
     drain(&rx, &mut |input| {
-        handle(
-            input,
-            cell,
-            &mut detector,
-            &mut watch,
-            record,
-            &mut console_lines,
-            &mut last_beat,
-            start,
-            &mut kill_at,
-            env,
-        )
+        handle(input, cell, &mut detector, &mut watch, record, start, env)
     });
 
     record.timings.total_s = start.elapsed().as_secs_f64();
@@ -470,17 +442,13 @@ fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Re
 }
 
 /// Handles one input from the reader threads.
-#[allow(clippy::too_many_arguments)]
 fn handle(
     input: Input,
     cell: &Cell,
     detector: &mut Detector,
     watch: &mut Watch,
     record: &mut CellRecord,
-    console_lines: &mut LineSplitter,
-    last_beat: &mut Instant,
     start: Instant,
-    kill_at: &mut Option<Instant>,
     env: &CellEnv<'_>,
 ) {
     match input {
@@ -498,15 +466,15 @@ fn handle(
                         Some(now.saturating_duration_since(arrived).as_secs_f64() * 1000.0);
                     (env.progress)(&event.title);
                     watch.crash = Some((event, now));
-                    *kill_at = Some(now + CRASH_GRACE);
+                    watch.kill_at = Some(now + CRASH_GRACE);
                 }
             }
             // With a serial shell the console's frames reach the cell through the transport,
             // which checks what it reads; elsewhere frames on the console are taken as they are.
             if !matches!(cell.transport, TransportSpec::SerialShell(_)) {
-                for line in console_lines.push(&bytes) {
+                for line in watch.console_lines.push(&bytes) {
                     if line.contains(frame::MAGIC) {
-                        on_frame_line(&line, "console", cell, watch, record, last_beat, start, env);
+                        on_frame_line(&line, "console", cell, watch, record, start, env);
                     }
                 }
             }
@@ -525,7 +493,6 @@ fn handle(
             cell,
             watch,
             record,
-            last_beat,
             start,
             env,
         ),
@@ -538,14 +505,12 @@ fn handle(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn on_frame_line(
     line: &str,
     channel: &str,
     cell: &Cell,
     watch: &mut Watch,
     record: &mut CellRecord,
-    last_beat: &mut Instant,
     start: Instant,
     env: &CellEnv<'_>,
 ) {
@@ -575,7 +540,7 @@ fn on_frame_line(
         .channel
         .get_or_insert_with(|| channel.to_string());
     watch.seq_next = watch.seq_next.max(f.seq + 1);
-    *last_beat = Instant::now();
+    watch.last_beat = Some(Instant::now());
     match f.message {
         Message::Hello { .. } => {
             record.timings.boot_s = Some(start.elapsed().as_secs_f64());
