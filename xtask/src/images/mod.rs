@@ -133,13 +133,7 @@ pub fn cell_artifacts(
                 (Machine::Pc, _) => (Machine::Pc, kernel.bzimage.clone()),
             };
             provenance.insert("boot.kernel_file".into(), kernel_file.display().to_string());
-            let mut cmdline: Vec<String> = image
-                .boot
-                .cmdline
-                .iter()
-                .chain(extra_cmdline.iter())
-                .cloned()
-                .collect();
+            let mut cmdline = kernel_command_line(image, extra_cmdline);
             if machine == Machine::Microvm {
                 // microvm has no HPET or ACPI PM timer to calibrate the TSC against, and the PIT
                 // calibration fails when the host is busy (the vCPU thread gets descheduled): the
@@ -171,13 +165,7 @@ fn mach_artifacts(
 ) -> Result<BootArtifacts> {
     let plan: kstorm_payload::plan::Plan =
         serde_json::from_slice(plan_json).context("reading back the cell's plan")?;
-    let kernel_args: Vec<String> = image
-        .boot
-        .cmdline
-        .iter()
-        .chain(extra_cmdline.iter())
-        .cloned()
-        .collect();
+    let kernel_args = kernel_command_line(image, extra_cmdline);
     let boot = mach.cell_iso(&plan, &kernel_args, cache)?;
     Ok(BootArtifacts {
         machine: Machine::Pc,
@@ -188,4 +176,9 @@ fn mach_artifacts(
         disk_base: None,
         provenance: boot.provenance,
     })
+}
+
+/// The image's kernel command line followed by the cell's own words.
+fn kernel_command_line(image: &Image, extra: &[String]) -> Vec<String> {
+    image.boot.cmdline.iter().chain(extra).cloned().collect()
 }
