@@ -26,51 +26,28 @@ impl Channel {
         }
     }
 
+    /// Frames to an opened file (a serial port or the console).
+    fn to_file(cell: &str, fd: OwnedFd, target: &str) -> Channel {
+        Channel {
+            cell: cell.to_string(),
+            seq: 0,
+            fd: fd.as_raw_fd(),
+            _owned: Some(fd),
+            target: target.into(),
+        }
+    }
+
     /// Frames to `device` (a serial port of their own), or to /dev/console when it can't be
     /// opened (no such port on this machine). `why_not` says why the device was not used.
     pub fn device_or_console(cell: &str, device: &str) -> (Channel, Option<String>) {
-        match open_raw_tty(device) {
-            Ok(fd) => {
-                let raw = fd.as_raw_fd();
-                (
-                    Channel {
-                        cell: cell.into(),
-                        seq: 0,
-                        fd: raw,
-                        _owned: Some(fd),
-                        target: device.into(),
-                    },
-                    None,
-                )
-            }
-            Err(e) => {
-                let why = format!("results device {device}: {e}; using /dev/console");
-                match sys::open("/dev/console", libc::O_WRONLY | libc::O_NOCTTY) {
-                    Ok(fd) => {
-                        let raw = fd.as_raw_fd();
-                        (
-                            Channel {
-                                cell: cell.into(),
-                                seq: 0,
-                                fd: raw,
-                                _owned: Some(fd),
-                                target: "/dev/console".into(),
-                            },
-                            Some(why),
-                        )
-                    }
-                    Err(_) => (
-                        Channel {
-                            cell: cell.into(),
-                            seq: 0,
-                            fd: 1,
-                            _owned: None,
-                            target: "stdout".into(),
-                        },
-                        Some(why),
-                    ),
-                }
-            }
+        let e = match open_raw_tty(device) {
+            Ok(fd) => return (Channel::to_file(cell, fd, device), None),
+            Err(e) => e,
+        };
+        let why = format!("results device {device}: {e}; using /dev/console");
+        match sys::open("/dev/console", libc::O_WRONLY | libc::O_NOCTTY) {
+            Ok(fd) => (Channel::to_file(cell, fd, "/dev/console"), Some(why)),
+            Err(_) => (Channel::stdout(cell), Some(why)),
         }
     }
 
