@@ -28,7 +28,12 @@ pub fn fetch(url: &str, sha256: &str, dest: &Path) -> Result<PathBuf> {
             String::new()
         }
     );
-    let mut request = ureq::get(url).timeout(std::time::Duration::from_secs(120));
+    // Bound each connect and each read, not the whole transfer: disk images take minutes.
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(std::time::Duration::from_secs(30))
+        .timeout_read(std::time::Duration::from_secs(60))
+        .build();
+    let mut request = agent.get(url);
     if have > 0 {
         request = request.set("Range", &format!("bytes={have}-"));
     }
