@@ -5,14 +5,33 @@ use anyhow::{bail, Context, Result};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+pub use crate::verdict::InfraCause;
+
 /// An error that is the host's or the harness's fault, never the kernel's. Cells that hit one
-/// get an `Infra` verdict; the CLI exits with 2 (or 125 under `--bisect`).
-#[derive(Debug)]
-pub struct InfraError(pub String);
+/// get an `Infra` verdict with its cause; the CLI exits with 2 (or 125 under `--bisect`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InfraError {
+    pub cause: InfraCause,
+    pub detail: String,
+}
+
+impl InfraError {
+    pub fn new(cause: InfraCause, detail: impl Into<String>) -> InfraError {
+        InfraError {
+            cause,
+            detail: detail.into(),
+        }
+    }
+
+    /// The infra error inside `e`'s chain, if any: the typed cause an inner step gave.
+    pub fn find(e: &anyhow::Error) -> Option<&InfraError> {
+        e.chain().find_map(|c| c.downcast_ref::<InfraError>())
+    }
+}
 
 impl std::fmt::Display for InfraError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.detail)
     }
 }
 
@@ -93,7 +112,7 @@ pub fn require_tools(tools: &[&str]) -> Result<()> {
         .collect();
     packages.sort();
     packages.dedup();
-    Err(InfraError(format!(
+    Err(InfraError::new(InfraCause::ToolMissing, format!(
         "missing host tool(s): {}. Install them as root with:\n    apt-get update && apt-get install -y {}",
         missing.join(", "),
         packages.join(" ")

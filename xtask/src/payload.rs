@@ -4,7 +4,7 @@
 //! flags never invalidate the harness's own build, and cargo's freshness checks make a rebuild
 //! cost nothing when the sources did not change.
 
-use crate::host::{self, InfraError};
+use crate::host::{self, InfraCause, InfraError};
 use anyhow::{Context, Result};
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -42,7 +42,7 @@ pub fn build() -> Result<PathBuf> {
         .status()
         .context("starting cargo to build the guest payload")?;
     if !status.success() {
-        return Err(InfraError(format!("building the guest payload failed ({status})")).into());
+        return Err(InfraError::new(InfraCause::PayloadBuild, format!("building the guest payload failed ({status})")).into());
     }
     let bin = target_dir
         .join(TARGET)
@@ -50,7 +50,7 @@ pub fn build() -> Result<PathBuf> {
         .join("kstorm-payload");
     let bytes = std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
     if !is_static_elf(&bytes) {
-        return Err(InfraError(format!("{} is not a static executable", bin.display())).into());
+        return Err(InfraError::new(InfraCause::PayloadBuild, format!("{} is not a static executable", bin.display())).into());
     }
     Ok(bin)
 }

@@ -128,7 +128,7 @@ impl<'a> Summary<'a> {
                 verdict: r.verdict.describe(),
                 expected: expected_text(r),
                 as_expected: r.as_expected,
-                kernel: r.provenance.get("kernel.version"),
+                kernel: Some(&r.provenance.version).filter(|v| !v.is_empty()),
                 boot_s: r.timings.boot_s,
                 total_s: r.timings.total_s,
             })
@@ -227,9 +227,8 @@ pub fn table(records: &[CellRecord]) -> String {
         .map(|r| {
             [
                 r.id.clone(),
-                r.provenance
-                    .get("kernel.version")
-                    .cloned()
+                Some(r.provenance.version.clone())
+                    .filter(|v| !v.is_empty())
                     .unwrap_or_else(|| "-".into()),
                 r.accel.to_string(),
                 r.timings

@@ -3,12 +3,12 @@
 
 use crate::cell::{self, CellEnv, CellRecord};
 use crate::config::{Catalog, RamSize};
-use crate::host::{self, InfraError};
+use crate::host;
 use crate::images::{self, PreparedImage};
 use crate::matrix::{self, Cell, Selection};
 use crate::qemu::{self, Accel};
 use crate::report::{self, RunDir, RunMeta};
-use crate::verdict::Verdict;
+use crate::verdict::{InfraCause, Verdict};
 use anyhow::{Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use kstorm_payload::plan::{Plan, ScenarioSpec};
@@ -110,14 +110,15 @@ pub fn run_cells(suite_name: &str, cells: Vec<Cell>, opts: &RunOptions) -> Resul
         .and_then(|_| crate::payload::build())
         .and_then(|p| std::fs::read(&p).with_context(|| format!("reading {}", p.display())))
         .map(std::sync::Arc::new);
-    let mut prepared: BTreeMap<String, Result<PreparedImage, String>> = BTreeMap::new();
+    let mut prepared: BTreeMap<String, Result<PreparedImage, Verdict>> = BTreeMap::new();
     for cell in &cells {
         let name = cell.image.name.0.clone();
         if !prepared.contains_key(&name) {
             let p = images::prepare(&cell.image, &cache)
-                .map_err(|e| format!("preparing image {name}: {e:#}"));
-            if let Err(e) = &p {
-                eprintln!("kstorm: {e}");
+                .with_context(|| format!("preparing image {name}"))
+                .map_err(|e| Verdict::from_error(&e, InfraCause::ImageBuild));
+            if let Err(v) = &p {
+                eprintln!("kstorm: {}", v.describe());
             }
             prepared.insert(name, p);
         }
@@ -209,7 +210,7 @@ pub fn run_cells(suite_name: &str, cells: Vec<Cell>, opts: &RunOptions) -> Resul
 fn run_one(
     cell: &Cell,
     payload: &Result<std::sync::Arc<Vec<u8>>>,
-    prepared: &BTreeMap<String, Result<PreparedImage, String>>,
+    prepared: &BTreeMap<String, Result<PreparedImage, Verdict>>,
     accel: Accel,
     cache: &Path,
     dir: &RunDir,
@@ -218,30 +219,23 @@ fn run_one(
 ) -> CellRecord {
     let plan_json = match serde_json::to_vec(&plan_for(cell)) {
         Ok(p) => p,
-        Err(e) => return CellRecord::unstarted(cell, accel, format!("plan: {e}")),
+        Err(e) => {
+            return CellRecord::unstarted(cell, accel, Verdict::infra(InfraCause::Harness, format!("plan: {e}")))
+        }
     };
     let guest = payload.as_ref().ok().map(|p| cell::GuestFiles {
         payload: p.clone(),
         plan_json: plan_json.clone(),
     });
-    let boot = (|| -> Result<images::BootArtifacts> {
+    let boot = (|| -> Result<images::BootArtifacts, Verdict> {
         let payload = payload
             .as_ref()
-            .map_err(|e| InfraError(format!("guest payload: {e:#}")))?;
-        let image = prepared[cell.image.name.as_str()]
-            .as_ref()
-            .map_err(|e| InfraError(e.clone()))?;
-        let plan = plan_for(cell);
+            .map_err(|e| Verdict::from_error(e, InfraCause::PayloadBuild))?;
+        let image = prepared[cell.image.name.as_str()].as_ref().map_err(Clone::clone)?;
         let mut cmdline = cell.variant.cmdline.clone();
         cmdline.push(format!("kstorm.cell={}", cell.id));
-        images::cell_artifacts(
-            image,
-            &cell.image,
-            &cmdline,
-            payload,
-            &serde_json::to_vec(&plan)?,
-            cache,
-        )
+        images::cell_artifacts(image, &cell.image, &cmdline, payload, &plan_json, cache)
+            .map_err(|e| Verdict::from_error(&e, InfraCause::ImageBuild))
     })();
     match boot {
         Ok(boot) => cell::run(
@@ -255,7 +249,7 @@ fn run_one(
                 faults: faults.clone(),
             },
         ),
-        Err(e) => CellRecord::unstarted(cell, accel, format!("{e:#}")),
+        Err(verdict) => CellRecord::unstarted(cell, accel, verdict),
     }
 }
 
@@ -281,7 +275,7 @@ pub fn plan_for(cell: &Cell) -> Plan {
 /// Chooses KVM only when a real guest boots with it; the answer is cached until the host reboots.
 pub fn choose_accel(
     choice: AccelChoice,
-    prepared: &BTreeMap<String, Result<PreparedImage, String>>,
+    prepared: &BTreeMap<String, Result<PreparedImage, Verdict>>,
     payload: &[u8],
     cache: &Path,
 ) -> (Accel, String) {

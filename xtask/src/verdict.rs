@@ -23,7 +23,60 @@ pub enum Verdict {
     /// The cell's own deadline passed while the guest was still making progress.
     Timeout { after_s: f64 },
     /// The host or the harness failed: never blamed on the kernel.
-    Infra { reason: String },
+    Infra { cause: InfraCause, reason: String },
+}
+
+/// Why a cell could not be judged: always the host's or the harness's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InfraCause {
+    /// A host tool (QEMU, GRUB, a compiler) is missing and could not be installed.
+    ToolMissing,
+    /// A kernel, package or image could not be fetched or failed its hash check.
+    Download,
+    /// A kernel, disk image, ISO or initramfs could not be built.
+    ImageBuild,
+    /// The guest payload (or the Mach bootstrap task) did not build.
+    PayloadBuild,
+    /// QEMU did not start, or exited with an error of its own.
+    QemuStart,
+    /// The ssh or serial-shell channel failed while the kernel showed no crash.
+    Transport,
+    /// Ctrl-C or SIGTERM stopped the cell.
+    Interrupted,
+    /// kstorm itself failed (writing results, a bug).
+    Harness,
+}
+
+impl InfraCause {
+    pub fn word(self) -> &'static str {
+        match self {
+            InfraCause::ToolMissing => "tool missing",
+            InfraCause::Download => "download",
+            InfraCause::ImageBuild => "image build",
+            InfraCause::PayloadBuild => "payload build",
+            InfraCause::QemuStart => "QEMU start",
+            InfraCause::Transport => "transport",
+            InfraCause::Interrupted => "interrupted",
+            InfraCause::Harness => "harness",
+        }
+    }
+}
+
+impl Verdict {
+    pub fn infra(cause: InfraCause, reason: impl Into<String>) -> Verdict {
+        Verdict::Infra {
+            cause,
+            reason: reason.into(),
+        }
+    }
+
+    /// The verdict for an error that stopped a cell before or while it ran: the cause an
+    /// inner step typed, else `fallback` (the step that failed).
+    pub fn from_error(e: &anyhow::Error, fallback: InfraCause) -> Verdict {
+        let cause = crate::host::InfraError::find(e).map_or(fallback, |i| i.cause);
+        Verdict::infra(cause, format!("{e:#}"))
+    }
 }
 
 impl Verdict {
@@ -58,7 +111,7 @@ impl Verdict {
             ),
             Verdict::OomKilled { victim } => format!("oom: killed {victim}"),
             Verdict::Timeout { after_s } => format!("timeout after {after_s:.0}s"),
-            Verdict::Infra { reason } => format!("infra: {reason}"),
+            Verdict::Infra { cause, reason } => format!("infra ({}): {reason}", cause.word()),
         }
     }
 
@@ -139,7 +192,7 @@ mod tests {
             Expect::Timeout,
         ] {
             assert!(
-                !meets(e, None, &Verdict::Infra { reason: "x".into() }),
+                !meets(e, None, &Verdict::infra(InfraCause::Harness, "x")),
                 "{e:?}"
             );
         }

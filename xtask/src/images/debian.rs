@@ -4,7 +4,7 @@
 //! The archive moves (a kernel ABI pinned today is gone in a few weeks), so versions are
 //! resolved at run time and recorded in every result.
 
-use crate::host::{self, args, InfraError};
+use crate::host::{self, args, InfraCause, InfraError};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -20,9 +20,9 @@ pub struct PackageInfo {
 /// (`linux-image-amd64` -> `linux-image-6.1.0-56-amd64`).
 pub fn resolve_metapackage(metapackage: &str, prefix: &str) -> Result<String> {
     let out = host::run_capture("apt-cache", &args(["depends", metapackage]), None)
-        .map_err(|e| InfraError(format!("cannot resolve {metapackage}: {e:#}")))?;
+        .map_err(|e| InfraError::new(InfraCause::Download, format!("cannot resolve {metapackage}: {e:#}")))?;
     parse_depends(&out, prefix).ok_or_else(|| {
-        InfraError(format!(
+        InfraError::new(InfraCause::Download, format!(
             "{metapackage} names no {prefix}* dependency in apt's lists (run `apt-get update` as root?)"
         ))
         .into()
@@ -48,9 +48,9 @@ pub fn package_info(package: &str) -> Result<PackageInfo> {
         &args(["show", "--no-all-versions", package]),
         None,
     )
-    .map_err(|e| InfraError(format!("package {package} is not in apt's lists: {e:#}")))?;
+    .map_err(|e| InfraError::new(InfraCause::Download, format!("package {package} is not in apt's lists: {e:#}")))?;
     parse_show(package, &out).ok_or_else(|| {
-        InfraError(format!(
+        InfraError::new(InfraCause::Download, format!(
             "apt-cache show {package} gave no Version/SHA256 (run `apt-get update`?)"
         ))
         .into()
@@ -81,9 +81,9 @@ pub fn download(info: &PackageInfo, dir: &Path) -> Result<PathBuf> {
     }
     let spec = format!("{}={}", info.package, info.version);
     host::run_capture("apt-get", &args(["download", spec.as_str()]), Some(dir))
-        .map_err(|e| InfraError(format!("apt-get download {spec} failed: {e:#}")))?;
+        .map_err(|e| InfraError::new(InfraCause::Download, format!("apt-get download {spec} failed: {e:#}")))?;
     let deb = find_deb(dir, &info.package)?.ok_or_else(|| {
-        InfraError(format!(
+        InfraError::new(InfraCause::Download, format!(
             "apt-get download {spec} left no .deb in {}",
             dir.display()
         ))
@@ -96,7 +96,7 @@ pub fn download(info: &PackageInfo, dir: &Path) -> Result<PathBuf> {
 pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
     let actual = host::sha256_file(path)?;
     if !actual.eq_ignore_ascii_case(expected) {
-        bail!(InfraError(format!(
+        bail!(InfraError::new(InfraCause::Download, format!(
             "{}: SHA-256 mismatch: expected {expected}, got {actual}",
             path.display()
         )));
@@ -121,7 +121,7 @@ pub fn unpack(deb: &Path, dest: &Path) -> Result<()> {
     std::fs::create_dir_all(dest)?;
     let argv = vec![std::ffi::OsString::from("-x"), deb.into(), dest.into()];
     host::run_capture("dpkg-deb", &argv, None)
-        .map_err(|e| InfraError(format!("dpkg-deb -x {} failed: {e:#}", deb.display())))?;
+        .map_err(|e| InfraError::new(InfraCause::ImageBuild, format!("dpkg-deb -x {} failed: {e:#}", deb.display())))?;
     Ok(())
 }
 

@@ -8,7 +8,7 @@
 
 use super::{debian, linux::LinuxKernel};
 use crate::config::DiskRecipe;
-use crate::host::{self, args, InfraError};
+use crate::host::{self, args, InfraCause, InfraError};
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -103,7 +103,7 @@ pub fn build(
     argv.push(tmp.clone().into());
     argv.push(format!("{}M", recipe.size.mib()).into());
     host::run_capture("mke2fs", &argv, None)
-        .map_err(|e| InfraError(format!("building the ext4 root: {e:#}")))?;
+        .map_err(|e| InfraError::new(InfraCause::ImageBuild, format!("building the ext4 root: {e:#}")))?;
     std::fs::rename(&tmp, &out.base)?;
     Ok(out)
 }
@@ -115,7 +115,7 @@ pub fn overlay(base: &Path, overlay: &Path) -> Result<()> {
     argv.push(overlay.into());
     host::ensure_tools(&["qemu-img"])?;
     host::run_capture("qemu-img", &argv, None)
-        .map_err(|e| InfraError(format!("creating the disk overlay: {e:#}")))?;
+        .map_err(|e| InfraError::new(InfraCause::ImageBuild, format!("creating the disk overlay: {e:#}")))?;
     Ok(())
 }
 
@@ -128,7 +128,7 @@ fn package_closure(packages: &[String]) -> Result<Vec<String>> {
             continue;
         }
         let out = host::run_capture("apt-cache", &args(["depends", p.as_str()]), None)
-            .map_err(|e| InfraError(format!("disk.packages: {p}: {e:#}")))?;
+            .map_err(|e| InfraError::new(InfraCause::ImageBuild, format!("disk.packages: {p}: {e:#}")))?;
         todo.extend(parse_hard_depends(&out));
     }
     Ok(seen.into_iter().collect())
@@ -166,8 +166,8 @@ fn parse_hard_depends(out: &str) -> Vec<String> {
 fn install_busybox_links(root: &Path) -> Result<()> {
     let busybox = root.join("bin/busybox");
     if !busybox.exists() {
-        bail!(InfraError(
-            "disk.packages: no /bin/busybox in the image (add busybox-static)".into()
+        bail!(InfraError::new(InfraCause::ImageBuild,
+            "disk.packages: no /bin/busybox in the image (add busybox-static)"
         ));
     }
     let list = host::run_capture(&busybox.to_string_lossy(), &args(["--list-full"]), None)?;
@@ -236,8 +236,8 @@ struct Module {
 /// `.modinfo` section).
 fn resolve_modules(kernel: &LinuxKernel, wanted: &[String]) -> Result<Vec<Module>> {
     let unpacked = kernel.unpacked.as_ref().ok_or_else(|| {
-        InfraError(
-            "disk.modules: this kernel came without its modules (not a Debian package)".into(),
+        InfraError::new(InfraCause::ImageBuild,
+            "disk.modules: this kernel came without its modules (not a Debian package)",
         )
     })?;
     let mut index: BTreeMap<String, PathBuf> = BTreeMap::new();
@@ -276,7 +276,7 @@ fn visit(
         bail!("disk.modules: dependency cycle through {name}");
     }
     let path = index.get(name).ok_or_else(|| {
-        InfraError(format!(
+        InfraError::new(InfraCause::ImageBuild, format!(
             "disk.modules: no module {name} in the kernel package"
         ))
     })?;

@@ -4,7 +4,7 @@
 //! A partial download is kept as `<file>.part` and resumed with a `Range` request; the file
 //! appears under its final name only once its hash matches.
 
-use crate::host::{self, InfraError};
+use crate::host::{self, InfraCause, InfraError};
 use anyhow::{Context, Result};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -39,7 +39,7 @@ pub fn fetch(url: &str, sha256: &str, dest: &Path) -> Result<PathBuf> {
     }
     let response = request
         .call()
-        .map_err(|e| InfraError(format!("download of {url} failed: {e}")))?;
+        .map_err(|e| InfraError::new(InfraCause::Download, format!("download of {url} failed: {e}")))?;
     // 206: the server resumed where we stopped; 200: it sent everything again.
     let append = have > 0 && response.status() == 206;
     let mut file = std::fs::OpenOptions::new()
@@ -53,7 +53,7 @@ pub fn fetch(url: &str, sha256: &str, dest: &Path) -> Result<PathBuf> {
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = reader.read(&mut buf).map_err(|e| {
-            InfraError(format!(
+            InfraError::new(InfraCause::Download, format!(
                 "download of {url} broke off: {e} (run again to resume)"
             ))
         })?;
@@ -67,7 +67,7 @@ pub fn fetch(url: &str, sha256: &str, dest: &Path) -> Result<PathBuf> {
     let actual = host::sha256_file(&part)?;
     if !actual.eq_ignore_ascii_case(sha256) {
         std::fs::remove_file(&part).ok();
-        return Err(InfraError(format!(
+        return Err(InfraError::new(InfraCause::Download, format!(
             "{url}: SHA-256 mismatch: expected {sha256}, got {actual}"
         ))
         .into());

@@ -13,7 +13,6 @@
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -40,30 +39,26 @@ pub struct MachKernel {
 
 impl MachKernel {
     /// What goes into a result's provenance.
-    pub fn provenance(&self) -> BTreeMap<String, String> {
-        let mut p = BTreeMap::new();
-        p.insert(
-            "package".into(),
-            format!("{}={}", self.package, self.version),
-        );
-        // The same keys as Linux kernels, for the results table and summaries.
-        p.insert("kernel.origin".into(), format!("debian:{}", self.package));
-        p.insert("kernel.version".into(), self.version.clone());
-        p.insert("deb_sha256".into(), self.deb_sha256.clone());
-        p.insert("kernel_sha256".into(), self.image_sha256.clone());
-        match &self.patched {
-            Some((sha, offset)) => {
-                p.insert("patched_kernel_sha256".into(), sha.clone());
-                p.insert(
-                    "patch".into(),
-                    format!("syscall-trap ud2 -> nop at file offset {offset:#x}"),
-                );
-            }
-            None => {
-                p.insert("patch".into(), "none".into());
-            }
+    pub fn provenance(&self) -> super::provenance::Provenance {
+        let (kernel_sha256, patch) = match &self.patched {
+            Some((sha, offset)) => (
+                sha.clone(),
+                Some(format!(
+                    "syscall-trap ud2 -> nop at file offset {offset:#x} of {}",
+                    self.image_sha256
+                )),
+            ),
+            None => (self.image_sha256.clone(), None),
+        };
+        super::provenance::Provenance {
+            source: super::provenance::SourceKind::DebianPackage,
+            origin: format!("debian:{}", self.package),
+            version: self.version.clone(),
+            sha256: self.deb_sha256.clone(),
+            kernel_sha256: Some(kernel_sha256),
+            patch,
+            ..Default::default()
         }
-        p
     }
 }
 

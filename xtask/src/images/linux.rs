@@ -2,11 +2,11 @@
 //! `vmlinux`, which QEMU boots directly through its PVH entry note on `-M microvm` (about 2.5x
 //! faster under TCG than letting the bzImage decompress itself, see the environment notes).
 
+use super::provenance::{Provenance, SourceKind};
 use super::{debian, download};
-use crate::host::{self, InfraError};
+use crate::host::{self, InfraCause, InfraError};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -24,12 +24,19 @@ pub struct LinuxKernel {
 }
 
 impl LinuxKernel {
-    pub fn provenance(&self) -> BTreeMap<String, String> {
-        let mut p = BTreeMap::new();
-        p.insert("kernel.origin".into(), self.origin.clone());
-        p.insert("kernel.version".into(), self.version.clone());
-        p.insert("kernel.sha256".into(), self.origin_sha256.clone());
-        p
+    pub fn provenance(&self) -> Provenance {
+        let source = if self.origin.starts_with("debian:") {
+            SourceKind::DebianPackage
+        } else {
+            SourceKind::Download
+        };
+        Provenance {
+            source,
+            origin: self.origin.clone(),
+            version: self.version.clone(),
+            sha256: self.origin_sha256.clone(),
+            ..Provenance::default()
+        }
     }
 
     /// The current Debian kernel behind `metapackage`, downloaded, checked and unpacked into
@@ -94,7 +101,7 @@ fn find_vmlinuz(boot: &Path) -> Result<PathBuf> {
             return Ok(p);
         }
     }
-    Err(InfraError(format!("no vmlinuz in {}", boot.display())).into())
+    Err(InfraError::new(InfraCause::ImageBuild, format!("no vmlinuz in {}", boot.display())).into())
 }
 
 /// The magic that starts an xz stream.

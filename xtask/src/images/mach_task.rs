@@ -4,7 +4,6 @@
 use super::gnumach::{run_tool, sha256_hex, MachKernel};
 use super::grub::{build_iso, grub_cfg, MultibootEntry};
 use anyhow::{bail, Context, Result};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The C sources of the task, in link order.
@@ -213,7 +212,7 @@ impl MachPrepared {
 #[derive(Debug, Clone)]
 pub struct MachBoot {
     pub cdrom: PathBuf,
-    pub provenance: BTreeMap<String, String>,
+    pub provenance: super::provenance::Provenance,
 }
 
 /// Kernel command line words every Mach cell gets.
@@ -242,9 +241,9 @@ pub fn prepare_iso(
     let cdrom = build_iso(&kernel.path, module, &cfg, cache_dir)?;
     let mut provenance = kernel.provenance();
     if let Some(m) = module {
-        provenance.insert("bootstrap_sha256".into(), sha256_hex(&std::fs::read(m)?));
+        provenance = provenance.with("bootstrap_sha256", sha256_hex(&std::fs::read(m)?));
     }
-    provenance.insert("boot".into(), "grub-mkrescue ISO, multiboot".into());
+    provenance.boot = Some("grub-mkrescue ISO, multiboot".into());
     Ok(MachBoot { cdrom, provenance })
 }
 

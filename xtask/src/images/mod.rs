@@ -8,30 +8,33 @@ pub mod gnumach;
 pub mod grub;
 pub mod initramfs;
 pub mod linux;
-pub mod mach_boot;
 pub mod mach_task;
+pub mod provenance;
+
+pub use provenance::{Provenance, SourceKind};
 
 use crate::config::{Image, Machine, Source};
+use crate::qemu::Profile;
 use anyhow::{Context, Result};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// What QEMU boots for one cell.
 #[derive(Debug, Clone)]
 pub struct BootArtifacts {
-    pub machine: Machine,
+    /// How the machine is set up (`images/machines.yaml`).
+    pub profile: Profile,
     /// `-kernel`
     pub kernel: Option<PathBuf>,
     /// `-initrd`
     pub initrd: Option<PathBuf>,
-    /// `-append`
-    pub cmdline: Option<String>,
+    /// `-append`, word by word (the profile may add words of its own).
+    pub cmdline: Vec<String>,
     /// `-cdrom` (a GRUB rescue ISO)
     pub cdrom: Option<PathBuf>,
     /// A read-only base disk image; the cell boots a qcow2 overlay of it, never the base.
     pub disk_base: Option<PathBuf>,
     /// Versions and hashes of what was booted, recorded in every result.
-    pub provenance: BTreeMap<String, String>,
+    pub provenance: Provenance,
 }
 
 /// An image whose kernel files are ready on disk.
@@ -45,16 +48,14 @@ pub enum PreparedImage {
 }
 
 impl PreparedImage {
-    pub fn provenance(&self) -> BTreeMap<String, String> {
+    pub fn provenance(&self) -> Provenance {
         match self {
             PreparedImage::Linux(k) => k.provenance(),
             PreparedImage::Mach(m) => m.kernel.provenance(),
-            PreparedImage::LinuxDisk(k, d) => {
-                let mut p = k.provenance();
-                p.insert("disk.hash".into(), d.hash.clone());
-                p.insert("disk.packages".into(), d.packages.join(" "));
-                p
-            }
+            PreparedImage::LinuxDisk(k, d) => k
+                .provenance()
+                .with("disk.hash", d.hash.clone())
+                .with("disk.packages", d.packages.join(" ")),
         }
     }
 }
@@ -112,46 +113,31 @@ pub fn cell_artifacts(
             return mach_artifacts(mach, image, extra_cmdline, plan_json, cache)
         }
     };
-    {
-        {
-            // A disk image boots its own init; the payload and plan travel over the transport.
-            let initrd = match disk {
-                Some(d) => d.initrd.clone(),
-                None => initramfs::build(cache, payload, plan_json)?,
-            };
-            let mut provenance = prepared.provenance();
-            // The fast path needs the PVH-bootable vmlinux; without it, boot the bzImage on pc.
-            let (machine, kernel_file) = match (image.boot.machine, &kernel.vmlinux) {
-                (Machine::Microvm, Some(vmlinux)) => (Machine::Microvm, vmlinux.clone()),
-                (Machine::Microvm, None) => {
-                    provenance.insert(
-                        "boot.fallback".into(),
-                        "no PVH vmlinux: bzImage on pc".into(),
-                    );
-                    (Machine::Pc, kernel.bzimage.clone())
-                }
-                (Machine::Pc, _) => (Machine::Pc, kernel.bzimage.clone()),
-            };
-            provenance.insert("boot.kernel_file".into(), kernel_file.display().to_string());
-            let mut cmdline = kernel_command_line(image, extra_cmdline);
-            if machine == Machine::Microvm {
-                // microvm has no HPET or ACPI PM timer to calibrate the TSC against, and the PIT
-                // calibration fails when the host is busy (the vCPU thread gets descheduled): the
-                // guest then hangs at boot. Under TCG the guest's TSC is the host's, so tell the
-                // kernel its frequency.
-                cmdline.push(format!("tsc_early_khz={}", crate::host::tsc_khz()));
-            }
-            Ok(BootArtifacts {
-                machine,
-                kernel: Some(kernel_file),
-                initrd: Some(initrd),
-                cmdline: Some(cmdline.join(" ")),
-                cdrom: None,
-                disk_base: disk.map(|d| d.base.clone()),
-                provenance,
-            })
+    // A disk image boots its own init; the payload and plan travel over the transport.
+    let initrd = match disk {
+        Some(d) => d.initrd.clone(),
+        None => initramfs::build(cache, payload, plan_json)?,
+    };
+    let mut provenance = prepared.provenance();
+    // The fast path needs the PVH-bootable vmlinux; without it, boot the bzImage on pc.
+    let (profile, kernel_file) = match (image.boot.machine, &kernel.vmlinux) {
+        (Machine::Microvm, Some(vmlinux)) => (Profile::Microvm, vmlinux.clone()),
+        (Machine::Microvm, None) => {
+            provenance = provenance.with("boot.fallback", "no PVH vmlinux: bzImage on pc");
+            (Profile::Pc, kernel.bzimage.clone())
         }
-    }
+        (Machine::Pc, _) => (Profile::Pc, kernel.bzimage.clone()),
+    };
+    provenance.boot = Some(format!("{} on {profile}", kernel_file.display()));
+    Ok(BootArtifacts {
+        profile,
+        kernel: Some(kernel_file),
+        initrd: Some(initrd),
+        cmdline: kernel_command_line(image, extra_cmdline),
+        cdrom: None,
+        disk_base: disk.map(|d| d.base.clone()),
+        provenance,
+    })
 }
 
 /// GNU Mach: a GRUB ISO per cell with kstorm's bootstrap task, the plan on the task's command
@@ -168,10 +154,10 @@ fn mach_artifacts(
     let kernel_args = kernel_command_line(image, extra_cmdline);
     let boot = mach.cell_iso(&plan, &kernel_args, cache)?;
     Ok(BootArtifacts {
-        machine: Machine::Pc,
+        profile: Profile::GrubIso,
         kernel: None,
         initrd: None,
-        cmdline: None,
+        cmdline: Vec::new(),
         cdrom: Some(boot.cdrom),
         disk_base: None,
         provenance: boot.provenance,

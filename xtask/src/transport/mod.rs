@@ -95,6 +95,9 @@ pub struct Faults {
     /// `bench transport` only: upload this many random bytes after connecting and record
     /// the rate in the stats.
     pub bench_upload: Option<usize>,
+    /// The isolation test's control: user networking without `restrict=on`, to show that the
+    /// test would see a connection if the guest could make one.
+    pub unrestricted_net: bool,
 }
 
 /// Uploads the payload and the plan, runs the plan, and returns the payload's exit status.

@@ -1,0 +1,145 @@
+//! Machine profiles: what differs between the ways kstorm boots a guest (devices, results port,
+//! command-line words), read from `images/machines.yaml` so that the QEMU builder stays generic.
+
+use crate::config::Machine;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+/// The ways a guest boots. Every one has an entry in `images/machines.yaml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// A kernel booted directly on `-M microvm` (PVH `vmlinux`).
+    Microvm,
+    /// A kernel booted directly on `-M pc` (bzImage).
+    Pc,
+    /// A GRUB rescue ISO on `-M pc` (GNU Mach and its bootstrap task).
+    GrubIso,
+    /// A disk image booted by the firmware and the image's own boot loader.
+    Disk,
+}
+
+impl Profile {
+    pub const ALL: [Profile; 4] = [
+        Profile::Microvm,
+        Profile::Pc,
+        Profile::GrubIso,
+        Profile::Disk,
+    ];
+
+    /// The profile of a kernel booted directly on `machine`.
+    pub fn direct(machine: Machine) -> Profile {
+        match machine {
+            Machine::Microvm => Profile::Microvm,
+            Machine::Pc => Profile::Pc,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Microvm => "microvm",
+            Profile::Pc => "pc",
+            Profile::GrubIso => "grub-iso",
+            Profile::Disk => "disk",
+        }
+    }
+
+    /// This profile's entry of the table.
+    pub fn spec(self) -> &'static MachineProfile {
+        &table()[&self]
+    }
+}
+
+impl std::fmt::Display for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One entry of `images/machines.yaml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineProfile {
+    pub description: String,
+    pub qemu_machine: String,
+    pub block_device: String,
+    pub net_device: String,
+    /// The results serial port's `-device` (without its `chardev=`); `None`: frames come on
+    /// the console.
+    pub results_port: Option<String>,
+    /// Words added to a directly booted kernel's command line (`{tsc_khz}` expanded).
+    #[serde(default)]
+    pub kernel_cmdline: Vec<String>,
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+}
+
+impl MachineProfile {
+    /// The kernel command-line words, with the host's TSC frequency filled in.
+    pub fn kernel_words(&self) -> Vec<String> {
+        self.kernel_cmdline
+            .iter()
+            .map(|w| {
+                if w.contains("{tsc_khz}") {
+                    w.replace("{tsc_khz}", &crate::host::tsc_khz().to_string())
+                } else {
+                    w.clone()
+                }
+            })
+            .collect()
+    }
+}
+
+/// The table, loaded and checked once. It ships with the repository: a broken one is a bug
+/// the tests catch, so it panics with the file's own error.
+fn table() -> &'static BTreeMap<Profile, MachineProfile> {
+    static TABLE: OnceLock<BTreeMap<Profile, MachineProfile>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let path = crate::host::workspace_root().join("images/machines.yaml");
+        load(&path).unwrap_or_else(|e| panic!("{e:#}"))
+    })
+}
+
+/// Reads a machine table and checks that it describes every profile.
+pub fn load(path: &std::path::Path) -> Result<BTreeMap<Profile, MachineProfile>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let table: BTreeMap<Profile, MachineProfile> = crate::config::parse_yaml(path, &text)?;
+    for p in Profile::ALL {
+        if !table.contains_key(&p) {
+            bail!("{}: no entry for the machine profile {p}", path.display());
+        }
+    }
+    Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_table_covers_every_profile() {
+        let t = load(&crate::host::workspace_root().join("images/machines.yaml")).unwrap();
+        assert_eq!(t.len(), Profile::ALL.len());
+        assert_eq!(t[&Profile::GrubIso].results_port, None);
+        assert!(t[&Profile::Microvm].qemu_machine.starts_with("microvm"));
+        let words = t[&Profile::Microvm].kernel_words();
+        assert!(words.iter().any(|w| w.starts_with("tsc_early_khz=")
+            && w["tsc_early_khz=".len()..].parse::<u64>().is_ok()));
+    }
+
+    #[test]
+    fn a_table_missing_a_profile_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("machines.yaml");
+        std::fs::write(
+            &path,
+            "pc: {description: d, qemu_machine: pc, block_device: b, net_device: n, results_port: null}\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", load(&path).unwrap_err());
+        assert!(err.contains("microvm"), "{err}");
+    }
+}
