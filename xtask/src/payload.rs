@@ -42,7 +42,11 @@ pub fn build() -> Result<PathBuf> {
         .status()
         .context("starting cargo to build the guest payload")?;
     if !status.success() {
-        return Err(InfraError::new(InfraCause::PayloadBuild, format!("building the guest payload failed ({status})")).into());
+        return Err(InfraError::new(
+            InfraCause::PayloadBuild,
+            format!("building the guest payload failed ({status})"),
+        )
+        .into());
     }
     let bin = target_dir
         .join(TARGET)
@@ -50,7 +54,11 @@ pub fn build() -> Result<PathBuf> {
         .join("kstorm-payload");
     let bytes = std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
     if !is_static_elf(&bytes) {
-        return Err(InfraError::new(InfraCause::PayloadBuild, format!("{} is not a static executable", bin.display())).into());
+        return Err(InfraError::new(
+            InfraCause::PayloadBuild,
+            format!("{} is not a static executable", bin.display()),
+        )
+        .into());
     }
     Ok(bin)
 }

@@ -220,7 +220,11 @@ fn run_one(
     let plan_json = match serde_json::to_vec(&plan_for(cell)) {
         Ok(p) => p,
         Err(e) => {
-            return CellRecord::unstarted(cell, accel, Verdict::infra(InfraCause::Harness, format!("plan: {e}")))
+            return CellRecord::unstarted(
+                cell,
+                accel,
+                Verdict::infra(InfraCause::Harness, format!("plan: {e}")),
+            )
         }
     };
     let guest = payload.as_ref().ok().map(|p| cell::GuestFiles {
@@ -231,7 +235,9 @@ fn run_one(
         let payload = payload
             .as_ref()
             .map_err(|e| Verdict::from_error(e, InfraCause::PayloadBuild))?;
-        let image = prepared[cell.image.name.as_str()].as_ref().map_err(Clone::clone)?;
+        let image = prepared[cell.image.name.as_str()]
+            .as_ref()
+            .map_err(Clone::clone)?;
         let mut cmdline = cell.variant.cmdline.clone();
         cmdline.push(format!("kstorm.cell={}", cell.id));
         images::cell_artifacts(image, &cell.image, &cmdline, payload, &plan_json, cache)

@@ -36,9 +36,17 @@ cases:
             hello["kernel"].as_str().unwrap().ends_with("-amd64"),
             "{hello}"
         );
-        assert!(r.provenance["kernel.origin"].starts_with("debian:linux-image-"));
+        assert!(r.provenance.origin.starts_with("debian:linux-image-"));
+        assert_eq!(
+            r.provenance.source,
+            kstorm::images::SourceKind::DebianPackage
+        );
+        assert_eq!(r.provenance.sha256.len(), 64);
         assert!(r.timings.boot_s.unwrap() > 0.0);
-        assert_eq!(r.frames.channel.as_deref(), Some("results-port"));
+        assert_eq!(
+            r.frames.channel,
+            Some(kstorm::cell::FrameChannel::ResultsPort)
+        );
         assert_eq!(r.frames.bad_checksum + r.frames.missing, 0);
     }
     let rams: Vec<u64> = records.iter().map(|r| r.ram_mib).collect();
@@ -144,10 +152,13 @@ cases:
     );
     let r = only(records);
     match &r.verdict {
-        Verdict::Infra { reason } => assert!(
-            reason.contains("linux-image-kstorm-does-not-exist"),
-            "{reason}"
-        ),
+        Verdict::Infra { cause, reason } => {
+            assert_eq!(*cause, kstorm::verdict::InfraCause::Download);
+            assert!(
+                reason.contains("linux-image-kstorm-does-not-exist"),
+                "{reason}"
+            )
+        }
         v => panic!("expected infra, got {}", v.describe()),
     }
     assert!(!r.as_expected);
@@ -193,7 +204,10 @@ cases:
     handle.join().unwrap();
     let r = only(records);
     match &r.verdict {
-        Verdict::Infra { reason } => assert!(reason.contains("SHA-256 mismatch"), "{reason}"),
+        Verdict::Infra { cause, reason } => {
+            assert_eq!(*cause, kstorm::verdict::InfraCause::Download);
+            assert!(reason.contains("SHA-256 mismatch"), "{reason}")
+        }
         v => panic!("expected infra, got {}", v.describe()),
     }
 }
@@ -213,9 +227,12 @@ cases:
     );
     let r = only(records);
     assert_eq!(r.verdict, Verdict::Pass, "{}", r.verdict.describe());
-    assert_eq!(r.machine, Some(kstorm::config::Machine::Pc));
+    assert_eq!(r.machine, Some(kstorm::qemu::Profile::Pc));
     assert!(
-        r.provenance["boot.kernel_file"].contains("vmlinuz"),
+        r.provenance
+            .boot
+            .as_deref()
+            .is_some_and(|b| b.contains("vmlinuz") && b.ends_with("on pc")),
         "{:?}",
         r.provenance
     );

@@ -1,16 +1,21 @@
 //! GNU Mach integration tests: the real Debian kernel under TCG, booted from a GRUB ISO with
-//! kstorm's bootstrap task. Each boot is bounded by deadlines and QEMU is killed at the end.
+//! kstorm's bootstrap task, through the harness's one cell runner (`cell::run`). Each boot is
+//! bounded by deadlines and QEMU is killed at the end.
 //! Needs: apt (to fetch `gnumach-image-1.8-486`), gcc-multilib, grub-pc-bin, xorriso, mtools,
 //! qemu-system-x86.
 
-use kstorm::images::mach_boot::{boot_and_watch, qemu_argv, Ending, Limits, MachSetup, Observed};
-use kstorm::images::mach_task::MachScenario;
-use kstorm_payload::frame::{Message, Outcome};
+mod common;
+
+use kstorm::cell::{self, CellEnv, CellRecord};
+use kstorm::config::{Deadlines, HumanDuration, Image, Name, RamSize};
+use kstorm::images::{self, BootArtifacts, PreparedImage};
+use kstorm::qemu::{Accel, Profile};
+use kstorm::verdict::Verdict;
+use kstorm_payload::frame::{decode, Frame, Message, Outcome};
+use kstorm_payload::plan::{Plan, ScenarioSpec};
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
-
-const PACKAGE: &str = "gnumach-image-1.8-486";
 
 /// One guest at a time: the machine has 2 cores and other work runs beside the tests.
 static ONE_GUEST: Mutex<()> = Mutex::new(());
@@ -19,81 +24,127 @@ fn cache_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kstorm-cache")
 }
 
-fn setup(patched: bool) -> &'static MachSetup {
-    static PATCHED: OnceLock<MachSetup> = OnceLock::new();
-    static PLAIN: OnceLock<MachSetup> = OnceLock::new();
-    let cell = if patched { &PATCHED } else { &PLAIN };
-    cell.get_or_init(|| MachSetup::new(PACKAGE, patched, &cache_dir()).expect("preparing GNU Mach"))
+/// The `gnumach` (patched) or `gnumach-unpatched` image and its prepared kernel and task.
+fn image(patched: bool) -> &'static (Image, PreparedImage) {
+    static PATCHED: OnceLock<(Image, PreparedImage)> = OnceLock::new();
+    static PLAIN: OnceLock<(Image, PreparedImage)> = OnceLock::new();
+    let (slot, name) = if patched {
+        (&PATCHED, "gnumach")
+    } else {
+        (&PLAIN, "gnumach-unpatched")
+    };
+    slot.get_or_init(|| {
+        let image = common::catalog().images[name].clone();
+        let prepared = images::prepare(&image, &cache_dir()).expect("preparing GNU Mach");
+        (image, prepared)
+    })
 }
 
-fn scenario(name: &str, params: serde_json::Value) -> MachScenario {
-    MachScenario {
+fn scenario(name: &str, params: serde_json::Value) -> ScenarioSpec {
+    ScenarioSpec {
         name: name.into(),
         params: params.as_object().unwrap().clone(),
     }
 }
 
-fn limits(heartbeat_s: u64) -> Limits {
-    Limits {
-        boot: Duration::from_secs(30),
-        heartbeat: Duration::from_secs(heartbeat_s),
-        total: Duration::from_secs(120),
+/// What one boot left: its record, its console and the frames the console carried.
+struct Boot {
+    record: CellRecord,
+    console: String,
+    frames: Vec<Frame>,
+    _dir: tempfile::TempDir,
+}
+
+/// Boots `scenarios` on GNU Mach through `cell::run`. With no scenarios the ISO has no
+/// bootstrap module at all.
+fn boot(patched: bool, id: &str, ram: u64, scenarios: Vec<ScenarioSpec>, heartbeat_s: u64) -> Boot {
+    let (image, prepared) = image(patched);
+    let plan = Plan {
+        cell: id.into(),
+        results_device: "console".into(),
+        heartbeat_ms: 250,
+        sysctl: Vec::new(),
+        scenarios,
+    };
+    let boot = if plan.scenarios.is_empty() {
+        no_module_boot(prepared)
+    } else {
+        let plan_json = serde_json::to_vec(&plan).unwrap();
+        images::cell_artifacts(prepared, image, &[], &[], &plan_json, &cache_dir()).unwrap()
+    };
+    let mut cell = kstorm::run::probe_cell().unwrap();
+    cell.id = id.into();
+    cell.image = image.clone();
+    cell.ram = RamSize(ram);
+    cell.case.scenario = Name(
+        plan.scenarios
+            .first()
+            .map_or("none".into(), |s| s.name.clone()),
+    );
+    let secs = |s: u64| Some(HumanDuration(Duration::from_secs(s)));
+    cell.deadlines = Deadlines {
+        boot: secs(30),
+        heartbeat: secs(heartbeat_s),
+        cell: secs(120),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let record = {
+        let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
+        cell::run(
+            &cell,
+            CellEnv {
+                boot,
+                accel: Accel::Tcg,
+                dir: dir.path().join("cell"),
+                progress: &|_| {},
+                guest: None,
+                faults: Default::default(),
+            },
+        )
+    };
+    common::assert_no_qemu_mentioning(dir.path());
+    let console = std::fs::read_to_string(dir.path().join("cell/console.log")).unwrap_or_default();
+    let frames = console.lines().filter_map(|l| decode(l).ok()).collect();
+    Boot {
+        record,
+        console,
+        frames,
+        _dir: dir,
     }
 }
 
-fn boot(
-    patched: bool,
-    cell: &str,
-    ram: u64,
-    scenarios: &[MachScenario],
-    limits: Limits,
-) -> Observed {
-    let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
-    let iso = setup(patched).iso(cell, 250, scenarios).unwrap();
-    let seen = boot_and_watch(&qemu_argv(&iso, ram), limits).unwrap();
-    assert_qemu_gone(&seen);
-    seen
+/// A GRUB ISO with the kernel alone: the kernel panics for want of a bootstrap task.
+fn no_module_boot(prepared: &PreparedImage) -> BootArtifacts {
+    let PreparedImage::Mach(mach) = prepared else {
+        panic!("not a Mach image")
+    };
+    let iso = images::mach_task::prepare_iso(&mach.kernel, None, &[], &cache_dir()).unwrap();
+    BootArtifacts {
+        profile: Profile::GrubIso,
+        kernel: None,
+        initrd: None,
+        cmdline: Vec::new(),
+        cdrom: Some(iso.cdrom),
+        disk_base: None,
+        provenance: iso.provenance,
+    }
 }
 
-fn assert_qemu_gone(seen: &Observed) {
-    let comm = std::fs::read_to_string(format!("/proc/{}/comm", seen.qemu_pid)).unwrap_or_default();
-    assert!(
-        !comm.starts_with("qemu"),
-        "QEMU {} still runs",
-        seen.qemu_pid
-    );
-}
-
-fn results(seen: &Observed) -> Vec<&kstorm_payload::frame::ScenarioResult> {
-    seen.frames
-        .iter()
-        .filter_map(|f| match &f.message {
-            Message::Result(r) => Some(r),
-            _ => None,
-        })
-        .collect()
-}
-
-fn console(seen: &Observed) -> String {
-    seen.console.join("\n")
+fn results(b: &Boot) -> &[kstorm_payload::frame::ScenarioResult] {
+    &b.record.results
 }
 
 #[test]
 fn smoke_cell_speaks_frames_and_reboots_cleanly() {
-    let seen = boot(
+    let b = boot(
         true,
         "smoke",
         128,
-        &[scenario("port-churn", serde_json::json!({"limit": 100}))],
-        limits(10),
+        vec![scenario("port-churn", serde_json::json!({"limit": 100}))],
+        10,
     );
-    assert_eq!(
-        seen.ending,
-        Ending::Exited { code: Some(0) },
-        "{}",
-        console(&seen)
-    );
-    let kinds: Vec<&str> = seen
+    assert_eq!(b.record.verdict, Verdict::Pass, "{}", b.console);
+    let kinds: Vec<&str> = b
         .frames
         .iter()
         .map(|f| match &f.message {
@@ -111,7 +162,7 @@ fn smoke_cell_speaks_frames_and_reboots_cleanly() {
         kinds.contains(&"start") && kinds.contains(&"result"),
         "{kinds:?}"
     );
-    match &seen.frames[0].message {
+    match &b.frames[0].message {
         Message::Hello { agent, kernel, .. } => {
             assert_eq!(agent, "mach-bootstrap");
             assert!(kernel.starts_with("GNU Mach 1.8"), "{kernel}");
@@ -119,26 +170,24 @@ fn smoke_cell_speaks_frames_and_reboots_cleanly() {
         other => panic!("first frame {other:?}"),
     }
     // Sequence numbers count from 0 without gaps, and every frame names this cell.
-    for (i, f) in seen.frames.iter().enumerate() {
+    for (i, f) in b.frames.iter().enumerate() {
         assert_eq!((f.seq, f.cell.as_str()), (i as u64, "smoke"));
     }
-    assert!(seen.first_frame_after.unwrap() < Duration::from_secs(30));
+    assert_eq!(b.record.frames.received, b.frames.len() as u64);
+    assert_eq!(b.record.frames.missing, 0);
+    assert_eq!(b.record.machine, Some(Profile::GrubIso));
+    assert!(b.record.timings.boot_s.unwrap() < 30.0);
 }
 
 #[test]
 fn port_churn_with_cleanup_passes() {
-    let cases = [scenario(
+    let cases = vec![scenario(
         "port-churn",
         serde_json::json!({"limit": 100000, "batch": 100}),
     )];
-    let seen = boot(true, "churn", 64, &cases, limits(10));
-    assert_eq!(
-        seen.ending,
-        Ending::Exited { code: Some(0) },
-        "{}",
-        console(&seen)
-    );
-    let r = results(&seen);
+    let b = boot(true, "churn", 64, cases, 10);
+    assert_eq!(b.record.verdict, Verdict::Pass, "{}", b.console);
+    let r = results(&b);
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].outcome, Outcome::Pass, "{:?}", r[0]);
     assert_eq!(r[0].measurements["count"].value, 100000.0);
@@ -157,18 +206,20 @@ fn port_churn_with_cleanup_passes() {
 
 #[test]
 fn unknown_scenario_and_parameter_fail_with_a_reason() {
-    let cases = [
+    // The task checks its own plan too (the harness validates it before booting; this boots
+    // around that check on purpose).
+    let cases = vec![
         scenario("no-such-scenario", serde_json::json!({})),
         scenario("task-churn", serde_json::json!({"limit": 10, "colour": 3})),
     ];
-    let seen = boot(true, "bad", 128, &cases, limits(10));
-    assert_eq!(
-        seen.ending,
-        Ending::Exited { code: Some(0) },
-        "{}",
-        console(&seen)
+    let b = boot(true, "bad", 128, cases, 10);
+    assert!(
+        matches!(b.record.verdict, Verdict::Fail { .. }),
+        "{:?}\n{}",
+        b.record.verdict,
+        b.console
     );
-    let r = results(&seen);
+    let r = results(&b);
     assert_eq!(r.len(), 2);
     assert_eq!(
         (r[0].outcome, r[0].error.as_deref()),
@@ -181,64 +232,81 @@ fn unknown_scenario_and_parameter_fail_with_a_reason() {
     assert_eq!(r[1].facts["unknown_parameter"], "colour");
 }
 
+/// The crash's report, as the detector (`signatures/mach.yaml`) kept it.
+fn crash_report(b: &Boot) -> String {
+    let rep = b
+        .record
+        .reports
+        .iter()
+        .find(|r| r.event.crash)
+        .unwrap_or_else(|| panic!("no crash report: {:?}\n{}", b.record.verdict, b.console));
+    rep.lines.join("\n")
+}
+
 #[test]
 fn unpatched_kernel_panics_on_the_first_trap() {
-    let seen = boot(
+    let b = boot(
         false,
         "unpatched",
         128,
-        &[scenario("port-churn", serde_json::json!({"limit": 10}))],
-        limits(10),
+        vec![scenario("port-churn", serde_json::json!({"limit": 10}))],
+        10,
     );
-    match &seen.ending {
-        Ending::Panic { line } => assert!(
-            line.contains("panic ../i386/i386/trap.c:346: kernel_trap: trap"),
-            "{line}"
-        ),
-        other => panic!("expected a panic, got {other:?}\n{}", console(&seen)),
-    }
-    assert!(console(&seen).contains("Kernel Invalid opcode trap"));
-    assert!(seen.frames.is_empty());
+    assert_eq!(b.record.verdict.word(), "crash", "{}", b.console);
+    let report = crash_report(&b);
+    assert!(
+        report.contains("panic ../i386/i386/trap.c:346: kernel_trap: trap"),
+        "{report}"
+    );
+    assert!(b.console.contains("Kernel Invalid opcode trap"));
+    assert!(b.frames.is_empty());
     // Acting on the panic line beats waiting for the kernel's own reboot (about 17 s).
-    assert!(seen.elapsed < Duration::from_secs(10), "{:?}", seen.elapsed);
+    assert!(
+        b.record.timings.total_s < 10.0,
+        "{}",
+        b.record.timings.total_s
+    );
 }
 
 #[test]
 fn no_bootstrap_module_panics_in_bootstrap_create() {
-    let seen = boot(true, "nomodule", 128, &[], limits(10));
-    match &seen.ending {
-        Ending::Panic { line } => assert!(
-            line.contains("bootstrap_create: No bootstrap code loaded with the kernel!"),
-            "{line}"
-        ),
-        other => panic!("expected a panic, got {other:?}\n{}", console(&seen)),
-    }
+    let b = boot(true, "nomodule", 128, Vec::new(), 10);
+    assert_eq!(b.record.verdict.word(), "crash", "{}", b.console);
+    let report = crash_report(&b);
+    assert!(
+        report.contains("bootstrap_create: No bootstrap code loaded with the kernel!"),
+        "{report}"
+    );
 }
 
 #[test]
 fn exhausting_cell_ends_as_hang_with_its_last_count() {
     // Port hoarding at 64 MiB stops the kernel within a second or two (see the notes).
-    let seen = boot(
+    let b = boot(
         true,
         "exhaust",
         64,
-        &[scenario("port-hoard", serde_json::json!({"seconds": 60}))],
-        limits(5),
+        vec![scenario("port-hoard", serde_json::json!({"seconds": 60}))],
+        5,
     );
-    match seen.ending {
-        Ending::Hang { silent_for } => assert!(silent_for < Duration::from_secs(7)),
-        ref other => panic!("expected a hang, got {other:?}\n{}", console(&seen)),
+    match &b.record.verdict {
+        Verdict::Hang {
+            last_progress: Some(count),
+            scenario: Some(s),
+        } => {
+            assert_eq!(s, "port-hoard");
+            assert!(*count > 10_000, "{count}");
+        }
+        other => panic!("expected a hang, got {other:?}\n{}", b.console),
     }
-    let (scenario, count) = seen
-        .last_progress
-        .clone()
-        .expect("heartbeats before the hang");
-    assert_eq!(scenario, "port-hoard");
-    assert!(count > 10_000, "{count}");
-    assert!(
-        results(&seen).is_empty(),
-        "a hung scenario reports no result"
-    );
+    // Silence is kept as a report of its own; QEMU went soon after the heartbeat deadline.
+    assert!(b
+        .record
+        .reports
+        .iter()
+        .any(|r| r.event.title.contains("no heartbeat from port-hoard")));
+    assert!(b.record.timings.total_s < 60.0);
+    assert!(results(&b).is_empty(), "a hung scenario reports no result");
 }
 
 /// Not a check: measures the count each exhausting scenario reaches per RAM size, over
@@ -257,7 +325,7 @@ fn measure_counts_per_ram() {
         .map(|s| s.trim().parse().unwrap())
         .collect();
     let only = std::env::var("KSTORM_MACH_ONLY").ok();
-    let cases: Vec<(&str, MachScenario)> = vec![
+    let cases: Vec<(&str, ScenarioSpec)> = vec![
         (
             "task-hoard",
             scenario("task-hoard", serde_json::json!({"seconds": 60})),
@@ -313,32 +381,16 @@ fn measure_counts_per_ram() {
             let mut counts = Vec::new();
             let mut runs = Vec::new();
             for i in 0..repeats {
-                let iso = setup(true)
-                    .iso(&format!("m{ram}-{i}"), 50, std::slice::from_ref(case))
-                    .unwrap();
-                let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
-                let l = Limits {
-                    boot: Duration::from_secs(30),
-                    heartbeat: Duration::from_secs(5),
-                    total: Duration::from_secs(100),
-                };
-                let seen = boot_and_watch(&qemu_argv(&iso, ram), l).unwrap();
-                let (verdict, count) = match (&seen.ending, results(&seen).first()) {
-                    (Ending::Exited { .. }, Some(r)) => (
-                        format!("{:?}/{}", r.outcome, r.facts["stop"]),
-                        r.measurements["count"].value as u64,
-                    ),
-                    (Ending::Hang { .. }, _) => (
-                        "hang".to_string(),
-                        seen.last_progress.as_ref().map(|p| p.1).unwrap_or(0),
-                    ),
-                    (other, _) => (
-                        format!("{other:?}"),
-                        seen.last_progress.as_ref().map(|p| p.1).unwrap_or(0),
-                    ),
-                };
+                let b = boot(true, &format!("m{ram}-{i}"), ram, vec![case.clone()], 5);
+                let count = b
+                    .record
+                    .results
+                    .first()
+                    .map(|r| r.measurements["count"].value as u64)
+                    .or(b.record.last_progress)
+                    .unwrap_or(0);
                 counts.push(count);
-                runs.push(format!("{verdict}: {count}"));
+                runs.push(format!("{}: {count}", b.record.verdict.word()));
             }
             counts.sort();
             println!(
@@ -361,6 +413,7 @@ mod through_the_harness {
     use kstorm::images;
     use kstorm::matrix::{expand, Selection};
     use kstorm::qemu::Accel;
+    use kstorm::qemu::Profile;
     use kstorm::verdict::Verdict;
     use std::path::Path;
 
@@ -392,7 +445,9 @@ mod through_the_harness {
             )
             .unwrap();
             assert!(boot.cdrom.is_some() && boot.kernel.is_none());
-            assert!(boot.provenance.contains_key("patched_kernel_sha256"));
+            assert_eq!(boot.profile, Profile::GrubIso);
+            assert!(boot.provenance.patch.is_some() && boot.provenance.kernel_sha256.is_some());
+            assert!(boot.provenance.extra.contains_key("bootstrap_sha256"));
             let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());
             records.push(cell::run(
                 c,

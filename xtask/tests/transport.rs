@@ -5,10 +5,13 @@
 mod common;
 
 use common::*;
+use kstorm::cell::FrameChannel;
 use kstorm::config::Image;
 use kstorm::detect::Kind;
 use kstorm::transport::Faults;
-use kstorm::verdict::Verdict;
+use kstorm::verdict::{InfraCause, Verdict};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// `images/linux-disk.yaml` renamed to `name`, with only `transport` (YAML) offered.
 fn disk_image(dir: &std::path::Path, name: &str, transport: &str) -> Image {
@@ -67,13 +70,13 @@ fn same_suite_passes_over_ssh_and_serial_with_the_same_shape() {
         assert!(t.connect_s.unwrap() > 0.0);
         assert!(t.uploaded_bytes > 100_000, "{t:?}");
         // The base image is never written: each cell booted its own overlay.
-        assert!(r.provenance.contains_key("disk.hash"));
+        assert!(r.provenance.extra.contains_key("disk.hash"));
     }
     let channels: Vec<_> = records
         .iter()
         .map(|r| r.frames.channel.clone().unwrap())
         .collect();
-    assert_eq!(channels, vec!["serial", "ssh"]);
+    assert_eq!(channels, vec![FrameChannel::Serial, FrameChannel::Ssh]);
     // Same shape as the PID-1 path: the same record fields, the transport's stats added.
     let a = serde_json::to_value(&records[0]).unwrap();
     let b = serde_json::to_value(&records[1]).unwrap();
@@ -101,7 +104,8 @@ fn sshd_killed_mid_run_is_lost_connection_not_crash() {
     );
     let r = only(records);
     match &r.verdict {
-        Verdict::Infra { reason } => {
+        Verdict::Infra { cause, reason } => {
+            assert_eq!(*cause, InfraCause::Transport);
             assert!(reason.contains("lost connection"), "{reason}");
             assert!(reason.contains("kernel alive"), "{reason}");
         }
@@ -152,7 +156,8 @@ fn wrong_password_is_infra_with_a_clear_message() {
     let (records, _d) = run_suite_with(yaml, images, |o| o.jobs = 2);
     for r in &records {
         match &r.verdict {
-            Verdict::Infra { reason } => {
+            Verdict::Infra { cause, reason } => {
+                assert_eq!(*cause, InfraCause::Transport);
                 assert!(reason.contains("guest refused"), "{reason}");
                 if r.image.contains("ssh") {
                     assert!(
@@ -200,4 +205,61 @@ fn serial_line_dropping_bytes_is_retried_never_wrong() {
     );
     assert_eq!(r.results.len(), 1);
     assert_eq!(r.results[0].scenario, "smoke");
+}
+
+/// Connections a listener on 127.0.0.1 accepts until `stop` (at most two minutes).
+fn count_connections(listener: std::net::TcpListener, stop: Arc<AtomicBool>) -> usize {
+    listener.set_nonblocking(true).unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut n = 0;
+    while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+        match listener.accept() {
+            Ok(_) => n += 1,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+    n
+}
+
+/// The guest, reached over ssh, tries to open a TCP connection to a host port that is not
+/// forwarded (the host is 10.0.2.2 on QEMU's user network). With `restrict=on` nothing gets
+/// through; the control run without it shows the test would see the connection.
+fn guest_connections_to_unforwarded_port(restrict: bool) -> usize {
+    let dir = tempfile::tempdir().unwrap();
+    let image = disk_image(dir.path(), "disk-ssh", SSH);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_counting = stop.clone();
+    let counter = std::thread::spawn(move || count_connections(listener, stop_counting));
+    let probe =
+        format!("for i in 1 2 3 4 5; do echo probe | nc -w 1 10.0.2.2 {port}; sleep 0.5; done");
+    let (records, _d) = run_suite_with(
+        &suite(
+            "disk-ssh",
+            "{name: hang, scenario: hang, expect: hang}",
+            "deadlines: {heartbeat: 10s, cell: 120s}",
+        ),
+        vec![image],
+        |o| {
+            o.faults = Faults {
+                ssh_on_start: Some(probe),
+                unrestricted_net: !restrict,
+                ..Default::default()
+            }
+        },
+    );
+    stop.store(true, Ordering::SeqCst);
+    let r = only(records);
+    assert_eq!(r.verdict.word(), "hang", "{}", r.verdict.describe());
+    counter.join().unwrap()
+}
+
+#[test]
+fn a_guest_reaches_no_host_port_but_the_forwarded_one() {
+    assert_eq!(guest_connections_to_unforwarded_port(true), 0);
+    assert!(
+        guest_connections_to_unforwarded_port(false) > 0,
+        "the control saw no connection: the probe itself is broken"
+    );
 }

@@ -97,14 +97,16 @@ impl Backend {
                     stop.clone(),
                     start,
                 )),
-                TransportSpec::SerialShell(serial) => Box::new(transport::serial::SerialTransport::new(
-                    Box::new(console_input.take().context("QEMU's stdin is not piped")?),
-                    tap_rx,
-                    serial.clone(),
-                    launch.faults.clone(),
-                    stop.clone(),
-                    start,
-                )),
+                TransportSpec::SerialShell(serial) => {
+                    Box::new(transport::serial::SerialTransport::new(
+                        Box::new(console_input.take().context("QEMU's stdin is not piped")?),
+                        tap_rx,
+                        serial.clone(),
+                        launch.faults.clone(),
+                        stop.clone(),
+                        start,
+                    ))
+                }
                 TransportSpec::Pid1 => unreachable!("checked above"),
             };
             let boot_deadline = start + launch.boot_deadline;
@@ -232,7 +234,11 @@ fn spawn_qemu(
             Err(PortTaken) => break,
         }
     }
-    Err(InfraError::new(InfraCause::QemuStart, "no free port for the ssh forward after 5 attempts").into())
+    Err(InfraError::new(
+        InfraCause::QemuStart,
+        "no free port for the ssh forward after 5 attempts",
+    )
+    .into())
 }
 
 struct PortTaken;
@@ -342,7 +348,10 @@ fn read_console(
                     let _ = tap.send(buf[..n].to_vec());
                 }
                 let bytes = buf[..n].to_vec();
-                if tx.send(Msg::Event(CellEvent::Console { bytes, arrived })).is_err() {
+                if tx
+                    .send(Msg::Event(CellEvent::Console { bytes, arrived }))
+                    .is_err()
+                {
                     break;
                 }
             }

@@ -9,16 +9,18 @@ use kstorm_payload::frame::Outcome;
 /// `total_s` is the cell's wall time, `qemu_stderr` what QEMU printed on its own behalf.
 pub fn verdict(ending: &Ending, seen: &Observed, total_s: f64, qemu_stderr: &str) -> Verdict {
     let oom = || {
-        seen.oom_victims.first().map(|v| Verdict::OomKilled {
-            victim: v.clone(),
-        })
+        seen.oom_victims
+            .first()
+            .map(|v| Verdict::OomKilled { victim: v.clone() })
     };
     match ending {
         Ending::Crash(event) => Verdict::Crash {
             kind: event.kind,
             title: event.title.clone(),
         },
-        Ending::Interrupted => Verdict::infra(InfraCause::Interrupted, "interrupted (Ctrl-C or SIGTERM)"),
+        Ending::Interrupted => {
+            Verdict::infra(InfraCause::Interrupted, "interrupted (Ctrl-C or SIGTERM)")
+        }
         Ending::Silence(_) => Verdict::Hang {
             last_progress: seen.last_progress,
             scenario: seen.running.clone(),

@@ -48,7 +48,7 @@ pub struct CellRecord {
     pub verdict: Verdict,
     pub as_expected: bool,
     pub accel: Accel,
-    /// The machine profile it booted on (`images/machines.yaml`).
+    /// The machine profile it booted on (`xtask/machines.yaml`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine: Option<Profile>,
     #[serde(default)]
@@ -171,7 +171,9 @@ impl FrameChannel {
         match transport {
             TransportSpec::Ssh(_) => FrameChannel::Ssh,
             TransportSpec::SerialShell(_) => FrameChannel::Serial,
-            TransportSpec::Pid1 if profile.spec().results_port.is_some() => FrameChannel::ResultsPort,
+            TransportSpec::Pid1 if profile.spec().results_port.is_some() => {
+                FrameChannel::ResultsPort
+            }
             TransportSpec::Pid1 => FrameChannel::Console,
         }
     }
@@ -179,7 +181,11 @@ impl FrameChannel {
 
 /// Runs the cell and returns its record (the verdict is `Infra` when the harness failed).
 pub fn run(cell: &Cell, env: CellEnv<'_>) -> CellRecord {
-    let mut record = CellRecord::unstarted(cell, env.accel, Verdict::infra(InfraCause::Harness, "not run"));
+    let mut record = CellRecord::unstarted(
+        cell,
+        env.accel,
+        Verdict::infra(InfraCause::Harness, "not run"),
+    );
     record.machine = Some(env.boot.profile);
     record.provenance = env.boot.provenance.clone();
     if let Err(e) = boot_and_watch(cell, &env, &mut record) {
@@ -245,7 +251,13 @@ fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Re
 }
 
 /// Copies what the monitor observed into the record.
-fn fill_record(record: &mut CellRecord, ending: &Ending, seen: Observed, reports: Vec<Report>, gone: Instant) {
+fn fill_record(
+    record: &mut CellRecord,
+    ending: &Ending,
+    seen: Observed,
+    reports: Vec<Report>,
+    gone: Instant,
+) {
     record.timings.boot_s = seen.boot_s;
     record.timings.detect_ms = seen.detect_ms;
     if let (Ending::Crash(_), Some((_, at))) = (ending, &seen.crash) {
@@ -262,4 +274,3 @@ fn fill_record(record: &mut CellRecord, ending: &Ending, seen: Observed, reports
     }
     record.reports = reports;
 }
-

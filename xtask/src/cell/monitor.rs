@@ -264,7 +264,11 @@ impl Monitor {
         }
     }
 
-    fn on_transport_end(&mut self, end: Result<i32, TransportError>, now: Instant) -> Option<Ending> {
+    fn on_transport_end(
+        &mut self,
+        end: Result<i32, TransportError>,
+        now: Instant,
+    ) -> Option<Ending> {
         if matches!(self.pending, Some(Pending::Crash { .. })) {
             return None;
         }
@@ -311,7 +315,10 @@ impl Monitor {
         }
         // Over a transport, the driver holds the boot deadline while it connects (an upload
         // over a serial line may take longer than a boot).
-        let boot_watched = matches!(self.channel, FrameChannel::ResultsPort | FrameChannel::Console);
+        let boot_watched = matches!(
+            self.channel,
+            FrameChannel::ResultsPort | FrameChannel::Console
+        );
         if boot_watched && self.seen.hello.is_none() && elapsed >= self.deadlines.boot() {
             return Some(Ending::Silence(if self.seen.console_bytes == 0 {
                 Silence::NoConsole
@@ -402,7 +409,10 @@ impl Monitor {
                 self.seen.done = true;
                 // Over a transport the driver's end says when the payload is gone; a guest
                 // whose payload is its init powers off by itself.
-                let powers_off = matches!(self.channel, FrameChannel::ResultsPort | FrameChannel::Console);
+                let powers_off = matches!(
+                    self.channel,
+                    FrameChannel::ResultsPort | FrameChannel::Console
+                );
                 if powers_off && self.pending.is_none() {
                     self.pending = Some(Pending::PowerOff {
                         until: now + POWEROFF_GRACE,

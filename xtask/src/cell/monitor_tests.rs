@@ -77,7 +77,13 @@ impl Sim {
     fn runs_a_scenario(&mut self, from_ms: u64) {
         self.frame(from_ms, hello());
         self.frame(from_ms + 10, start("smoke"));
-        self.frame(from_ms + 20, Message::Hb { scenario: "smoke".into(), progress: 5 });
+        self.frame(
+            from_ms + 20,
+            Message::Hb {
+                scenario: "smoke".into(),
+                progress: 5,
+            },
+        );
         self.frame(from_ms + 30, result("smoke", Outcome::Pass));
     }
 
@@ -100,7 +106,10 @@ fn hello() -> Message {
 }
 
 fn start(s: &str) -> Message {
-    Message::Start { scenario: s.into(), index: 0 }
+    Message::Start {
+        scenario: s.into(),
+        index: 0,
+    }
 }
 
 fn result(s: &str, outcome: Outcome) -> Message {
@@ -126,9 +135,16 @@ fn lost() -> CellEvent {
 fn a_payload_that_finishes_and_powers_off_passes() {
     let mut s = Sim::new(FrameChannel::ResultsPort);
     s.runs_a_scenario(1000);
-    assert_eq!(s.frame(1100, Message::Done), None, "waits for the power-off");
+    assert_eq!(
+        s.frame(1100, Message::Done),
+        None,
+        "waits for the power-off"
+    );
     assert_eq!(s.tick(1200), None);
-    assert_eq!(s.feed(1300, CellEvent::QemuExited(Some(ExitStatus::from_raw(0)))), Some(Ending::Finished));
+    assert_eq!(
+        s.feed(1300, CellEvent::QemuExited(Some(ExitStatus::from_raw(0)))),
+        Some(Ending::Finished)
+    );
     let (_, v, seen) = s.verdict();
     assert_eq!(v, Verdict::Pass);
     assert_eq!(seen.frames.received, 5);
@@ -153,7 +169,10 @@ fn done_then_a_crash_before_power_off_is_a_crash() {
     s.frame(1100, Message::Done);
     assert_eq!(s.console(1200, PANIC), None, "the trace gets its grace");
     assert_eq!(s.tick(1300), None);
-    assert!(matches!(s.tick(1200 + CRASH_GRACE.as_millis() as u64), Some(Ending::Crash(_))));
+    assert!(matches!(
+        s.tick(1200 + CRASH_GRACE.as_millis() as u64),
+        Some(Ending::Crash(_))
+    ));
     let (_, v, seen) = s.verdict();
     assert!(
         matches!(&v, Verdict::Crash { kind: Kind::Panic, title } if title.contains("sysrq")),
@@ -184,10 +203,25 @@ fn a_transport_loss_with_a_live_console_is_infra_and_says_so() {
     let grace = TRANSPORT_LOSS_GRACE.as_millis() as u64;
     assert_eq!(s.tick(6000 + grace - 1), None);
     let e = s.tick(6000 + grace);
-    assert!(matches!(e, Some(Ending::TransportEnded { console_answered: true, .. })), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Some(Ending::TransportEnded {
+                console_answered: true,
+                ..
+            })
+        ),
+        "{e:?}"
+    );
     match s.verdict().1 {
-        Verdict::Infra { cause: InfraCause::Transport, reason } => {
-            assert!(reason.contains("lost connection") && reason.contains("kernel alive"), "{reason}")
+        Verdict::Infra {
+            cause: InfraCause::Transport,
+            reason,
+        } => {
+            assert!(
+                reason.contains("lost connection") && reason.contains("kernel alive"),
+                "{reason}"
+            )
         }
         v => panic!("{v:?}"),
     }
@@ -197,11 +231,19 @@ fn a_transport_loss_with_a_live_console_is_infra_and_says_so() {
 fn an_oom_kill_of_the_sshd_is_the_kernel_acting_not_infra() {
     let mut s = Sim::new(FrameChannel::Ssh);
     s.runs_a_scenario(5000);
-    s.console(5500, b"[   9.0] Out of memory: Killed process 77 (dropbear) total-vm:1kB\n");
+    s.console(
+        5500,
+        b"[   9.0] Out of memory: Killed process 77 (dropbear) total-vm:1kB\n",
+    );
     s.feed(6000, lost());
     s.tick(6000 + TRANSPORT_LOSS_GRACE.as_millis() as u64);
     let (_, v, _) = s.verdict();
-    assert_eq!(v, Verdict::OomKilled { victim: "dropbear".into() });
+    assert_eq!(
+        v,
+        Verdict::OomKilled {
+            victim: "dropbear".into()
+        }
+    );
 }
 
 #[test]
@@ -209,7 +251,10 @@ fn over_a_transport_the_payloads_exit_after_done_finishes_the_cell() {
     let mut s = Sim::new(FrameChannel::Ssh);
     s.runs_a_scenario(5000);
     assert_eq!(s.frame(5100, Message::Done), None);
-    let end = CellEvent::TransportEnded { end: Ok(0), stats: TransportStats::default() };
+    let end = CellEvent::TransportEnded {
+        end: Ok(0),
+        stats: TransportStats::default(),
+    };
     assert_eq!(s.feed(5200, end), Some(Ending::Finished));
     assert_eq!(s.verdict().1, Verdict::Pass);
 }
@@ -222,11 +267,20 @@ fn silence_at_boot_is_a_hang_that_says_whether_the_console_spoke() {
     assert_eq!(quiet.tick(boot - 1), None);
     assert_eq!(quiet.tick(boot), Some(Ending::Silence(Silence::NoConsole)));
     let (_, v, _) = quiet.verdict();
-    assert_eq!(v, Verdict::Hang { last_progress: None, scenario: None });
+    assert_eq!(
+        v,
+        Verdict::Hang {
+            last_progress: None,
+            scenario: None
+        }
+    );
 
     let mut chatty = Sim::new(FrameChannel::Console);
     chatty.console(100, b"GNU Mach 1.8\n");
-    assert_eq!(chatty.tick(boot), Some(Ending::Silence(Silence::PayloadNeverStarted)));
+    assert_eq!(
+        chatty.tick(boot),
+        Some(Ending::Silence(Silence::PayloadNeverStarted))
+    );
     let (_, _, _) = chatty.verdict();
 }
 
@@ -235,16 +289,33 @@ fn heartbeat_silence_in_a_scenario_is_a_hang_with_the_last_count() {
     let mut s = Sim::new(FrameChannel::Console);
     s.frame(500, hello());
     s.frame(600, start("port-hoard"));
-    s.frame(700, Message::Hb { scenario: "port-hoard".into(), progress: 240_000 });
+    s.frame(
+        700,
+        Message::Hb {
+            scenario: "port-hoard".into(),
+            progress: 240_000,
+        },
+    );
     let hb = Deadlines::default().heartbeat().as_millis() as u64;
     assert_eq!(s.tick(700 + hb - 1), None);
     let e = s.tick(700 + hb);
-    assert_eq!(e, Some(Ending::Silence(Silence::NoHeartbeat { scenario: "port-hoard".into() })));
+    assert_eq!(
+        e,
+        Some(Ending::Silence(Silence::NoHeartbeat {
+            scenario: "port-hoard".into()
+        }))
+    );
     let (ending, seen, reports) = s.m.finish();
     assert!(matches!(ending, Ending::Silence(_)));
     assert_eq!(reports.last().unwrap().event.kind, Kind::NoProgress);
     let v = judge::verdict(&ending, &seen, 9.0, "");
-    assert_eq!(v, Verdict::Hang { last_progress: Some(240_000), scenario: Some("port-hoard".into()) });
+    assert_eq!(
+        v,
+        Verdict::Hang {
+            last_progress: Some(240_000),
+            scenario: Some("port-hoard".into())
+        }
+    );
 }
 
 #[test]
@@ -262,17 +333,32 @@ fn a_frame_with_a_bad_checksum_is_counted_and_not_believed() {
     assert_eq!((seen.frames.bad_checksum, seen.frames.foreign), (1, 1));
     assert!(!seen.done);
     // The payload never finished and nothing crashed on the console: the guest went away.
-    assert!(matches!(v, Verdict::Crash { kind: Kind::LostConnection, .. }), "{v:?}");
+    assert!(
+        matches!(
+            v,
+            Verdict::Crash {
+                kind: Kind::LostConnection,
+                ..
+            }
+        ),
+        "{v:?}"
+    );
 }
 
 #[test]
 fn qemu_exiting_with_an_error_and_no_report_is_infra() {
     let mut s = Sim::new(FrameChannel::ResultsPort);
     s.console(100, b"SeaBIOS\n");
-    let e = s.feed(200, CellEvent::QemuExited(Some(ExitStatus::from_raw(1 << 8))));
+    let e = s.feed(
+        200,
+        CellEvent::QemuExited(Some(ExitStatus::from_raw(1 << 8))),
+    );
     assert!(matches!(e, Some(Ending::QemuExited(_))));
     match s.verdict().1 {
-        Verdict::Infra { cause: InfraCause::QemuStart, reason } => assert!(reason.contains("some error"), "{reason}"),
+        Verdict::Infra {
+            cause: InfraCause::QemuStart,
+            reason,
+        } => assert!(reason.contains("some error"), "{reason}"),
         v => panic!("{v:?}"),
     }
 }
@@ -281,21 +367,38 @@ fn qemu_exiting_with_an_error_and_no_report_is_infra() {
 fn ctrl_c_is_infra_unless_a_crash_came_first() {
     let mut s = Sim::new(FrameChannel::ResultsPort);
     s.runs_a_scenario(1000);
-    assert_eq!(s.feed(1500, CellEvent::Interrupted), Some(Ending::Interrupted));
-    assert!(matches!(s.verdict().1, Verdict::Infra { cause: InfraCause::Interrupted, .. }));
+    assert_eq!(
+        s.feed(1500, CellEvent::Interrupted),
+        Some(Ending::Interrupted)
+    );
+    assert!(matches!(
+        s.verdict().1,
+        Verdict::Infra {
+            cause: InfraCause::Interrupted,
+            ..
+        }
+    ));
 
     let mut c = Sim::new(FrameChannel::ResultsPort);
     c.console(900, PANIC);
-    assert!(matches!(c.feed(1000, CellEvent::Interrupted), Some(Ending::Crash(_))));
+    assert!(matches!(
+        c.feed(1000, CellEvent::Interrupted),
+        Some(Ending::Crash(_))
+    ));
 }
 
 #[test]
 fn a_failed_scenario_check_is_fail_and_frames_on_the_console_count() {
     let mut s = Sim::new(FrameChannel::Console);
-    let lines: Vec<String> = [hello(), start("fd-churn"), result("fd-churn", Outcome::Fail), Message::Done]
-        .into_iter()
-        .map(|m| s.frame_line(m) + "\n")
-        .collect();
+    let lines: Vec<String> = [
+        hello(),
+        start("fd-churn"),
+        result("fd-churn", Outcome::Fail),
+        Message::Done,
+    ]
+    .into_iter()
+    .map(|m| s.frame_line(m) + "\n")
+    .collect();
     // Frames split across console chunks, between kernel lines.
     let all = format!("kernel says hi\n{}", lines.concat());
     let (a, b) = all.as_bytes().split_at(40);
@@ -304,7 +407,12 @@ fn a_failed_scenario_check_is_fail_and_frames_on_the_console_count() {
     s.feed(120, CellEvent::QemuExited(Some(ExitStatus::from_raw(0))));
     let (ending, v, seen) = s.verdict();
     assert_eq!(ending, Ending::Finished);
-    assert_eq!(v, Verdict::Fail { reason: "fd-churn: wrong errno".into() });
+    assert_eq!(
+        v,
+        Verdict::Fail {
+            reason: "fd-churn: wrong errno".into()
+        }
+    );
     assert_eq!(seen.frames.channel, Some(FrameChannel::Console));
 }
 
@@ -317,7 +425,16 @@ fn the_cell_deadline_is_a_timeout_while_progress_continues() {
     let cell_ms = d.cell().as_millis() as u64;
     let mut t = 1000;
     while t < cell_ms {
-        assert_eq!(s.frame(t, Message::Hb { scenario: "fork-hold".into(), progress: t }), None);
+        assert_eq!(
+            s.frame(
+                t,
+                Message::Hb {
+                    scenario: "fork-hold".into(),
+                    progress: t
+                }
+            ),
+            None
+        );
         t += 900;
     }
     assert_eq!(s.tick(cell_ms), Some(Ending::Timeout));

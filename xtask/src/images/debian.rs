@@ -19,8 +19,13 @@ pub struct PackageInfo {
 /// The package a metapackage currently depends on whose name starts with `prefix`
 /// (`linux-image-amd64` -> `linux-image-6.1.0-56-amd64`).
 pub fn resolve_metapackage(metapackage: &str, prefix: &str) -> Result<String> {
-    let out = host::run_capture("apt-cache", &args(["depends", metapackage]), None)
-        .map_err(|e| InfraError::new(InfraCause::Download, format!("cannot resolve {metapackage}: {e:#}")))?;
+    let out =
+        host::run_capture("apt-cache", &args(["depends", metapackage]), None).map_err(|e| {
+            InfraError::new(
+                InfraCause::Download,
+                format!("cannot resolve {metapackage}: {e:#}"),
+            )
+        })?;
     parse_depends(&out, prefix).ok_or_else(|| {
         InfraError::new(InfraCause::Download, format!(
             "{metapackage} names no {prefix}* dependency in apt's lists (run `apt-get update` as root?)"
@@ -48,11 +53,17 @@ pub fn package_info(package: &str) -> Result<PackageInfo> {
         &args(["show", "--no-all-versions", package]),
         None,
     )
-    .map_err(|e| InfraError::new(InfraCause::Download, format!("package {package} is not in apt's lists: {e:#}")))?;
+    .map_err(|e| {
+        InfraError::new(
+            InfraCause::Download,
+            format!("package {package} is not in apt's lists: {e:#}"),
+        )
+    })?;
     parse_show(package, &out).ok_or_else(|| {
-        InfraError::new(InfraCause::Download, format!(
-            "apt-cache show {package} gave no Version/SHA256 (run `apt-get update`?)"
-        ))
+        InfraError::new(
+            InfraCause::Download,
+            format!("apt-cache show {package} gave no Version/SHA256 (run `apt-get update`?)"),
+        )
         .into()
     })
 }
@@ -80,13 +91,17 @@ pub fn download(info: &PackageInfo, dir: &Path) -> Result<PathBuf> {
         std::fs::remove_file(&deb)?;
     }
     let spec = format!("{}={}", info.package, info.version);
-    host::run_capture("apt-get", &args(["download", spec.as_str()]), Some(dir))
-        .map_err(|e| InfraError::new(InfraCause::Download, format!("apt-get download {spec} failed: {e:#}")))?;
+    host::run_capture("apt-get", &args(["download", spec.as_str()]), Some(dir)).map_err(|e| {
+        InfraError::new(
+            InfraCause::Download,
+            format!("apt-get download {spec} failed: {e:#}"),
+        )
+    })?;
     let deb = find_deb(dir, &info.package)?.ok_or_else(|| {
-        InfraError::new(InfraCause::Download, format!(
-            "apt-get download {spec} left no .deb in {}",
-            dir.display()
-        ))
+        InfraError::new(
+            InfraCause::Download,
+            format!("apt-get download {spec} left no .deb in {}", dir.display()),
+        )
     })?;
     verify_sha256(&deb, &info.sha256)?;
     Ok(deb)
@@ -96,10 +111,13 @@ pub fn download(info: &PackageInfo, dir: &Path) -> Result<PathBuf> {
 pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
     let actual = host::sha256_file(path)?;
     if !actual.eq_ignore_ascii_case(expected) {
-        bail!(InfraError::new(InfraCause::Download, format!(
-            "{}: SHA-256 mismatch: expected {expected}, got {actual}",
-            path.display()
-        )));
+        bail!(InfraError::new(
+            InfraCause::Download,
+            format!(
+                "{}: SHA-256 mismatch: expected {expected}, got {actual}",
+                path.display()
+            )
+        ));
     }
     Ok(())
 }
@@ -120,8 +138,12 @@ fn find_deb(dir: &Path, package: &str) -> Result<Option<PathBuf>> {
 pub fn unpack(deb: &Path, dest: &Path) -> Result<()> {
     std::fs::create_dir_all(dest)?;
     let argv = vec![std::ffi::OsString::from("-x"), deb.into(), dest.into()];
-    host::run_capture("dpkg-deb", &argv, None)
-        .map_err(|e| InfraError::new(InfraCause::ImageBuild, format!("dpkg-deb -x {} failed: {e:#}", deb.display())))?;
+    host::run_capture("dpkg-deb", &argv, None).map_err(|e| {
+        InfraError::new(
+            InfraCause::ImageBuild,
+            format!("dpkg-deb -x {} failed: {e:#}", deb.display()),
+        )
+    })?;
     Ok(())
 }
 

@@ -102,8 +102,12 @@ pub fn build(
     argv.push(root.clone().into());
     argv.push(tmp.clone().into());
     argv.push(format!("{}M", recipe.size.mib()).into());
-    host::run_capture("mke2fs", &argv, None)
-        .map_err(|e| InfraError::new(InfraCause::ImageBuild, format!("building the ext4 root: {e:#}")))?;
+    host::run_capture("mke2fs", &argv, None).map_err(|e| {
+        InfraError::new(
+            InfraCause::ImageBuild,
+            format!("building the ext4 root: {e:#}"),
+        )
+    })?;
     std::fs::rename(&tmp, &out.base)?;
     Ok(out)
 }
@@ -114,8 +118,12 @@ pub fn overlay(base: &Path, overlay: &Path) -> Result<()> {
     argv.push(base.into());
     argv.push(overlay.into());
     host::ensure_tools(&["qemu-img"])?;
-    host::run_capture("qemu-img", &argv, None)
-        .map_err(|e| InfraError::new(InfraCause::ImageBuild, format!("creating the disk overlay: {e:#}")))?;
+    host::run_capture("qemu-img", &argv, None).map_err(|e| {
+        InfraError::new(
+            InfraCause::ImageBuild,
+            format!("creating the disk overlay: {e:#}"),
+        )
+    })?;
     Ok(())
 }
 
@@ -127,8 +135,10 @@ fn package_closure(packages: &[String]) -> Result<Vec<String>> {
         if !seen.insert(p.clone()) {
             continue;
         }
-        let out = host::run_capture("apt-cache", &args(["depends", p.as_str()]), None)
-            .map_err(|e| InfraError::new(InfraCause::ImageBuild, format!("disk.packages: {p}: {e:#}")))?;
+        let out =
+            host::run_capture("apt-cache", &args(["depends", p.as_str()]), None).map_err(|e| {
+                InfraError::new(InfraCause::ImageBuild, format!("disk.packages: {p}: {e:#}"))
+            })?;
         todo.extend(parse_hard_depends(&out));
     }
     Ok(seen.into_iter().collect())
@@ -166,7 +176,8 @@ fn parse_hard_depends(out: &str) -> Vec<String> {
 fn install_busybox_links(root: &Path) -> Result<()> {
     let busybox = root.join("bin/busybox");
     if !busybox.exists() {
-        bail!(InfraError::new(InfraCause::ImageBuild,
+        bail!(InfraError::new(
+            InfraCause::ImageBuild,
             "disk.packages: no /bin/busybox in the image (add busybox-static)"
         ));
     }
@@ -236,7 +247,8 @@ struct Module {
 /// `.modinfo` section).
 fn resolve_modules(kernel: &LinuxKernel, wanted: &[String]) -> Result<Vec<Module>> {
     let unpacked = kernel.unpacked.as_ref().ok_or_else(|| {
-        InfraError::new(InfraCause::ImageBuild,
+        InfraError::new(
+            InfraCause::ImageBuild,
             "disk.modules: this kernel came without its modules (not a Debian package)",
         )
     })?;
@@ -276,9 +288,10 @@ fn visit(
         bail!("disk.modules: dependency cycle through {name}");
     }
     let path = index.get(name).ok_or_else(|| {
-        InfraError::new(InfraCause::ImageBuild, format!(
-            "disk.modules: no module {name} in the kernel package"
-        ))
+        InfraError::new(
+            InfraCause::ImageBuild,
+            format!("disk.modules: no module {name} in the kernel package"),
+        )
     })?;
     let bytes = std::fs::read(path)?;
     for dep in modinfo_depends(&bytes)

@@ -37,9 +37,12 @@ pub fn fetch(url: &str, sha256: &str, dest: &Path) -> Result<PathBuf> {
     if have > 0 {
         request = request.set("Range", &format!("bytes={have}-"));
     }
-    let response = request
-        .call()
-        .map_err(|e| InfraError::new(InfraCause::Download, format!("download of {url} failed: {e}")))?;
+    let response = request.call().map_err(|e| {
+        InfraError::new(
+            InfraCause::Download,
+            format!("download of {url} failed: {e}"),
+        )
+    })?;
     // 206: the server resumed where we stopped; 200: it sent everything again.
     let append = have > 0 && response.status() == 206;
     let mut file = std::fs::OpenOptions::new()
@@ -53,9 +56,10 @@ pub fn fetch(url: &str, sha256: &str, dest: &Path) -> Result<PathBuf> {
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = reader.read(&mut buf).map_err(|e| {
-            InfraError::new(InfraCause::Download, format!(
-                "download of {url} broke off: {e} (run again to resume)"
-            ))
+            InfraError::new(
+                InfraCause::Download,
+                format!("download of {url} broke off: {e} (run again to resume)"),
+            )
         })?;
         if n == 0 {
             break;
@@ -67,9 +71,10 @@ pub fn fetch(url: &str, sha256: &str, dest: &Path) -> Result<PathBuf> {
     let actual = host::sha256_file(&part)?;
     if !actual.eq_ignore_ascii_case(sha256) {
         std::fs::remove_file(&part).ok();
-        return Err(InfraError::new(InfraCause::Download, format!(
-            "{url}: SHA-256 mismatch: expected {sha256}, got {actual}"
-        ))
+        return Err(InfraError::new(
+            InfraCause::Download,
+            format!("{url}: SHA-256 mismatch: expected {sha256}, got {actual}"),
+        )
         .into());
     }
     std::fs::rename(&part, dest)?;

@@ -101,7 +101,11 @@ fn find_vmlinuz(boot: &Path) -> Result<PathBuf> {
             return Ok(p);
         }
     }
-    Err(InfraError::new(InfraCause::ImageBuild, format!("no vmlinuz in {}", boot.display())).into())
+    Err(InfraError::new(
+        InfraCause::ImageBuild,
+        format!("no vmlinuz in {}", boot.display()),
+    )
+    .into())
 }
 
 /// The magic that starts an xz stream.

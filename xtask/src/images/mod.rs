@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 /// What QEMU boots for one cell.
 #[derive(Debug, Clone)]
 pub struct BootArtifacts {
-    /// How the machine is set up (`images/machines.yaml`).
+    /// How the machine is set up (`xtask/machines.yaml`).
     pub profile: Profile,
     /// `-kernel`
     pub kernel: Option<PathBuf>,

@@ -2,7 +2,7 @@
 //! is never left behind, and the accelerator chosen by a real probe.
 //!
 //! What differs between machines (microvm, pc, a GRUB ISO, a disk boot) is data, in
-//! `images/machines.yaml` ([`profile`]); this builder only assembles it.
+//! `xtask/machines.yaml` ([`profile`]); this builder only assembles it.
 
 pub mod process;
 pub mod profile;
@@ -93,22 +93,42 @@ impl QemuSpec {
             // ',' separates QEMU sub-options; it can't appear in the value.
             a.pair("-name", &name.replace(',', "_"));
         }
-        a.words(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+        a.words(&[
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ]);
         match self.accel {
             Accel::Kvm => a.words(&["-accel", "kvm", "-cpu", "host"]),
             Accel::Tcg => a.words(&["-accel", "tcg"]),
         }
         a.words(&["-smp", "1"]);
         a.pair("-m", &format!("{}M", self.ram_mib));
-        a.words(&["-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console"]);
+        a.words(&[
+            "-chardev",
+            "stdio,id=console,signal=off",
+            "-serial",
+            "chardev:console",
+        ]);
         if let (Some(sock), Some(port)) = (&self.results_socket, &p.results_port) {
-            a.pair("-chardev", &format!("socket,id=results,server=on,wait=on,path={}", sock.display()));
+            a.pair(
+                "-chardev",
+                &format!(
+                    "socket,id=results,server=on,wait=on,path={}",
+                    sock.display()
+                ),
+            );
             a.pair("-device", &format!("{port},chardev=results"));
         }
         if let Some(disk) = &self.disk {
             // ',' would end QEMU's option value: it is escaped by doubling.
             let file = disk.to_string_lossy().replace(',', ",,");
-            a.pair("-drive", &format!("if=none,id=disk0,format=qcow2,file={file}"));
+            a.pair(
+                "-drive",
+                &format!("if=none,id=disk0,format=qcow2,file={file}"),
+            );
             a.pair("-device", &format!("{},drive=disk0", p.block_device));
         }
         if let Some(f) = self.forward {
@@ -223,9 +243,21 @@ mod tests {
         // The command line stays one argument, quotes and all: no shell in between. The
         // profile adds its own words (the TSC frequency) after the image's.
         let append = &a[a.iter().position(|x| x == "-append").unwrap() + 1];
-        assert!(append.starts_with("console=ttyS0 panic=-1 it's tsc_early_khz="), "{append}");
-        assert!(has(&a, ["-chardev", "socket,id=results,server=on,wait=on,path=/tmp/x/r.sock"]));
-        assert!(has(&a, ["-device", "isa-serial,iobase=0x2f8,irq=3,chardev=results"]));
+        assert!(
+            append.starts_with("console=ttyS0 panic=-1 it's tsc_early_khz="),
+            "{append}"
+        );
+        assert!(has(
+            &a,
+            [
+                "-chardev",
+                "socket,id=results,server=on,wait=on,path=/tmp/x/r.sock"
+            ]
+        ));
+        assert!(has(
+            &a,
+            ["-device", "isa-serial,iobase=0x2f8,irq=3,chardev=results"]
+        ));
     }
 
     #[test]
@@ -236,7 +268,9 @@ mod tests {
         let a = strs(&s.argv());
         assert_eq!(&a[..2], ["-M", "pc"]);
         assert!(a.windows(4).any(|w| w == ["-accel", "kvm", "-cpu", "host"]));
-        assert!(!a.iter().any(|x| x.contains("results") || x.contains("tsc_early")));
+        assert!(!a
+            .iter()
+            .any(|x| x.contains("results") || x.contains("tsc_early")));
     }
 
     #[test]
@@ -247,18 +281,36 @@ mod tests {
         assert!(!s.has_results_port());
         let a = strs(&s.argv());
         assert!(has(&a, ["-cdrom", "/c/mach.iso"]) && has(&a, ["-boot", "d"]));
-        assert!(!a.iter().any(|x| x.contains("results") || x == "-append" || x == "-kernel"));
+        assert!(!a
+            .iter()
+            .any(|x| x.contains("results") || x == "-append" || x == "-kernel"));
     }
 
     #[test]
     fn user_networking_is_restricted_to_the_forward() {
         let mut s = spec(Profile::Microvm);
         s.disk = Some("/r/c,1/disk.qcow2".into());
-        s.forward = Some(Forward { host_port: 2222, guest_port: 22, restrict: true });
+        s.forward = Some(Forward {
+            host_port: 2222,
+            guest_port: 22,
+            restrict: true,
+        });
         let a = strs(&s.argv());
-        assert!(has(&a, ["-netdev", "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22"]));
+        assert!(has(
+            &a,
+            [
+                "-netdev",
+                "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22"
+            ]
+        ));
         assert!(has(&a, ["-device", "virtio-net-device,netdev=net0"]));
-        assert!(has(&a, ["-drive", "if=none,id=disk0,format=qcow2,file=/r/c,,1/disk.qcow2"]));
+        assert!(has(
+            &a,
+            [
+                "-drive",
+                "if=none,id=disk0,format=qcow2,file=/r/c,,1/disk.qcow2"
+            ]
+        ));
         assert!(has(&a, ["-device", "virtio-blk-device,drive=disk0"]));
     }
 }

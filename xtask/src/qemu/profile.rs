@@ -1,5 +1,5 @@
 //! Machine profiles: what differs between the ways kstorm boots a guest (devices, results port,
-//! command-line words), read from `images/machines.yaml` so that the QEMU builder stays generic.
+//! command-line words), read from `xtask/machines.yaml` so that the QEMU builder stays generic.
 
 use crate::config::Machine;
 use anyhow::{bail, Context, Result};
@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-/// The ways a guest boots. Every one has an entry in `images/machines.yaml`.
+/// The ways a guest boots. Every one has an entry in `xtask/machines.yaml`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Profile {
@@ -58,7 +58,7 @@ impl std::fmt::Display for Profile {
     }
 }
 
-/// One entry of `images/machines.yaml`.
+/// One entry of `xtask/machines.yaml`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MachineProfile {
@@ -97,7 +97,7 @@ impl MachineProfile {
 fn table() -> &'static BTreeMap<Profile, MachineProfile> {
     static TABLE: OnceLock<BTreeMap<Profile, MachineProfile>> = OnceLock::new();
     TABLE.get_or_init(|| {
-        let path = crate::host::workspace_root().join("images/machines.yaml");
+        let path = crate::host::workspace_root().join("xtask/machines.yaml");
         load(&path).unwrap_or_else(|e| panic!("{e:#}"))
     })
 }
@@ -121,7 +121,7 @@ mod tests {
 
     #[test]
     fn the_shipped_table_covers_every_profile() {
-        let t = load(&crate::host::workspace_root().join("images/machines.yaml")).unwrap();
+        let t = load(&crate::host::workspace_root().join("xtask/machines.yaml")).unwrap();
         assert_eq!(t.len(), Profile::ALL.len());
         assert_eq!(t[&Profile::GrubIso].results_port, None);
         assert!(t[&Profile::Microvm].qemu_machine.starts_with("microvm"));
