@@ -85,9 +85,10 @@ impl TransportSpec {
 }
 
 /// The transport's name on the command line (`run --transport`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum TransportKind {
+    #[default]
     Pid1,
     Ssh,
     Serial,

@@ -6,7 +6,7 @@
 use super::judge::last_line;
 use super::monitor::CellEvent;
 use super::GuestFiles;
-use crate::config::TransportSpec;
+use crate::config::{TransportKind, TransportSpec};
 use crate::host::{InfraCause, InfraError};
 use crate::qemu::{self, Forward, QemuProcess, QemuSpec};
 use crate::transport::{self, Faults, Transport};
@@ -302,7 +302,7 @@ fn drive(
     bench_upload: Option<usize>,
     tx: mpsc::Sender<Msg>,
 ) {
-    let serial = t.stats().kind == "serial";
+    let serial = t.stats().kind == TransportKind::Serial;
     let send = |e: CellEvent| {
         let _ = tx.send(Msg::Event(e));
     };

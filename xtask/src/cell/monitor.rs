@@ -14,8 +14,12 @@ use std::collections::BTreeSet;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-/// After a crash report starts, how long to keep reading its trace before stopping QEMU.
+/// After a crash report starts, the console is read until it has been quiet this long (the
+/// trace, then the kernel's own last words, e.g. GNU Mach's `panic` line after its register
+/// dump), before QEMU is stopped...
 pub const CRASH_GRACE: Duration = Duration::from_millis(250);
+/// ... but never longer than this after the report started (a console that never stops).
+pub const CRASH_GRACE_MAX: Duration = Duration::from_secs(2);
 /// After the payload says it is done, how long the guest may take to power off.
 pub const POWEROFF_GRACE: Duration = Duration::from_secs(15);
 /// After a transport failed, how long to keep watching the console for a crash report (a
@@ -106,6 +110,8 @@ pub struct Observed {
 enum Pending {
     Crash {
         until: Instant,
+        /// The report's start plus [`CRASH_GRACE_MAX`].
+        at_most: Instant,
     },
     PowerOff {
         until: Instant,
@@ -120,7 +126,7 @@ enum Pending {
 impl Pending {
     fn until(&self) -> Instant {
         match self {
-            Pending::Crash { until }
+            Pending::Crash { until, .. }
             | Pending::PowerOff { until }
             | Pending::TransportLoss { until, .. } => *until,
         }
@@ -236,6 +242,10 @@ impl Monitor {
 
     fn on_console(&mut self, bytes: &[u8], arrived: Instant, now: Instant) {
         self.seen.console_bytes += bytes.len() as u64;
+        if let Some(Pending::Crash { until, at_most }) = &mut self.pending {
+            // The report is still being printed: keep reading it.
+            *until = (now + CRASH_GRACE).min(*at_most);
+        }
         for event in self.detector.feed(bytes) {
             if event.kind == Kind::OomKill {
                 self.seen
@@ -250,6 +260,7 @@ impl Monitor {
                 // A crash wins over whatever else was pending.
                 self.pending = Some(Pending::Crash {
                     until: now + CRASH_GRACE,
+                    at_most: now + CRASH_GRACE_MAX,
                 });
             }
         }

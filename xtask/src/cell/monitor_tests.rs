@@ -24,8 +24,12 @@ impl Sim {
     }
 
     fn with(channel: FrameChannel, deadlines: Deadlines) -> Sim {
+        Sim::on_os(channel, deadlines, Os::Linux)
+    }
+
+    fn on_os(channel: FrameChannel, deadlines: Deadlines, os: Os) -> Sim {
         let t0 = Instant::now();
-        let detector = Detector::new(Os::Linux).unwrap();
+        let detector = Detector::new(os).unwrap();
         Sim {
             m: Monitor::new(CELL, t0, deadlines, channel, detector),
             t0,
@@ -452,4 +456,47 @@ fn a_crash_in_the_last_bytes_after_the_ending_still_explains_it() {
     let (ending, v, _) = s.verdict();
     assert!(matches!(ending, Ending::Crash(_)));
     assert_eq!(v.word(), "crash");
+}
+
+#[test]
+fn a_crash_report_still_printing_is_read_to_its_end_within_a_bound() {
+    let mut s = Sim::on_os(FrameChannel::Console, Deadlines::default(), Os::Mach);
+    s.console(
+        1000,
+        b"start payload: Kernel Invalid opcode trap, eip 0x4101343d\n",
+    );
+    // The register dump comes in pieces, each within the quiet period of the one before.
+    let step = CRASH_GRACE.as_millis() as u64 - 50;
+    let mut t = 1000;
+    for _ in 0..3 {
+        t += step;
+        assert_eq!(s.console(t, b"EAX ffffffe4 EBX 00000000\n"), None);
+        assert_eq!(s.tick(t + 1), None);
+    }
+    t += step;
+    s.console(t, b"panic ../i386/i386/trap.c:346: kernel_trap: trap\n");
+    assert_eq!(s.tick(t + step), None);
+    let e = s.tick(t + CRASH_GRACE.as_millis() as u64);
+    assert!(matches!(e, Some(Ending::Crash(_))), "{e:?} {:?}", s.ending);
+    let (_, _, reports) = s.m.finish();
+    let lines: Vec<String> = reports.iter().flat_map(|r| r.lines.clone()).collect();
+    let lines = lines.join("\n");
+    assert!(lines.contains("trap.c:346"), "{lines}");
+
+    // A console that never goes quiet is cut at the bound.
+    let mut chatty = Sim::new(FrameChannel::ResultsPort);
+    chatty.console(0, PANIC);
+    let max = CRASH_GRACE_MAX.as_millis() as u64;
+    let mut t = 0;
+    let mut ended = None;
+    while ended.is_none() && t <= max + 100 {
+        t += 100;
+        ended = chatty
+            .console(t, b"[    3.2] more trace\n")
+            .or_else(|| chatty.tick(t));
+    }
+    assert!(
+        matches!(ended, Some(Ending::Crash(_))) && t >= max && t <= max + 100,
+        "{t}"
+    );
 }

@@ -14,6 +14,7 @@ pub mod serial;
 pub mod ssh;
 pub mod wire;
 
+use crate::config::TransportKind;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -64,8 +65,7 @@ pub trait Transport: Send {
 /// Counters kept in the cell's result (`transport` field).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TransportStats {
-    /// "ssh" or "serial".
-    pub kind: String,
+    pub kind: TransportKind,
     /// QEMU start to the first command accepted.
     pub connect_s: Option<f64>,
     /// Connection attempts before sshd answered / login prompts seen.

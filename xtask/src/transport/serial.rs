@@ -8,6 +8,7 @@
 
 use super::{wire, Faults, TResult, Transport, TransportError, TransportStats, GUEST_DIR};
 use crate::config::SerialSpec;
+use crate::config::TransportKind;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -61,7 +62,7 @@ impl SerialTransport {
             stop,
             started,
             stats: TransportStats {
-                kind: "serial".into(),
+                kind: TransportKind::Serial,
                 ..Default::default()
             },
         }

@@ -6,6 +6,7 @@
 
 use super::{wire, Faults, TResult, Transport, TransportError, TransportStats};
 use crate::config::SshSpec;
+use crate::config::TransportKind;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -48,7 +49,7 @@ impl SshTransport {
             started,
             session: None,
             stats: TransportStats {
-                kind: "ssh".into(),
+                kind: TransportKind::Ssh,
                 ..Default::default()
             },
         }
