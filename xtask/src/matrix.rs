@@ -8,7 +8,7 @@
 //! is a [`UsageError`] before anything is built or booted.
 
 use crate::config::{
-    Case, Catalog, Deadlines, Image, RamSize, Source, Suite, TransportKind, TransportSpec,
+    Case, Catalog, Deadlines, Image, Name, RamSize, Source, Suite, TransportKind, TransportSpec,
     UsageError, Variant,
 };
 use kstorm_payload::params::{self, ParamError, RawParams};
@@ -67,56 +67,15 @@ pub struct Cell {
 }
 
 pub fn expand(suite: &Suite, catalog: &Catalog, sel: &Selection) -> Result<Vec<Cell>, UsageError> {
-    if let Some(wanted) = &sel.images {
-        for w in wanted {
-            if !catalog.images.contains_key(w) {
-                return Err(UsageError::option(
-                    "--image",
-                    format!(
-                        "no image {w:?} in images/ (have: {})",
-                        catalog
-                            .images
-                            .keys()
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                ));
-            }
-        }
-    }
+    check_image_option(catalog, sel)?;
     let mut cells = Vec::new();
     for (index, case) in suite.cases.iter().enumerate() {
-        // --image narrows to the images a case runs on; an image the suite does not name at all
-        // takes the place of the suite's images (e.g. the Linux cases on `linux-disk`), while
-        // cases pinned to their own images stay pinned.
-        let chosen: Option<Vec<crate::config::Name>> = sel.images.as_ref().map(|w| {
-            let named = w.iter().any(|x| suite_names_image(suite, x));
-            let base = case.images.as_ref().unwrap_or(&suite.images);
-            w.iter()
-                .filter(|x| {
-                    base.iter().any(|b| b.as_str() == x.as_str())
-                        || (!named && case.images.is_none())
-                })
-                .map(|n| crate::config::Name(n.clone()))
-                .collect()
-        });
-        let images = chosen
-            .as_ref()
-            .or(case.images.as_ref())
-            .unwrap_or(&suite.images);
-        // --ram replaces the suite's sizes; a case that pins its own keeps only those asked for.
-        let rams: Vec<RamSize> = match (&case.ram, &sel.ram) {
-            (Some(own), Some(asked)) => own.iter().filter(|r| asked.contains(r)).copied().collect(),
-            (Some(own), None) => own.clone(),
-            (None, Some(asked)) => asked.clone(),
-            (None, None) => suite.ram.clone(),
-        };
+        let rams = rams_for(suite, case, sel);
         let mut params = case.params.clone();
         if sel.profile == Profile::Deep {
             params.extend(case.deep.clone());
         }
-        for image_name in images {
+        for image_name in images_for(suite, case, sel) {
             let image = &catalog.images[image_name.as_str()];
             check_params(suite, index, image)?;
             let transport = image
@@ -164,6 +123,55 @@ pub fn expand(suite: &Suite, catalog: &Catalog, sel: &Selection) -> Result<Vec<C
         ));
     }
     Ok(cells)
+}
+
+/// Every `--image` names an image of `images/`.
+fn check_image_option(catalog: &Catalog, sel: &Selection) -> Result<(), UsageError> {
+    let Some(unknown) = sel
+        .images
+        .iter()
+        .flatten()
+        .find(|w| !catalog.images.contains_key(*w))
+    else {
+        return Ok(());
+    };
+    let have: Vec<&str> = catalog.images.keys().map(String::as_str).collect();
+    Err(UsageError::option(
+        "--image",
+        format!(
+            "no image {unknown:?} in images/ (have: {})",
+            have.join(", ")
+        ),
+    ))
+}
+
+/// The images `case` runs on. --image narrows to the images a case runs on; an image the suite
+/// does not name at all takes the place of the suite's images (e.g. the Linux cases on
+/// `linux-disk`), while cases pinned to their own images stay pinned.
+fn images_for(suite: &Suite, case: &Case, sel: &Selection) -> Vec<Name> {
+    let own = case.images.as_ref().unwrap_or(&suite.images);
+    let Some(wanted) = &sel.images else {
+        return own.clone();
+    };
+    let named = wanted.iter().any(|x| suite_names_image(suite, x));
+    wanted
+        .iter()
+        .filter(|x| {
+            own.iter().any(|b| b.as_str() == x.as_str()) || (!named && case.images.is_none())
+        })
+        .map(|n| Name(n.clone()))
+        .collect()
+}
+
+/// The RAM sizes `case` runs with. --ram replaces the suite's sizes; a case that pins its own
+/// keeps only those asked for.
+fn rams_for(suite: &Suite, case: &Case, sel: &Selection) -> Vec<RamSize> {
+    match (&case.ram, &sel.ram) {
+        (Some(own), Some(asked)) => own.iter().filter(|r| asked.contains(r)).copied().collect(),
+        (Some(own), None) => own.clone(),
+        (None, Some(asked)) => asked.clone(),
+        (None, None) => suite.ram.clone(),
+    }
 }
 
 /// The parameters of `scenario` as the guest on `image` will read them, defaults filled in:

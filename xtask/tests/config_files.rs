@@ -244,30 +244,23 @@ fn list_prints_every_cell_of_every_repository_suite() {
         assert_eq!(out.matches("\n    deadlines: boot ").count(), cells.len());
     }
     // Parameters come with the payload's defaults filled in; --profile deep applies `deep:`.
-    let (code, out, _) = xtask(
-        dir.path(),
-        &[
+    let one_cell = |profile: &str| {
+        let filter = "fork-hold-exhaust@linux-256M-base";
+        let args = [
             "list",
             "--suite",
             "hurd-zone",
             "--filter",
-            "fork-hold-exhaust@linux-256M-base",
-        ],
-    );
+            filter,
+            "--profile",
+            profile,
+        ];
+        xtask(dir.path(), &args)
+    };
+    let (code, out, _) = one_cell("quick");
     assert_eq!(code, 0);
     assert!(out.contains("\"leak_settle_ms\":1000"), "{out}");
-    let (_, deep, _) = xtask(
-        dir.path(),
-        &[
-            "list",
-            "--suite",
-            "hurd-zone",
-            "--filter",
-            "fork-hold-exhaust@linux-256M-base",
-            "--profile",
-            "deep",
-        ],
-    );
+    let (_, deep, _) = one_cell("deep");
     assert_ne!(out, deep);
     assert!(deep.contains("profile deep"), "{deep}");
 }

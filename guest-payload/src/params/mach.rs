@@ -127,12 +127,9 @@ impl Check for SpawnKill {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::raw;
     use super::*;
     use serde_json::json;
-
-    fn raw(v: serde_json::Value) -> RawParams {
-        v.as_object().unwrap().clone()
-    }
 
     #[test]
     fn known_names_and_words() {

@@ -514,7 +514,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn raw(v: serde_json::Value) -> RawParams {
+    pub(super) fn raw(v: serde_json::Value) -> RawParams {
         v.as_object().unwrap().clone()
     }
 
