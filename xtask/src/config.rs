@@ -1,16 +1,88 @@
 //! Suites and images, as written in `suites/*.yaml` and `images/*.yaml`.
 //!
 //! Everything a user typed is parsed and validated here, once, into typed structs. Values that
-//! have a format (RAM sizes, durations, scenario names) are checked while deserializing, so the
-//! YAML error carries the file, line, column and field path; checks across fields (duplicate
-//! names, unknown images) name the file, the field and the line they found it on.
+//! have a format (RAM sizes, durations, names) are checked while deserializing, so the YAML
+//! error carries the file, line, column and field path; checks across fields (duplicate names,
+//! unknown images, scenario parameters at expansion) name the file, the field and the line of
+//! its key, from the parser's spans ([`Layout`]). Every such error is a [`UsageError`].
 
-use anyhow::{bail, Context, Result};
+mod layout;
+
+pub use layout::Layout;
+
+use anyhow::{Context, Result};
+use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// What the user wrote (a suite, an image, a command-line selection) does not hold: nothing
+/// was built or booted. `cargo xtask` exits 2 on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError {
+    pub file: Option<PathBuf>,
+    pub line: Option<u64>,
+    /// Where in the file (`cases[3].params.children`) or which option (`--image`).
+    pub field: String,
+    pub message: String,
+}
+
+impl UsageError {
+    /// An error about the command line rather than a file.
+    pub fn option(option: &str, message: impl Into<String>) -> UsageError {
+        UsageError {
+            file: None,
+            line: None,
+            field: option.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// True when `e` is, or was caused by, a usage error.
+    pub fn is_in(e: &anyhow::Error) -> bool {
+        e.chain().any(|c| c.is::<UsageError>())
+    }
+}
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{}: ", file.display())?;
+        }
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// The file a suite or image was read from, and where each of its keys stands.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub path: PathBuf,
+    pub layout: Arc<Layout>,
+}
+
+impl Origin {
+    /// An error about `field` (a path like `cases[2].images[0]`), at the line of its key.
+    pub fn error(&self, field: impl Into<String>, message: impl Into<String>) -> UsageError {
+        let field = field.into();
+        UsageError {
+            file: Some(self.path.clone()),
+            line: self.layout.line(&field),
+            field,
+            message: message.into(),
+        }
+    }
+}
 
 /// How a kernel is fetched and booted (`images/<name>.yaml`).
 #[derive(Debug, Clone, Deserialize)]
@@ -21,7 +93,6 @@ pub struct Image {
     /// Which signature table the detector uses for this kernel's console.
     pub os: crate::detect::Os,
     /// Written as a map with one key, e.g. `source: {debian-kernel: {metapackage: ...}}`.
-    #[serde(with = "serde_yaml::with::singleton_map")]
     pub source: Source,
     pub boot: Boot,
     #[serde(default)]
@@ -145,23 +216,27 @@ fn default_transports() -> Vec<TransportSpec> {
 /// `transport: pid1`, `transport: {ssh: {...}}` or a list of those.
 fn one_or_many_transports<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<TransportSpec>, D::Error> {
     use serde::de::Error;
-    let v = serde_yaml::Value::deserialize(d)?;
-    let one = |i: Option<usize>, v: serde_yaml::Value| {
-        serde_yaml::with::singleton_map::deserialize(v).map_err(|e| {
-            let at = i.map(|i| format!("[{i}]")).unwrap_or_default();
-            D::Error::custom(format!(
-                "transport{at}: {e} (write pid1, {{ssh: {{user, password|key, port}}}} or {{serial-shell: {{user, password, prompt}}}})"
-            ))
-        })
-    };
-    let list = match v {
-        serde_yaml::Value::Sequence(items) => items
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| one(Some(i), v))
-            .collect::<Result<Vec<_>, _>>()?,
-        v => vec![one(None, v)?],
-    };
+    struct OneOrMany;
+    impl<'de> Visitor<'de> for OneOrMany {
+        type Value = Vec<TransportSpec>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("pid1, {ssh: {user, password|key, port}}, {serial-shell: {user, password, prompt}} or a list of those")
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            TransportSpec::deserialize(de::value::StrDeserializer::new(s)).map(|t| vec![t])
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            TransportSpec::deserialize(de::value::MapAccessDeserializer::new(map)).map(|t| vec![t])
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut list = Vec::new();
+            while let Some(t) = seq.next_element()? {
+                list.push(t);
+            }
+            Ok(list)
+        }
+    }
+    let list = d.deserialize_any(OneOrMany)?;
     if list.is_empty() {
         return Err(D::Error::custom("transport: empty list"));
     }
@@ -291,6 +366,9 @@ pub struct Suite {
     #[serde(default)]
     pub deadlines: Deadlines,
     pub cases: Vec<Case>,
+    /// Where the suite was read from, for errors found after parsing.
+    #[serde(skip)]
+    pub origin: Origin,
 }
 
 fn default_variants() -> Vec<Variant> {
@@ -398,7 +476,7 @@ impl RamSize {
 
 impl fmt::Display for RamSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 % 1024 == 0 {
+        if self.0.is_multiple_of(1024) {
             write!(f, "{}G", self.0 / 1024)
         } else {
             write!(f, "{}M", self.0)
@@ -428,17 +506,23 @@ impl std::str::FromStr for RamSize {
 
 impl<'de> Deserialize<'de> for RamSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = serde_yaml::Value::deserialize(d)?;
-        let s = match v {
-            serde_yaml::Value::String(s) => s,
-            serde_yaml::Value::Number(n) => n.to_string(),
-            _ => {
-                return Err(serde::de::Error::custom(
-                    "RAM size must be a string like 128M",
-                ))
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RamSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a RAM size like 128M or 1G")
             }
-        };
-        s.parse().map_err(serde::de::Error::custom)
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RamSize, E> {
+                s.parse().map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<RamSize, E> {
+                self.visit_str(&n.to_string())
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<RamSize, E> {
+                self.visit_str(&n.to_string())
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -475,145 +559,159 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
-/// Parses YAML text into `T`; errors name the file, the line and the field.
-pub fn parse_yaml<T: for<'de> Deserialize<'de>>(path: &Path, text: &str) -> Result<T> {
-    serde_yaml::from_str(text).map_err(|e| {
-        let at = e
-            .location()
-            .map(|l| format!("line {}, column {}: ", l.line(), l.column()))
-            .unwrap_or_default();
-        anyhow::anyhow!("{}: {at}{e}", path.display())
+/// Parses YAML text into `T` and reads where each key stands; errors name the file, the line
+/// and the field.
+pub fn parse_yaml<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+    text: &str,
+) -> Result<(T, Origin), UsageError> {
+    let at = |e: &serde_saphyr::Error, layout: Option<&Layout>| {
+        let loc = e.location();
+        UsageError {
+            file: Some(path.to_path_buf()),
+            line: loc.map(|l| l.line()),
+            field: loc
+                .and_then(|l| layout?.path_at(l.line(), l.column()))
+                .unwrap_or_default(),
+            message: yaml_message(e),
+        }
+    };
+    let layout = Layout::parse(text).map_err(|e| at(&e, None))?;
+    let value =
+        serde_saphyr::from_str_with_options(text, serde_saphyr::options! { with_snippet: false })
+            .map_err(|e| at(&e, Some(&layout)))?;
+    let origin = Origin {
+        path: path.to_path_buf(),
+        layout: Arc::new(layout),
+    };
+    Ok((value, origin))
+}
+
+/// The parser's message without the position it appends (the error names it already).
+fn yaml_message(e: &serde_saphyr::Error) -> String {
+    let text = e.without_snippet().to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+fn read(path: &Path) -> Result<String, UsageError> {
+    std::fs::read_to_string(path).map_err(|e| UsageError {
+        file: Some(path.to_path_buf()),
+        line: None,
+        field: String::new(),
+        message: format!("reading: {e}"),
     })
 }
 
-/// The 1-based line of the `nth` (0-based) line of `text` that contains `needle`, for errors
-/// found after parsing.
-fn line_of(text: &str, needle: &str, nth: usize) -> Option<usize> {
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| l.contains(needle))
-        .nth(nth)
-        .map(|(i, _)| i + 1)
-}
-
-fn at_line(text: &str, needle: &str, nth: usize) -> String {
-    line_of(text, needle, nth)
-        .map(|l| format!("line {l}: "))
+fn file_stem(path: &Path) -> &str {
+    path.file_stem()
+        .and_then(|s| s.to_str())
         .unwrap_or_default()
 }
 
 /// Reads and validates one image file.
-pub fn load_image(path: &Path) -> Result<Image> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let image: Image = parse_yaml(path, &text)?;
-    let stem = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or_default();
+pub fn load_image(path: &Path) -> Result<Image, UsageError> {
+    let (image, origin): (Image, Origin) = parse_yaml(path, &read(path)?)?;
+    let stem = file_stem(path);
     if image.name.as_str() != stem {
-        bail!(
-            "{}: {}name: {:?} must match the file name {stem:?}",
-            path.display(),
-            at_line(&text, "name:", 0),
-            image.name.as_str()
-        );
+        return Err(origin.error(
+            "name",
+            format!(
+                "{:?} must match the file name {stem:?}",
+                image.name.as_str()
+            ),
+        ));
     }
     let needs_disk = image.transport.iter().any(|t| *t != TransportSpec::Pid1);
     if needs_disk && image.disk.is_none() {
-        bail!(
-            "{}: {}transport: ssh and serial-shell need an image that boots its own init (a `disk:` recipe)",
-            path.display(),
-            at_line(&text, "transport", 0),
-        );
+        return Err(origin.error(
+            "transport",
+            "ssh and serial-shell need an image that boots its own init (a `disk:` recipe)",
+        ));
     }
     if image.disk.is_some() && image.transport.contains(&TransportSpec::Pid1) {
-        bail!(
-            "{}: {}transport: a disk image boots its own init; pid1 does not apply",
-            path.display(),
-            at_line(&text, "transport", 0),
-        );
+        return Err(origin.error(
+            "transport",
+            "a disk image boots its own init; pid1 does not apply",
+        ));
     }
     Ok(image)
 }
 
-/// Reads and validates one suite file against the images that exist.
-pub fn load_suite(path: &Path, images: &BTreeMap<String, Image>) -> Result<Suite> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let suite: Suite = parse_yaml(path, &text)?;
-    let file = path.display();
-    let mut seen = BTreeMap::new();
-    for (i, case) in suite.cases.iter().enumerate() {
-        let n = seen.entry(case.name.0.clone()).or_insert(0usize);
-        *n += 1;
-        if *n > 1 {
-            let line = at_line(&text, &format!("name: {}", case.name), *n - 1);
-            bail!(
-                "{file}: {line}cases[{i}].name: duplicate case name {:?}",
-                case.name.0
-            );
-        }
-        if case.expect_title.is_some() && case.expect != Expect::Crash {
-            bail!(
-                "{file}: {}cases[{i}].expect_title: only meaningful with `expect: crash`",
-                at_line(&text, "expect_title", 0)
-            );
-        }
-        for img in case.images.iter().flatten().chain(suite.images.iter()) {
-            if !images.contains_key(img.as_str()) {
-                let line = at_line(&text, img.as_str(), 0);
-                bail!(
-                    "{file}: {line}images: unknown image {:?} (known: {})",
-                    img.0,
-                    images.keys().cloned().collect::<Vec<_>>().join(", ")
-                );
-            }
-        }
-        for v in case.variants.iter().flatten() {
-            if !suite.variants.iter().any(|sv| sv.name == *v) {
-                let line = at_line(&text, v.as_str(), 0);
-                bail!(
-                    "{file}: {line}cases[{i}].variants: unknown variant {:?}",
-                    v.0
-                );
-            }
-        }
-        if case.ram.as_ref().is_some_and(|r| r.is_empty()) {
-            bail!("{file}: cases[{i}].ram: empty list");
-        }
+/// Reads and validates one suite file against the images that exist. (Scenario parameters are
+/// checked when the suite is expanded for the images a run chooses: `matrix::expand`.)
+pub fn load_suite(path: &Path, images: &BTreeMap<String, Image>) -> Result<Suite, UsageError> {
+    let (mut suite, origin): (Suite, Origin) = parse_yaml(path, &read(path)?)?;
+    suite.origin = origin;
+    check_suite(&suite, images)?;
+    Ok(suite)
+}
+
+/// The checks across fields of a parsed suite.
+fn check_suite(suite: &Suite, images: &BTreeMap<String, Image>) -> Result<(), UsageError> {
+    let origin = &suite.origin;
+    let stem = file_stem(&origin.path);
+    if suite.name.as_str() != stem {
+        return Err(origin.error(
+            "name",
+            format!("{:?} must match the file name {stem:?}", suite.name.0),
+        ));
     }
     if suite.cases.is_empty() {
-        bail!("{file}: cases: a suite needs at least one case");
+        return Err(origin.error("cases", "a suite needs at least one case"));
     }
     if suite.ram.is_empty() {
-        bail!(
-            "{file}: {}ram: a suite needs at least one RAM size",
-            at_line(&text, "ram:", 0)
-        );
+        return Err(origin.error("ram", "a suite needs at least one RAM size"));
+    }
+    let known_image = |field: String, name: &Name| {
+        if images.contains_key(name.as_str()) {
+            return Ok(());
+        }
+        let known: Vec<&str> = images.keys().map(String::as_str).collect();
+        Err(origin.error(
+            field,
+            format!("unknown image {:?} (known: {})", name.0, known.join(", ")),
+        ))
+    };
+    for (j, img) in suite.images.iter().enumerate() {
+        known_image(format!("images[{j}]"), img)?;
     }
     let mut vnames = std::collections::BTreeSet::new();
     for (i, v) in suite.variants.iter().enumerate() {
-        if !vnames.insert(v.name.0.clone()) {
-            bail!(
-                "{file}: {}variants[{i}].name: duplicate variant {:?}",
-                at_line(&text, &format!("name: {}", v.name), 1),
-                v.name.0
-            );
+        if !vnames.insert(v.name.as_str()) {
+            return Err(origin.error(
+                format!("variants[{i}].name"),
+                format!("duplicate variant {:?}", v.name.0),
+            ));
         }
     }
-    let stem = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or_default();
-    if suite.name.as_str() != stem {
-        bail!(
-            "{file}: {}name: {:?} must match the file name {stem:?}",
-            at_line(&text, "name:", 0),
-            suite.name.0
-        );
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, case) in suite.cases.iter().enumerate() {
+        let at = |field: &str| format!("cases[{i}].{field}");
+        if !seen.insert(case.name.as_str()) {
+            return Err(origin.error(at("name"), format!("duplicate case name {:?}", case.name.0)));
+        }
+        if case.expect_title.is_some() && case.expect != Expect::Crash {
+            return Err(origin.error(at("expect_title"), "only meaningful with `expect: crash`"));
+        }
+        for (j, img) in case.images.iter().flatten().enumerate() {
+            known_image(at(&format!("images[{j}]")), img)?;
+        }
+        for (j, v) in case.variants.iter().flatten().enumerate() {
+            if !vnames.contains(v.as_str()) {
+                return Err(origin.error(
+                    at(&format!("variants[{j}]")),
+                    format!("unknown variant {:?}", v.0),
+                ));
+            }
+        }
+        if case.ram.as_ref().is_some_and(|r| r.is_empty()) {
+            return Err(origin.error(at("ram"), "empty list"));
+        }
     }
-    Ok(suite)
+    Ok(())
 }
 
 /// All images and suites of a workspace.
@@ -642,13 +740,26 @@ impl Catalog {
         })
     }
 
-    pub fn suite(&self, name: &str) -> Result<&Suite> {
-        self.suites.get(name).with_context(|| {
-            format!(
-                "no suite {name:?} in suites/ (have: {})",
-                self.suites.keys().cloned().collect::<Vec<_>>().join(", ")
+    pub fn suite(&self, name: &str) -> Result<&Suite, UsageError> {
+        self.suites.get(name).ok_or_else(|| {
+            UsageError::option(
+                "--suite",
+                format!(
+                    "no suite {name:?} in suites/ (have: {}; or give a path to a .yaml file)",
+                    self.suites.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
             )
         })
+    }
+
+    /// `--suite`: a suite of `suites/` by name, or a suite file by path (checked against the
+    /// workspace's images).
+    pub fn resolve_suite(&self, arg: &str) -> Result<Suite, UsageError> {
+        let path = Path::new(arg);
+        if arg.contains('/') || path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            return load_suite(path, &self.images);
+        }
+        self.suite(arg).cloned()
     }
 }
 
@@ -704,7 +815,7 @@ mod tests {
             "name: img\ndescription: d\nos: linux\nsource: {{debian-kernel: {{metapackage: m}}}}\nboot: {{machine: microvm}}\n{disk}{transport}"
         );
         std::fs::write(&path, text).unwrap();
-        load_image(&path)
+        Ok(load_image(&path)?)
     }
 
     #[test]

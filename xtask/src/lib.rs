@@ -2,7 +2,9 @@
 //!
 //! One module per concern:
 //! - [`config`]: suites and images (YAML), validated once into typed structs;
-//! - [`matrix`]: expands a suite into cells (image x RAM x variant x case x repeat);
+//! - [`matrix`]: expands a suite into cells (image x RAM x variant x case x repeat), checking
+//!   each case's parameters;
+//! - [`list`]: the `list` verb: the cells a selection would run, nothing booted;
 //! - [`host`]: host tools, cache and workspace paths; missing tools name their apt package;
 //! - [`images`]: fetch and prepare kernels (Debian's Linux, GNU Mach) and initramfs archives;
 //! - [`payload`]: builds the static guest payload;
@@ -20,6 +22,7 @@ pub mod config;
 pub mod detect;
 pub mod host;
 pub mod images;
+pub mod list;
 pub mod matrix;
 pub mod payload;
 pub mod qemu;

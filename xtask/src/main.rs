@@ -1,7 +1,7 @@
 //! `cargo xtask <verb>`: kstorm's command line.
 
 use clap::{Args, Parser, Subcommand};
-use kstorm::config::RamSize;
+use kstorm::config::{RamSize, UsageError};
 use kstorm::matrix::{Profile, Selection};
 use kstorm::run::{AccelChoice, RunOptions};
 use kstorm::{bench, host};
@@ -22,6 +22,9 @@ struct Cli {
 enum Verb {
     /// Run a suite across its matrix of images, RAM sizes and kernel variants.
     Run(RunArgs),
+    /// Print the cells a selection would run, with their parameters and deadlines; boots
+    /// nothing (a bad suite or parameter is reported as `run` would, exit 2).
+    List(SelectArgs),
     /// Build the guest payload and prepare the images, without booting anything.
     Build(BuildArgs),
     /// Benchmarks (figures as ratios against a baseline measured in the same run).
@@ -38,9 +41,10 @@ enum Verb {
     Clean(CleanArgs),
 }
 
+/// Which cells: the suite and what narrows it (shared by `run` and `list`).
 #[derive(Args)]
-struct RunArgs {
-    /// Suite from suites/<name>.yaml.
+struct SelectArgs {
+    /// Suite from suites/<name>.yaml, or the path of a suite file.
     #[arg(long, default_value = "default")]
     suite: String,
     /// Run the suite's cases on these images instead of the suite's own (repeatable).
@@ -59,12 +63,32 @@ struct RunArgs {
     /// Run every cell N times (crashes are often stochastic).
     #[arg(long, default_value_t = 1)]
     repeat: u32,
-    /// Cells run at once (default: number of cores).
-    #[arg(long)]
-    jobs: Option<usize>,
     /// Parameter profile: quick (default) or deep (nightly counts).
     #[arg(long, value_enum, default_value_t = Profile::Quick)]
     profile: Profile,
+}
+
+impl SelectArgs {
+    fn selection(self) -> (String, Selection) {
+        let sel = Selection {
+            images: (!self.images.is_empty()).then_some(self.images),
+            ram: (!self.ram.is_empty()).then_some(self.ram),
+            filters: self.filters,
+            repeat: self.repeat,
+            profile: self.profile,
+            transport: self.transport,
+        };
+        (self.suite, sel)
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    select: SelectArgs,
+    /// Cells run at once (default: number of cores).
+    #[arg(long)]
+    jobs: Option<usize>,
     #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
     accel: AccelChoice,
     /// Exit 125 on infra failures, so `git bisect run` skips the commit instead of blaming it.
@@ -124,6 +148,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.verb {
         Verb::Run(a) => run(a),
+        Verb::List(a) => {
+            let (suite, sel) = a.selection();
+            match kstorm::list::list(&suite, &sel) {
+                Ok(text) => {
+                    print!("{text}");
+                    0
+                }
+                Err(e) => error_exit(&e, false),
+            }
+        }
         Verb::Build(a) => report(kstorm::run::build(&a.suite)),
         Verb::Bench(a) => match a.which {
             BenchWhich::Boot { rounds } => report(bench::boot(rounds)),
@@ -140,15 +174,9 @@ fn main() -> ExitCode {
 }
 
 fn run(a: RunArgs) -> i32 {
-    let mut opts = RunOptions::new(&a.suite);
-    opts.selection = Selection {
-        images: (!a.images.is_empty()).then_some(a.images),
-        ram: (!a.ram.is_empty()).then_some(a.ram),
-        filters: a.filters,
-        repeat: a.repeat,
-        profile: a.profile,
-        transport: a.transport,
-    };
+    let (suite, selection) = a.select.selection();
+    let mut opts = RunOptions::new(&suite);
+    opts.selection = selection;
     if let Some(j) = a.jobs {
         opts.jobs = j;
     }
@@ -158,24 +186,29 @@ fn run(a: RunArgs) -> i32 {
     }
     match kstorm::run::run(&opts) {
         Ok(outcome) => outcome.exit_code(a.bisect),
-        Err(e) => {
-            eprintln!("kstorm: error: {e:#}");
-            if a.bisect {
-                125
-            } else {
-                2
-            }
-        }
+        Err(e) => error_exit(&e, a.bisect),
+    }
+}
+
+/// Prints `e`; 2 (usage or infra error), or 125 under `--bisect` so git skips the commit.
+fn error_exit(e: &anyhow::Error, bisect: bool) -> i32 {
+    let kind = if UsageError::is_in(e) {
+        "usage error"
+    } else {
+        "error"
+    };
+    eprintln!("kstorm: {kind}: {e:#}");
+    if bisect {
+        125
+    } else {
+        2
     }
 }
 
 fn report(r: anyhow::Result<()>) -> i32 {
     match r {
         Ok(()) => 0,
-        Err(e) => {
-            eprintln!("kstorm: error: {e:#}");
-            2
-        }
+        Err(e) => error_exit(&e, false),
     }
 }
 

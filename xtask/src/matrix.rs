@@ -2,11 +2,16 @@
 //!
 //! A cell id reads `case@image-RAM-variant` (plus `.rN` for repeats), e.g.
 //! `fork-hold@linux-128M-base.r2`; it names the cell's results folder and travels in every frame.
+//!
+//! Expansion is where a suite meets the images a run chose, so it is where each case's
+//! parameters (and its `deep:` overrides) are parsed by the types the guest will use: a bad one
+//! is a [`UsageError`] before anything is built or booted.
 
 use crate::config::{
-    Case, Catalog, Deadlines, Image, RamSize, Suite, TransportKind, TransportSpec, Variant,
+    Case, Catalog, Deadlines, Image, Name, RamSize, Source, Suite, TransportKind, TransportSpec,
+    UsageError, Variant,
 };
-use anyhow::{bail, Result};
+use kstorm_payload::params::{self, ParamError, RawParams};
 
 /// Parameter profile: `quick` (the defaults, seconds under TCG) or `deep` (nightly counts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -61,56 +66,21 @@ pub struct Cell {
     pub transport: TransportSpec,
 }
 
-pub fn expand(suite: &Suite, catalog: &Catalog, sel: &Selection) -> Result<Vec<Cell>> {
-    if let Some(wanted) = &sel.images {
-        for w in wanted {
-            if !catalog.images.contains_key(w) {
-                bail!(
-                    "--image {w}: no such image in images/ (have: {})",
-                    catalog
-                        .images
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            }
-        }
-    }
+pub fn expand(suite: &Suite, catalog: &Catalog, sel: &Selection) -> Result<Vec<Cell>, UsageError> {
+    check_image_option(catalog, sel)?;
     let mut cells = Vec::new();
-    for case in &suite.cases {
-        // --image narrows to the images a case runs on; an image the suite does not name at all
-        // takes the place of the suite's images (e.g. the Linux cases on `linux-disk`), while
-        // cases pinned to their own images stay pinned.
-        let chosen: Option<Vec<crate::config::Name>> = sel.images.as_ref().map(|w| {
-            let named = w.iter().any(|x| suite_names_image(suite, x));
-            let base = case.images.as_ref().unwrap_or(&suite.images);
-            w.iter()
-                .filter(|x| {
-                    base.iter().any(|b| b.as_str() == x.as_str())
-                        || (!named && case.images.is_none())
-                })
-                .map(|n| crate::config::Name(n.clone()))
-                .collect()
-        });
-        let images = chosen
-            .as_ref()
-            .or(case.images.as_ref())
-            .unwrap_or(&suite.images);
-        // --ram replaces the suite's sizes; a case that pins its own keeps only those asked for.
-        let rams: Vec<RamSize> = match (&case.ram, &sel.ram) {
-            (Some(own), Some(asked)) => own.iter().filter(|r| asked.contains(r)).copied().collect(),
-            (Some(own), None) => own.clone(),
-            (None, Some(asked)) => asked.clone(),
-            (None, None) => suite.ram.clone(),
-        };
+    for (index, case) in suite.cases.iter().enumerate() {
+        let rams = rams_for(suite, case, sel);
         let mut params = case.params.clone();
         if sel.profile == Profile::Deep {
             params.extend(case.deep.clone());
         }
-        for image_name in images {
+        for image_name in images_for(suite, case, sel) {
             let image = &catalog.images[image_name.as_str()];
-            let transport = image.transport(sel.transport)?;
+            check_params(suite, index, image)?;
+            let transport = image
+                .transport(sel.transport)
+                .map_err(|e| UsageError::option("--transport", format!("{e:#}")))?;
             for &ram in &rams {
                 let variants = suite.variants.iter().filter(|v| {
                     case.variants
@@ -147,12 +117,109 @@ pub fn expand(suite: &Suite, catalog: &Catalog, sel: &Selection) -> Result<Vec<C
         }
     }
     if cells.is_empty() {
-        bail!(
-            "suite {} selects no cells with these options (check --image, --ram, --filter)",
-            suite.name
-        );
+        return Err(UsageError::option(
+            "--image/--ram/--filter",
+            format!("suite {} selects no cells with these options", suite.name),
+        ));
     }
     Ok(cells)
+}
+
+/// Every `--image` names an image of `images/`.
+fn check_image_option(catalog: &Catalog, sel: &Selection) -> Result<(), UsageError> {
+    let Some(unknown) = sel
+        .images
+        .iter()
+        .flatten()
+        .find(|w| !catalog.images.contains_key(*w))
+    else {
+        return Ok(());
+    };
+    let have: Vec<&str> = catalog.images.keys().map(String::as_str).collect();
+    Err(UsageError::option(
+        "--image",
+        format!(
+            "no image {unknown:?} in images/ (have: {})",
+            have.join(", ")
+        ),
+    ))
+}
+
+/// The images `case` runs on. --image narrows to the images a case runs on; an image the suite
+/// does not name at all takes the place of the suite's images (e.g. the Linux cases on
+/// `linux-disk`), while cases pinned to their own images stay pinned.
+fn images_for(suite: &Suite, case: &Case, sel: &Selection) -> Vec<Name> {
+    let own = case.images.as_ref().unwrap_or(&suite.images);
+    let Some(wanted) = &sel.images else {
+        return own.clone();
+    };
+    let named = wanted.iter().any(|x| suite_names_image(suite, x));
+    wanted
+        .iter()
+        .filter(|x| {
+            own.iter().any(|b| b.as_str() == x.as_str()) || (!named && case.images.is_none())
+        })
+        .map(|n| Name(n.clone()))
+        .collect()
+}
+
+/// The RAM sizes `case` runs with. --ram replaces the suite's sizes; a case that pins its own
+/// keeps only those asked for.
+fn rams_for(suite: &Suite, case: &Case, sel: &Selection) -> Vec<RamSize> {
+    match (&case.ram, &sel.ram) {
+        (Some(own), Some(asked)) => own.iter().filter(|r| asked.contains(r)).copied().collect(),
+        (Some(own), None) => own.clone(),
+        (None, Some(asked)) => asked.clone(),
+        (None, None) => suite.ram.clone(),
+    }
+}
+
+/// The parameters of `scenario` as the guest on `image` will read them, defaults filled in:
+/// the GNU Mach bootstrap task on a GNU Mach image, the payload everywhere else.
+pub fn resolve_params(
+    image: &Image,
+    scenario: &str,
+    params: &RawParams,
+) -> Result<serde_json::Value, ParamError> {
+    match image.source {
+        Source::DebianGnumach { .. } => params::mach::resolve(scenario, params),
+        _ => params::resolve(scenario, params),
+    }
+}
+
+/// Case `index` of `suite` on `image`: its parameters, and its parameters with the `deep:`
+/// overrides, parse. The error names the file, the line and field of the bad key, and the case.
+pub fn check_params(suite: &Suite, index: usize, image: &Image) -> Result<(), UsageError> {
+    let case = &suite.cases[index];
+    let mut deep = case.params.clone();
+    deep.extend(case.deep.clone());
+    for (given, with) in [(&case.params, "params"), (&deep, "deep")] {
+        let Err(e) = resolve_params(image, case.scenario.as_str(), given) else {
+            continue;
+        };
+        let field = match &e.field {
+            Some(f) if f == "scenario" => "scenario".to_string(),
+            Some(f) => {
+                // The key the error is about sits in `deep:` or else in `params:`.
+                let key = f.split(['.', '[']).next().unwrap_or(f);
+                let map = if with == "deep" && case.deep.contains_key(key) {
+                    "deep"
+                } else {
+                    "params"
+                };
+                format!("{map}.{f}")
+            }
+            None => with.to_string(),
+        };
+        return Err(suite.origin.error(
+            format!("cases[{index}].{field}"),
+            format!(
+                "case {}, scenario {} on image {}: {}",
+                case.name, case.scenario, image.name, e.message
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// True when any case of the suite runs on `image` by default.

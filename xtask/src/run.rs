@@ -86,12 +86,13 @@ impl RunOutcome {
     }
 }
 
-/// Runs a suite end to end.
+/// Runs a suite end to end. The suite and the selection are checked (parameters included)
+/// before anything is built or booted: a [`crate::config::UsageError`] starts nothing.
 pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
     let catalog = Catalog::load(&host::workspace_root())?;
-    let suite = catalog.suite(&opts.suite)?;
-    let cells = matrix::expand(suite, &catalog, &opts.selection)?;
-    run_cells(&opts.suite, cells, opts)
+    let suite = catalog.resolve_suite(&opts.suite)?;
+    let cells = matrix::expand(&suite, &catalog, &opts.selection)?;
+    run_cells(suite.name.as_str(), cells, opts)
 }
 
 /// Runs given cells (the suite name labels the results).
@@ -386,7 +387,7 @@ deadlines: {boot: 10s, cell: 20s, heartbeat: 10s}
 cases:
   - {name: probe, scenario: smoke, expect: pass}
 "#;
-    let suite: crate::config::Suite = serde_yaml::from_str(yaml)?;
+    let suite: crate::config::Suite = serde_saphyr::from_str(yaml)?;
     let image = crate::config::load_image(&host::workspace_root().join("images/linux.yaml"))?;
     let case = suite.cases[0].clone();
     Ok(Cell {

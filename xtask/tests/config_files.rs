@@ -154,7 +154,7 @@ fn matrix_crosses_cases_ram_variants_repeats_and_profiles() {
     assert!(matrix::expand(suite, &catalog, &sel)
         .unwrap_err()
         .to_string()
-        .contains("--image ghost"));
+        .contains("--image: no image \"ghost\""));
 }
 
 #[test]
@@ -203,4 +203,196 @@ fn image_option_narrows_or_substitutes() {
     assert_eq!(ids(&["img"]), ["a@img-128M-base"]);
     // Not named: it takes the suite's images' place; pinned cases stay pinned (and drop out).
     assert_eq!(ids(&["img2"]), ["a@img2-128M-base"]);
+}
+
+mod common;
+
+/// Runs the `cargo xtask` binary with nothing on PATH (no QEMU, no cargo, no apt-get), a
+/// cache and results folder of its own under `dir`: (exit code, stdout, stderr).
+fn xtask(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let empty_path = dir.join("empty-path");
+    std::fs::create_dir_all(&empty_path).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .env("PATH", &empty_path)
+        .env("KSTORM_CACHE", dir.join("cache"))
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+#[test]
+fn list_prints_every_cell_of_every_repository_suite() {
+    let catalog = Catalog::load(&kstorm::host::workspace_root()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, suite) in &catalog.suites {
+        let (code, out, err) = xtask(dir.path(), &["list", "--suite", name]);
+        assert_eq!(code, 0, "{name}: {err}");
+        let cells = matrix::expand(suite, &catalog, &Selection::default()).unwrap();
+        assert!(
+            out.starts_with(&format!("suite {name}: {} cells", cells.len())),
+            "{out}"
+        );
+        for cell in &cells {
+            assert!(out.contains(&format!("{}\n    scenario {}", cell.id, cell.case.scenario)));
+        }
+        assert_eq!(out.matches("\n    deadlines: boot ").count(), cells.len());
+    }
+    // Parameters come with the payload's defaults filled in; --profile deep applies `deep:`.
+    let one_cell = |profile: &str| {
+        let filter = "fork-hold-exhaust@linux-256M-base";
+        let args = [
+            "list",
+            "--suite",
+            "hurd-zone",
+            "--filter",
+            filter,
+            "--profile",
+            profile,
+        ];
+        xtask(dir.path(), &args)
+    };
+    let (code, out, _) = one_cell("quick");
+    assert_eq!(code, 0);
+    assert!(out.contains("\"leak_settle_ms\":1000"), "{out}");
+    let (_, deep, _) = one_cell("deep");
+    assert_ne!(out, deep);
+    assert!(deep.contains("profile deep"), "{deep}");
+}
+
+/// A suite file with one mistake, the line and field it must be reported at, and a piece of
+/// the message.
+struct Bad {
+    name: &'static str,
+    cases: &'static str,
+    line: u32,
+    field: &'static str,
+    says: &'static str,
+}
+
+const BAD_SUITES: &[Bad] = &[
+    Bad {
+        name: "param-typo",
+        cases: "  - name: fh\n    scenario: fork-hold\n    params: {childrn: 5}\n    expect: pass\n",
+        line: 8,
+        field: "cases[0].params.childrn",
+        says: "case fh, scenario fork-hold on image linux: unknown field `childrn`",
+    },
+    Bad {
+        name: "param-type",
+        cases: "  - name: fh\n    scenario: fork-hold\n    params:\n      hold_ms: 10\n      children: many\n    expect: pass\n",
+        line: 10,
+        field: "cases[0].params.children",
+        says: "invalid type: string \"many\"",
+    },
+    Bad {
+        name: "bad-deep",
+        cases: "  - name: fh\n    scenario: fork-hold\n    params: {children: 5}\n    deep:\n      children: 500\n      fd_kind: tty\n    expect: pass\n",
+        line: 11,
+        field: "cases[0].deep.fd_kind",
+        says: "unknown variant `tty`",
+    },
+    Bad {
+        name: "bad-ram",
+        cases: "  - name: a\n    scenario: smoke\n    expect: pass\n    ram: [128M, 12X]\n",
+        line: 9,
+        field: "cases[0].ram[1]",
+        says: "invalid RAM size \"12X\"",
+    },
+    Bad {
+        name: "unknown-image",
+        cases: "  - name: a\n    scenario: smoke\n    expect: pass\n    images:\n      - linux\n      - linucks\n",
+        line: 11,
+        field: "cases[0].images[1]",
+        says: "unknown image \"linucks\"",
+    },
+    Bad {
+        name: "bad-syntax",
+        cases: "  - name: a\n    scenario: smoke\n    expect: [pass\n    ram: [128M]\n",
+        line: 9,
+        field: "",
+        says: "",
+    },
+    Bad {
+        name: "mach-param",
+        cases: "  - name: m\n    scenario: task-churn\n    images: [gnumach]\n    params: {limit: 100, colour: 3}\n    expect: pass\n",
+        line: 9,
+        field: "cases[0].params.colour",
+        says: "scenario task-churn on image gnumach: unknown field `colour`",
+    },
+    Bad {
+        name: "mach-scenario",
+        cases: "  - name: m\n    images: [gnumach]\n    scenario: fork-hold\n    expect: pass\n",
+        line: 8,
+        field: "cases[0].scenario",
+        says: "unknown scenario \"fork-hold\"",
+    },
+];
+
+#[test]
+fn bad_suites_are_usage_errors_naming_file_line_and_field_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in BAD_SUITES {
+        let path = dir.path().join(format!("{}.yaml", bad.name));
+        let text = format!(
+            "name: {}\ndescription: one mistake\nimages: [linux]\nram: [128M]\ncases:\n{}",
+            bad.name, bad.cases
+        );
+        std::fs::write(&path, text).unwrap();
+        let suite = path.to_str().unwrap();
+        let results = dir.path().join("results");
+        let results_arg = results.to_str().unwrap();
+        for args in [
+            vec!["list", "--suite", suite],
+            vec![
+                "run",
+                "--suite",
+                suite,
+                "--jobs",
+                "1",
+                "--results",
+                results_arg,
+            ],
+        ] {
+            let (code, out, err) = xtask(dir.path(), &args);
+            let want = format!("{suite}: line {}: {}", bad.line, bad.field);
+            assert_eq!(code, 2, "{}: {args:?}: {err}", bad.name);
+            assert!(err.contains("kstorm: usage error: "), "{}: {err}", bad.name);
+            assert!(err.contains(&want), "{}: want {want:?} in {err}", bad.name);
+            assert!(err.contains(bad.says), "{}: {err}", bad.name);
+            assert!(out.is_empty(), "{}: {out}", bad.name);
+        }
+        // `run` stopped before its results folder, the payload build and any QEMU.
+        assert!(!results.exists(), "{}: run started", bad.name);
+        assert!(!dir.path().join("cache").exists(), "{}", bad.name);
+        common::assert_no_qemu_mentioning(dir.path());
+    }
+}
+
+#[test]
+fn bad_selections_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, says) in [
+        (vec!["--suite", "nosuch"], "--suite: no suite \"nosuch\""),
+        (vec!["--image", "nosuch"], "--image: no image \"nosuch\""),
+        (vec!["--filter", "nothing-has-this"], "selects no cells"),
+        (
+            vec!["--suite", "transport", "--transport", "pid1"],
+            "--transport: image linux-disk offers no pid1 transport",
+        ),
+    ] {
+        for verb in ["list", "run"] {
+            let mut argv = vec![verb];
+            argv.extend(&args);
+            let (code, _, err) = xtask(dir.path(), &argv);
+            assert_eq!(code, 2, "{argv:?}: {err}");
+            assert!(err.contains(says), "{argv:?}: {err}");
+        }
+    }
+    assert!(!dir.path().join("cache").exists());
 }

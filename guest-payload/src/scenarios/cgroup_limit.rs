@@ -6,44 +6,10 @@ use super::hog::{hog, HogEnd};
 use super::{deadline, Ctx, Report, RunError};
 use crate::progress::SharedCounters;
 use crate::sys;
-use serde::Deserialize;
+use kstorm_payload::params::CgroupLimit as Params;
 use std::os::fd::AsRawFd;
 
 const ROOT: &str = "/sys/fs/cgroup";
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Params {
-    /// memory.max of the group.
-    #[serde(default = "d_max")]
-    pub max_mib: u64,
-    /// The hog stops here if nothing killed it (count limit).
-    #[serde(default = "d_cap")]
-    pub cap_mib: u64,
-    #[serde(default = "d_step")]
-    pub step_mib: u64,
-    /// Memory the bystander outside the group holds.
-    #[serde(default = "d_bystander")]
-    pub bystander_mib: u64,
-    #[serde(default = "d_deadline")]
-    pub deadline_s: f64,
-}
-
-fn d_max() -> u64 {
-    16
-}
-fn d_cap() -> u64 {
-    256
-}
-fn d_step() -> u64 {
-    1
-}
-fn d_bystander() -> u64 {
-    8
-}
-fn d_deadline() -> f64 {
-    60.0
-}
 
 fn memory_events(group: &str) -> std::collections::BTreeMap<String, u64> {
     sys::read_file(&format!("{group}/memory.events"))

@@ -7,51 +7,9 @@
 
 use super::{deadline, Ctx, Report, RunError};
 use crate::sys;
-use serde::Deserialize;
+use kstorm_payload::params::{Copies as Params, CopyMode as Mode};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, RawFd};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// 1a: one process forks the copies.
-    Fork,
-    /// 1b: a master execs the program for each copy.
-    Exec,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Params {
-    #[serde(default = "d_counts")]
-    pub counts: Vec<u32>,
-    #[serde(default = "d_modes")]
-    pub modes: Vec<Mode>,
-    /// Memory each copy allocates and writes after it starts.
-    #[serde(default = "d_touch")]
-    pub touch_kib: u64,
-    /// Probe runs per N.
-    #[serde(default = "d_probes")]
-    pub probe_rounds: u32,
-    #[serde(default = "d_deadline")]
-    pub deadline_s: f64,
-}
-
-fn d_counts() -> Vec<u32> {
-    vec![1, 10, 50]
-}
-fn d_modes() -> Vec<Mode> {
-    vec![Mode::Fork, Mode::Exec]
-}
-fn d_touch() -> u64 {
-    256
-}
-fn d_probes() -> u32 {
-    20
-}
-fn d_deadline() -> f64 {
-    60.0
-}
 
 /// The copy's life after it started: allocate and write, say ready, wait for release.
 fn copy_body(touch_kib: u64, ready_w: RawFd, release_r: RawFd) -> i32 {

@@ -3,11 +3,7 @@
 
 use super::{deadline, Ctx, Report, RunError};
 use crate::sys;
-use serde::Deserialize;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PanicParams {}
+use kstorm_payload::params::{Hang as HangParams, Panic as PanicParams};
 
 /// Writes `c` to /proc/sysrq-trigger: the kernel crashes ("sysrq triggered crash"). Linux.
 pub fn run_panic(_: PanicParams, ctx: &Ctx) -> Result<Report, RunError> {
@@ -18,18 +14,6 @@ pub fn run_panic(_: PanicParams, ctx: &Ctx) -> Result<Report, RunError> {
         .map_err(|e| format!("writing /proc/sysrq-trigger: {e}"))?;
     sys::sleep_secs(10.0);
     Err("wrote c to /proc/sysrq-trigger but the kernel did not crash".into())
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HangParams {
-    /// Guest-side bound: far beyond any harness deadline.
-    #[serde(default = "d_hang")]
-    pub deadline_s: f64,
-}
-
-fn d_hang() -> f64 {
-    600.0
 }
 
 /// Stops the heartbeat and blocks until its own deadline.

@@ -2,51 +2,10 @@
 //! while ("closing ports very quickly" stressed Mach; slow closing did not).
 
 use super::holders::open_fds;
-use super::leakcheck::{self, LeakCheck, LeakParams};
-use super::{deadline, Ctx, FdKind, Report, RunError};
+use super::leakcheck::{LeakCheck, LeakParams};
+use super::{deadline, Ctx, Report, RunError};
 use crate::sys;
-use serde::Deserialize;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Params {
-    #[serde(default = "d_procs")]
-    pub procs: u32,
-    /// How long the churn runs (it also stops at `max_ops` per process).
-    #[serde(default = "d_duration")]
-    pub duration_s: f64,
-    #[serde(default = "d_max_ops")]
-    pub max_ops: u64,
-    /// Descriptors opened before closing them all again.
-    #[serde(default = "d_batch")]
-    pub batch: u32,
-    #[serde(default)]
-    pub fd_kind: FdKind,
-    #[serde(default = "d_deadline")]
-    pub deadline_s: f64,
-    /// Leak check: wait for deferred frees before the "after" sample.
-    #[serde(default = "leakcheck::default_settle_ms")]
-    pub leak_settle_ms: u64,
-    /// Leak check: growth below this is noise.
-    #[serde(default = "leakcheck::default_min_kib")]
-    pub leak_min_kib: u64,
-}
-
-fn d_procs() -> u32 {
-    2
-}
-fn d_duration() -> f64 {
-    3.0
-}
-fn d_max_ops() -> u64 {
-    10_000_000
-}
-fn d_batch() -> u32 {
-    64
-}
-fn d_deadline() -> f64 {
-    30.0
-}
+use kstorm_payload::params::FdChurn as Params;
 
 pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
     let dl = deadline(ctx, p.deadline_s);

@@ -3,46 +3,10 @@
 //! kernel limit is the finding, not a failure.
 
 use super::holders::Holders;
-use super::leakcheck::{self, LeakCheck, LeakParams};
-use super::{deadline, Ctx, FdKind, Report, RunError};
+use super::leakcheck::{LeakCheck, LeakParams};
+use super::{deadline, Ctx, Report, RunError};
 use crate::sys;
-use serde::Deserialize;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Params {
-    #[serde(default = "d_children")]
-    pub children: u32,
-    /// Descriptors each child opens (`fds_per_child` is accepted as another name).
-    #[serde(default = "d_fds", alias = "fds_per_child")]
-    pub fds: u32,
-    #[serde(default)]
-    pub fd_kind: FdKind,
-    /// How long the children hold everything once all are up.
-    #[serde(default = "d_hold_ms")]
-    pub hold_ms: u64,
-    #[serde(default = "d_deadline")]
-    pub deadline_s: f64,
-    /// Leak check: wait for deferred frees before the "after" sample.
-    #[serde(default = "leakcheck::default_settle_ms")]
-    pub leak_settle_ms: u64,
-    /// Leak check: growth below this is noise.
-    #[serde(default = "leakcheck::default_min_kib")]
-    pub leak_min_kib: u64,
-}
-
-fn d_children() -> u32 {
-    64
-}
-fn d_fds() -> u32 {
-    16
-}
-fn d_hold_ms() -> u64 {
-    500
-}
-fn d_deadline() -> f64 {
-    30.0
-}
+use kstorm_payload::params::ForkHold as Params;
 
 pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
     let dl = deadline(ctx, p.deadline_s);

@@ -17,13 +17,6 @@ pub struct LeakParams {
     pub min_kib: u64,
 }
 
-pub fn default_settle_ms() -> u64 {
-    1000
-}
-pub fn default_min_kib() -> u64 {
-    256
-}
-
 /// Meminfo fields that are kernel memory and are checked like slab caches.
 const MEMINFO_FIELDS: &[&str] = &[
     "Slab",

@@ -5,44 +5,7 @@
 
 use super::{deadline, Ctx, Report, RunError};
 use crate::sys;
-use serde::Deserialize;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Params {
-    #[serde(default = "d_idle")]
-    pub idle_s: f64,
-    /// Total allocated by the ramp.
-    #[serde(default = "d_ramp")]
-    pub ramp_mib: u64,
-    #[serde(default = "d_step")]
-    pub step_mib: u64,
-    #[serde(default = "d_hold")]
-    pub hold_s: f64,
-    #[serde(default = "d_interval")]
-    pub interval_ms: u64,
-    #[serde(default = "d_deadline")]
-    pub deadline_s: f64,
-}
-
-fn d_idle() -> f64 {
-    1.0
-}
-fn d_ramp() -> u64 {
-    16
-}
-fn d_step() -> u64 {
-    2
-}
-fn d_hold() -> f64 {
-    0.5
-}
-fn d_interval() -> u64 {
-    100
-}
-fn d_deadline() -> f64 {
-    60.0
-}
+use kstorm_payload::params::MemProfile as Params;
 
 const FIELDS: &[(&str, &str)] = &[
     ("MemAvailable", "mem_available"),

@@ -6,41 +6,8 @@
 
 use super::{deadline, Ctx, Report, RunError};
 use crate::sys;
-use serde::Deserialize;
+use kstorm_payload::params::MmapGroup as Params;
 use std::os::fd::{AsRawFd, RawFd};
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Params {
-    #[serde(default = "d_counts")]
-    pub counts: Vec<u32>,
-    #[serde(default = "d_file_kib")]
-    pub file_kib: u64,
-    /// Measurements of each kind per N.
-    #[serde(default = "d_samples")]
-    pub samples: u32,
-    /// Directory for the shared file (tmpfs in the guest).
-    #[serde(default = "d_dir")]
-    pub dir: String,
-    #[serde(default = "d_deadline")]
-    pub deadline_s: f64,
-}
-
-fn d_counts() -> Vec<u32> {
-    vec![1, 10, 50]
-}
-fn d_file_kib() -> u64 {
-    256
-}
-fn d_samples() -> u32 {
-    20
-}
-fn d_dir() -> String {
-    "/tmp".into()
-}
-fn d_deadline() -> f64 {
-    60.0
-}
 
 /// A shared mapping of the whole file, unmapped on drop.
 struct FileMap {

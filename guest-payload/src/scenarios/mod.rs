@@ -3,12 +3,13 @@
 //! A scenario is a function from typed parameters and a [`Ctx`] (progress counter, whether we
 //! run inside a disposable guest) to a [`Report`] of measurements. It never writes frames: the
 //! runner turns reports into result lines in one place. Each scenario's parameters are a serde
-//! struct with `deny_unknown_fields` and defaults small enough to finish in seconds under TCG;
+//! struct of the library (`kstorm_payload::params`, which the harness checks suites with);
 //! each loop is bounded by a count and by the scenario's deadline.
 
 use crate::progress::Progress;
 use crate::sys;
 use kstorm_payload::frame::{Measurement, Series};
+use kstorm_payload::params::{self, Check};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -104,7 +105,6 @@ pub struct Scenario {
     /// settings): only runs as PID 1 of a guest.
     pub guest_only: bool,
     run: RunFn,
-    check: fn(&serde_json::Map<String, serde_json::Value>) -> Result<(), RunError>,
 }
 
 macro_rules! scenario {
@@ -113,7 +113,6 @@ macro_rules! scenario {
             name: $name,
             guest_only: $guest_only,
             run: |params, ctx| $module::run(parse_params(params)?, ctx),
-            check: |params| parse_params::<$module::Params>(params).map(|_| ()),
         }
     };
 }
@@ -132,13 +131,11 @@ pub const ALL: &[Scenario] = &[
         name: "hang",
         guest_only: false,
         run: |p, c| crash::run_hang(parse_params(p)?, c),
-        check: |p| parse_params::<crash::HangParams>(p).map(|_| ()),
     },
     Scenario {
         name: "panic",
         guest_only: true,
         run: |p, c| crash::run_panic(parse_params(p)?, c),
-        check: |p| parse_params::<crash::PanicParams>(p).map(|_| ()),
     },
     scenario!("oom", true, oom),
     scenario!("tmpfs-fill", true, tmpfs_fill),
@@ -156,7 +153,9 @@ impl Scenario {
         &self,
         params: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), RunError> {
-        (self.check)(params)
+        params::resolve(self.name, params)
+            .map(|_| ())
+            .map_err(|e| format!("invalid params: {e}"))
     }
 
     /// Runs the scenario in the calling process (the runner calls this in a forked child).
@@ -176,11 +175,10 @@ impl Scenario {
 }
 
 /// Parses a scenario's parameters; an unknown or mistyped parameter is an error naming it.
-pub fn parse_params<P: DeserializeOwned>(
+pub fn parse_params<P: DeserializeOwned + Check>(
     params: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<P, RunError> {
-    serde_json::from_value(serde_json::Value::Object(params.clone()))
-        .map_err(|e| format!("invalid params: {e}"))
+    params::parse(params).map_err(|e| format!("invalid params: {e}"))
 }
 
 /// The scenario's deadline, published to the supervisor.
@@ -190,15 +188,7 @@ pub fn deadline(ctx: &Ctx, secs: f64) -> sys::Deadline {
     d
 }
 
-/// The kind of file descriptor a holder opens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum FdKind {
-    #[default]
-    Devnull,
-    Pipe,
-    Socket,
-}
+pub use kstorm_payload::params::FdKind;
 
 #[cfg(test)]
 mod tests {
@@ -213,6 +203,7 @@ mod tests {
     fn three() -> u32 {
         3
     }
+    impl Check for P {}
 
     #[test]
     fn params_default_and_unknown_is_named() {
@@ -230,6 +221,19 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), ALL.len());
+    }
+
+    /// The library's table (what the harness checks suites against) is this table.
+    #[test]
+    fn the_library_knows_every_scenario() {
+        let mut ours: Vec<&str> = ALL.iter().map(|s| s.name).collect();
+        let mut library = params::NAMES.to_vec();
+        ours.sort();
+        library.sort();
+        assert_eq!(ours, library);
+        for s in ALL {
+            s.check(&serde_json::Map::new()).unwrap();
+        }
     }
 
     #[test]

@@ -8,35 +8,7 @@ use super::hog::{hog, HogEnd};
 use super::{deadline, Ctx, Report, RunError};
 use crate::progress::SharedCounters;
 use crate::sys;
-use serde::Deserialize;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Params {
-    /// One hog per entry, with that oom_score_adj.
-    #[serde(default = "d_adjs")]
-    pub adjs: Vec<i32>,
-    #[serde(default = "d_step")]
-    pub step_mib: u64,
-    /// Each hog stops at this size if nothing killed it (count limit).
-    #[serde(default = "d_cap")]
-    pub cap_mib: u64,
-    #[serde(default = "d_deadline")]
-    pub deadline_s: f64,
-}
-
-fn d_adjs() -> Vec<i32> {
-    vec![100, 500, 900]
-}
-fn d_step() -> u64 {
-    1
-}
-fn d_cap() -> u64 {
-    8192
-}
-fn d_deadline() -> f64 {
-    60.0
-}
+use kstorm_payload::params::Oom as Params;
 
 /// `some ... total=<us>` of `/proc/pressure/memory` (Linux PSI), stall microseconds so far.
 fn linux_psi_some_total() -> Option<u64> {
@@ -48,9 +20,6 @@ fn linux_psi_some_total() -> Option<u64> {
 }
 
 pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
-    if p.adjs.is_empty() {
-        return Err("invalid params: adjs is empty".into());
-    }
     let dl = deadline(ctx, p.deadline_s);
     let mut r = Report::default();
     sys::linux_set_oom_score_adj(-1000).map_err(|e| format!("protecting the coordinator: {e}"))?;

@@ -7,37 +7,10 @@ use super::hog::{hog, HogEnd};
 use super::{deadline, Ctx, Report, RunError};
 use crate::progress::SharedCounters;
 use crate::sys;
-use serde::Deserialize;
+use kstorm_payload::params::Overcommit as Params;
 use std::os::fd::AsRawFd;
 
 const SYSCTL: &str = "/proc/sys/vm/overcommit_memory";
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Params {
-    #[serde(default = "d_modes")]
-    pub modes: Vec<u8>,
-    /// Allocation stops here at the latest, as a share of MemTotal + SwapTotal (count limit).
-    #[serde(default = "d_cap_pct")]
-    pub cap_pct: u64,
-    #[serde(default = "d_step")]
-    pub step_mib: u64,
-    #[serde(default = "d_deadline")]
-    pub deadline_s: f64,
-}
-
-fn d_modes() -> Vec<u8> {
-    vec![0, 1, 2]
-}
-fn d_cap_pct() -> u64 {
-    200
-}
-fn d_step() -> u64 {
-    4
-}
-fn d_deadline() -> f64 {
-    90.0
-}
 
 /// Runs one allocation test in a hog child; returns (MiB reached, how it ended).
 fn attempt(
@@ -104,9 +77,6 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
     r.num("ram_plus_swap", ram_mib as f64, "MiB");
     let result = (|| -> Result<(), RunError> {
         for &mode in &p.modes {
-            if mode > 2 {
-                return Err(format!("invalid params: modes: {mode} is not 0, 1 or 2"));
-            }
             sys::write_file(SYSCTL, &mode.to_string())
                 .map_err(|e| format!("setting {SYSCTL} to {mode}: {e}"))?;
             let m = format!("mode{mode}");

@@ -4,40 +4,8 @@
 
 use super::{deadline, Ctx, Report, RunError};
 use crate::sys;
-use serde::Deserialize;
+use kstorm_payload::params::Rlimits as Params;
 use std::os::fd::AsRawFd;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Params {
-    #[serde(default = "d_nofile")]
-    pub nofile: u64,
-    #[serde(default = "d_nproc")]
-    pub nproc: u64,
-    #[serde(default = "d_as")]
-    pub as_mib: u64,
-    /// RLIMIT_NPROC does not bind root: the child switches to this uid first.
-    #[serde(default = "d_uid")]
-    pub nproc_uid: u32,
-    #[serde(default = "d_deadline")]
-    pub deadline_s: f64,
-}
-
-fn d_nofile() -> u64 {
-    32
-}
-fn d_nproc() -> u64 {
-    8
-}
-fn d_as() -> u64 {
-    64
-}
-fn d_uid() -> u32 {
-    65534
-}
-fn d_deadline() -> f64 {
-    20.0
-}
 
 /// Runs `f` in a child, which sends back (count, errno); kills it at the deadline.
 fn in_child(dl: &sys::Deadline, f: impl FnOnce(i32) -> (u64, i32)) -> Result<(u64, i32), String> {

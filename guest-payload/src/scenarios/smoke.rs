@@ -2,11 +2,7 @@
 
 use super::{Ctx, Report, RunError};
 use crate::sys;
-use serde::Deserialize;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Params {}
+use kstorm_payload::params::Smoke as Params;
 
 pub fn run(_: Params, ctx: &Ctx) -> Result<Report, RunError> {
     let mut r = Report::default();

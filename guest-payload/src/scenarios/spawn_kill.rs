@@ -4,47 +4,10 @@
 //! still forks and opens files as before (it recovered), and look for caches that grew.
 
 use super::holders::{open_fds, Holders};
-use super::leakcheck::{self, LeakCheck, LeakParams};
-use super::{deadline, Ctx, FdKind, Report, RunError};
+use super::leakcheck::{LeakCheck, LeakParams};
+use super::{deadline, Ctx, Report, RunError};
 use crate::sys;
-use serde::Deserialize;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Params {
-    #[serde(default = "d_cycles")]
-    pub cycles: u32,
-    #[serde(default = "d_batch")]
-    pub batch: u32,
-    #[serde(default = "d_fds")]
-    pub fds: u32,
-    #[serde(default)]
-    pub fd_kind: FdKind,
-    /// Pause between two kills of a batch; 0 kills the batch as fast as possible.
-    #[serde(default)]
-    pub kill_interval_ms: u64,
-    #[serde(default = "d_deadline")]
-    pub deadline_s: f64,
-    /// Leak check: wait for deferred frees before the "after" sample.
-    #[serde(default = "leakcheck::default_settle_ms")]
-    pub leak_settle_ms: u64,
-    /// Leak check: growth below this is noise.
-    #[serde(default = "leakcheck::default_min_kib")]
-    pub leak_min_kib: u64,
-}
-
-fn d_cycles() -> u32 {
-    10
-}
-fn d_batch() -> u32 {
-    8
-}
-fn d_fds() -> u32 {
-    64
-}
-fn d_deadline() -> f64 {
-    30.0
-}
+use kstorm_payload::params::SpawnKill as Params;
 
 pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
     let dl = deadline(ctx, p.deadline_s);

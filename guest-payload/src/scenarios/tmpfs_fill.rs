@@ -5,64 +5,9 @@
 
 use super::{deadline, Ctx, Report, RunError};
 use crate::sys;
-use serde::Deserialize;
+use kstorm_payload::params::{TmpfsFill as Params, TmpfsPhase as Phase};
 use std::io::Write;
 use std::os::fd::AsRawFd;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Phase {
-    Limited,
-    Unlimited,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Params {
-    #[serde(default = "d_phases")]
-    pub phases: Vec<Phase>,
-    /// Size of the limited tmpfs.
-    #[serde(default = "d_limit")]
-    pub limit_mib: u64,
-    /// The unlimited writer stops here at the latest, as a share of MemTotal (count limit).
-    #[serde(default = "d_cap_pct")]
-    pub cap_pct: u64,
-    /// Each file written is this big.
-    #[serde(default = "d_file")]
-    pub file_mib: u64,
-    /// Processes with a lower adj than the writer, that the OOM killer takes after it
-    /// (unlimited phase): how many kills happen before memory comes back.
-    #[serde(default = "d_spares")]
-    pub spares: u32,
-    #[serde(default = "d_dir")]
-    pub dir: String,
-    #[serde(default = "d_deadline")]
-    pub deadline_s: f64,
-}
-
-/// The unlimited phase is opt-in: on a guest without swap it ends in the kernel's "System
-/// is deadlocked on memory" panic (tmpfs pages belong to no process, so no kill frees them).
-fn d_phases() -> Vec<Phase> {
-    vec![Phase::Limited]
-}
-fn d_limit() -> u64 {
-    16
-}
-fn d_cap_pct() -> u64 {
-    150
-}
-fn d_file() -> u64 {
-    4
-}
-fn d_spares() -> u32 {
-    2
-}
-fn d_dir() -> String {
-    "/tmp/kstorm-tmpfs".into()
-}
-fn d_deadline() -> f64 {
-    60.0
-}
 
 pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
     let dl = deadline(ctx, p.deadline_s);

@@ -233,7 +233,7 @@ impl Signatures {
 
     /// Parses and validates one signature file; `name` is used in error messages.
     pub fn parse(name: &str, text: &str) -> Result<Signatures> {
-        let raw: RawFile = serde_yaml::from_str(text).map_err(|e| match e.location() {
+        let raw: RawFile = serde_saphyr::from_str(text).map_err(|e| match e.location() {
             Some(loc) => anyhow!("{name}:{}:{}: {e}", loc.line(), loc.column()),
             None => anyhow!("{name}: {e}"),
         })?;
@@ -244,7 +244,7 @@ impl Signatures {
             }
             Some(os) => {
                 let (pname, ptext) = builtin_text(os);
-                let parent: RawFile = serde_yaml::from_str(ptext)
+                let parent: RawFile = serde_saphyr::from_str(ptext)
                     .map_err(|e| anyhow!("{pname} (inherited by {name}): {e}"))?;
                 if parent.inherit.is_some() {
                     bail!(

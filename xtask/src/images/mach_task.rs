@@ -84,12 +84,14 @@ pub fn build_bootstrap(out_dir: &Path) -> Result<PathBuf> {
 pub struct MachScenario {
     pub name: String,
     /// Parameters as the suite gives them; the task takes non-negative integers (and booleans,
-    /// passed as 0/1).
+    /// passed as 0/1). Which names each scenario reads is `kstorm_payload::params::mach`,
+    /// checked when a suite is expanded.
     pub params: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The module command line for a cell: the task's name, the kernel's port substitutions, the
-/// cell and its scenarios, and GNU Mach's task-creation words.
+/// cell and its scenarios, and GNU Mach's task-creation words. It checks only what the line
+/// can carry (a scenario or parameter the task does not know is its own to report).
 pub fn module_args(cell: &str, hb_ms: u32, scenarios: &[MachScenario]) -> Result<Vec<String>> {
     // Printable ASCII without quotes: GRUB passes it through and the task echoes it in JSON.
     let word_ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() && c != '\'');
@@ -131,23 +133,10 @@ pub fn module_args(cell: &str, hb_ms: u32, scenarios: &[MachScenario]) -> Result
             {
                 bail!("cell {cell}: scenario {}: parameter name {key:?} must be lower-case letters, digits, '_'", s.name);
             }
-            let n = match value {
-                serde_json::Value::Bool(b) => u64::from(*b),
-                serde_json::Value::Number(n) => n.as_u64().with_context(|| {
-                    format!("cell {cell}: scenario {}: parameter {key}: {n} is not a non-negative integer", s.name)
-                })?,
-                other => bail!(
-                    "cell {cell}: scenario {}: parameter {key}: {other} is not a number (the Mach task takes integers)",
-                    s.name
-                ),
-            };
-            if n > u64::from(u32::MAX) {
-                bail!(
-                    "cell {cell}: scenario {}: parameter {key}: {n} does not fit 32 bits",
-                    s.name
-                );
-            }
-            args.push(format!("{key}={n}"));
+            let n = kstorm_payload::params::mach::word(value).map_err(|e| {
+                anyhow::anyhow!("cell {cell}: scenario {}: parameter {key}: {e}", s.name)
+            })?;
+            args.push(format!("{key}={}", n.0));
         }
     }
     args.push("$(task-create)".into());
@@ -345,15 +334,11 @@ mod suite_tests {
             })
             .collect();
         assert!(mach_cases.len() >= 10, "the Mach cases of hurd-zone");
-        let known = [
-            "task-hoard",
-            "task-churn",
-            "port-hoard",
-            "port-churn",
-            "no-senders-flood",
-            "spawn-kill",
-        ];
+        let known = kstorm_payload::params::mach::NAMES;
         let source = std::fs::read_to_string(source_dir().join("scenarios.c")).unwrap();
+        // The host's table of the task's scenarios is the task's own.
+        let in_c = source.matches("\n    {\"").count();
+        assert_eq!(in_c, known.len(), "scenarios.c and params::mach::NAMES");
         for case in mach_cases {
             assert!(known.contains(&case.scenario.as_str()), "{}", case.scenario);
             assert!(
