@@ -79,19 +79,7 @@ pub fn boot(rounds: usize) -> Result<()> {
     let cell = smoke_cell(&b.image)?;
     let out = tempfile::tempdir()?;
 
-    let bare_once = || -> Result<f64> {
-        let t = Instant::now();
-        let st = std::process::Command::new(crate::qemu::QEMU)
-            .args(&argv)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()?;
-        if !st.success() {
-            bail!("bare QEMU exited with {st}");
-        }
-        Ok(t.elapsed().as_secs_f64())
-    };
+    let bare_once = || time_quiet(crate::qemu::QEMU.as_ref(), &argv);
     let kstorm_once = |i: usize| -> Result<f64> {
         let t = Instant::now();
         let dir = out.path().join(format!("cell{i}"));
@@ -108,30 +96,19 @@ pub fn boot(rounds: usize) -> Result<()> {
     // The whole process a user runs: `cargo xtask run` on one smoke cell, from exec to exit
     // (suite loading, kernel resolution, payload and initramfs from the cache, the cell, the
     // results), against the same bare QEMU.
-    let runs = out.path().join("runs");
-    let process_once = || -> Result<f64> {
-        let t = Instant::now();
-        let st = std::process::Command::new(std::env::current_exe()?)
-            .args([
-                "run",
-                "--suite",
-                "default",
-                "--filter",
-                "smoke@linux-256M",
-                "--jobs",
-                "1",
-            ])
-            .arg("--results")
-            .arg(&runs)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()?;
-        if !st.success() {
-            bail!("cargo xtask run --filter smoke@linux-256M exited with {st}");
-        }
-        Ok(t.elapsed().as_secs_f64())
-    };
+    let mut run_args = host::args([
+        "run",
+        "--suite",
+        "default",
+        "--filter",
+        "smoke@linux-256M",
+        "--jobs",
+        "1",
+        "--results",
+    ]);
+    run_args.push(out.path().join("runs").into());
+    let exe = std::env::current_exe()?;
+    let process_once = || time_quiet(exe.as_os_str(), &run_args);
     // Warm the page cache and the initramfs cache first.
     bare_once()?;
     kstorm_once(0)?;
@@ -421,6 +398,22 @@ cases:
         100.0 * busy_total / wall_total
     );
     Ok(())
+}
+
+/// Runs `program` with no input or output and times it from spawn to exit; it must succeed.
+fn time_quiet(program: &std::ffi::OsStr, args: &[std::ffi::OsString]) -> Result<f64> {
+    let t = Instant::now();
+    let st = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .with_context(|| format!("starting {}", program.to_string_lossy()))?;
+    if !st.success() {
+        bail!("{} {args:?} exited with {st}", program.to_string_lossy());
+    }
+    Ok(t.elapsed().as_secs_f64())
 }
 
 /// Boots `cell` on the bench's Linux kernel with the payload as PID 1.
