@@ -90,15 +90,11 @@ pub fn boot(rounds: usize) -> Result<()> {
 
     let bare_once = || -> Result<f64> {
         let t = Instant::now();
-        let st = std::process::Command::new(crate::qemu::QEMU)
+        host::Cmd::new(crate::qemu::QEMU)
             .args(&argv)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()?;
-        if !st.success() {
-            bail!("bare QEMU exited with {st}");
-        }
+            .timeout(Duration::from_secs(120))
+            .run_silent()
+            .context("bare QEMU")?;
         Ok(t.elapsed().as_secs_f64())
     };
     let kstorm_once = |i: usize| -> Result<f64> {

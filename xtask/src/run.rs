@@ -96,6 +96,8 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
 
 /// Runs given cells (the suite name labels the results).
 pub fn run_cells(suite_name: &str, cells: Vec<Cell>, opts: &RunOptions) -> Result<RunOutcome> {
+    // Every Debian package the cells need, installed (as root) before anything is built.
+    host::packages::ensure_for_cells(&cells)?;
     qemu::install_signal_handler().ok();
     let cache = opts.cache.clone();
     let dir = RunDir::create(&opts.results_root)?;
@@ -106,8 +108,7 @@ pub fn run_cells(suite_name: &str, cells: Vec<Cell>, opts: &RunOptions) -> Resul
     );
 
     // Shared inputs. A failure here is the host's, and every cell it concerns says so.
-    let payload = host::ensure_tools(&[qemu::QEMU, "apt-get", "dpkg-deb"])
-        .and_then(|_| crate::payload::build())
+    let payload = crate::payload::build()
         .and_then(|p| std::fs::read(&p).with_context(|| format!("reading {}", p.display())))
         .map(std::sync::Arc::new);
     let mut prepared: BTreeMap<String, Result<PreparedImage, String>> = BTreeMap::new();
