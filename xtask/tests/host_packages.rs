@@ -105,3 +105,18 @@ fn a_user_without_qemu_gets_the_install_line_and_exit_2() {
     let out = run_xtask(false, path.path(), &results, &[("KSTORM_NO_INSTALL", "1")]);
     assert_prints_the_line_and_boots_nothing(&out, &results, t.elapsed());
 }
+
+/// The harness builds with cargo and a C compiler alone: libssh2 links a vendored OpenSSL, so
+/// the binary needs no libssl from the system (and the build no libssl-dev or pkg-config).
+#[test]
+fn the_harness_does_not_link_the_system_openssl() {
+    let ldd = kstorm::host::Cmd::new("ldd")
+        .arg(env!("CARGO_BIN_EXE_xtask"))
+        .read()
+        .unwrap();
+    assert!(ldd.contains("libc.so"), "{ldd}");
+    assert!(
+        !ldd.contains("libssl") && !ldd.contains("libcrypto"),
+        "the harness links the system OpenSSL:\n{ldd}"
+    );
+}

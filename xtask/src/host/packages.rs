@@ -10,7 +10,7 @@ use crate::matrix::Cell;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 const TABLE_FILE: &str = "xtask/host-packages.yaml";
@@ -235,48 +235,54 @@ impl Table {
     pub fn pin(&self, mut groups: Vec<Group>, policy: &Policy) -> Result<Plan> {
         let mut notes = Vec::new();
         for set in &self.pinned_together {
-            let Some(first) = groups
-                .iter()
-                .position(|g| g.packages.iter().any(|p| set.contains(p)))
-            else {
-                continue;
-            };
-            let wanted: Vec<&String> = set
-                .iter()
-                .filter(|m| groups.iter().any(|g| g.packages.contains(m)))
-                .collect();
-            let installed: Vec<(&String, &str)> = set
-                .iter()
-                .filter_map(|m| Some((m, policy.get(m)?.installed.as_deref()?)))
-                .collect();
-            let involved: Vec<&String> = wanted
-                .iter()
-                .copied()
-                .chain(installed.iter().map(|(m, _)| *m))
-                .collect();
-            let version = common_version(wanted[0], &involved, policy)?;
-            let changed: Vec<(&String, &str)> = installed
-                .iter()
-                .filter(|(m, v)| *v != version && !wanted.contains(m))
-                .copied()
-                .collect();
-            for g in &mut groups {
-                g.packages.retain(|p| !set.contains(p));
-            }
-            let group = &mut groups[first];
-            for m in wanted
-                .iter()
-                .copied()
-                .chain(changed.iter().map(|(m, _)| *m))
-            {
-                group.packages.push(format!("{m}={version}"));
-            }
-            group.allow_downgrades |= !changed.is_empty();
-            notes.push(pin_note(&wanted, &changed, &version, policy));
+            notes.extend(pin_set(set, &mut groups, policy)?);
         }
         groups.retain(|g| !g.packages.is_empty());
         Ok(Plan { groups, notes })
     }
+}
+
+/// Pins one set within `groups` (moving its members into the first group that has one), and
+/// says what it did; `None` when no member is to be installed, or one is and no other is there.
+fn pin_set(set: &[String], groups: &mut [Group], policy: &Policy) -> Result<Option<String>> {
+    let Some(first) = groups
+        .iter()
+        .position(|g| g.packages.iter().any(|p| set.contains(p)))
+    else {
+        return Ok(None);
+    };
+    let wanted: Vec<&String> = set
+        .iter()
+        .filter(|m| groups.iter().any(|g| g.packages.contains(m)))
+        .collect();
+    let installed: Vec<(&String, &str)> = set
+        .iter()
+        .filter(|m| !wanted.contains(m))
+        .filter_map(|m| Some((m, policy.get(m)?.installed.as_deref()?)))
+        .collect();
+    if wanted.len() == 1 && installed.is_empty() {
+        return Ok(None);
+    }
+    let involved: Vec<&String> = wanted
+        .iter()
+        .copied()
+        .chain(installed.iter().map(|(m, _)| *m))
+        .collect();
+    let version = common_version(wanted[0], &involved, policy)?;
+    let changed: Vec<(&String, &str)> = installed
+        .iter()
+        .filter(|(_, v)| *v != version)
+        .copied()
+        .collect();
+    for g in groups.iter_mut() {
+        g.packages.retain(|p| !set.contains(p));
+    }
+    let group = &mut groups[first];
+    for m in wanted.iter().chain(changed.iter().map(|(m, _)| m)) {
+        group.packages.push(format!("{m}={version}"));
+    }
+    group.allow_downgrades |= !changed.is_empty();
+    Ok(Some(pin_note(&involved, &changed, &version, policy)))
 }
 
 /// The first version of `lead` (apt lists the newest first) that the archives offer for every
@@ -315,27 +321,28 @@ fn common_version(lead: &str, involved: &[&String], policy: &Policy) -> Result<S
 }
 
 fn pin_note(
-    wanted: &[&String],
+    involved: &[&String],
     changed: &[(&String, &str)],
     version: &str,
     policy: &Policy,
 ) -> String {
-    let mut names: Vec<&str> = wanted.iter().map(|s| s.as_str()).collect();
-    names.extend(changed.iter().map(|(m, _)| m.as_str()));
+    let names: Vec<&str> = involved.iter().map(|s| s.as_str()).collect();
     let mut note = format!(
-        "{} come from one source version: pinned together at {version}",
+        "{} are built from one source package and must share its version: pinned at {version}",
         names.join(", ")
     );
     for (m, v) in changed {
-        let origin = if policy
+        let offered = policy
             .get(m)
-            .is_some_and(|p| p.from_archives.iter().any(|a| a == v))
-        {
+            .is_some_and(|p| p.from_archives.iter().any(|a| a == v));
+        let origin = if offered {
             "installed"
         } else {
             "installed from no configured archive"
         };
-        note.push_str(&format!("; {m} {v} ({origin}) moves to {version}"));
+        note.push_str(&format!(
+            "; {m} {v} ({origin}) is moved to it (--allow-downgrades)"
+        ));
     }
     note
 }
@@ -486,7 +493,7 @@ fn ensure(uses: &Uses) -> Result<()> {
     let still = table.missing(&needs, &present);
     if !still.is_empty() {
         bail!(InfraError(format!(
-            "still missing after installing: {}",
+            "still missing after installing (are the packages' folders on PATH?): {}",
             still
                 .iter()
                 .map(|g| g.why.as_str())
@@ -536,11 +543,6 @@ fn print_plan(plan: &Plan) {
     for n in &plan.notes {
         eprintln!("  note: {n}");
     }
-}
-
-/// The table's path in the repository, for messages.
-pub fn table_path() -> &'static Path {
-    Path::new(TABLE_FILE)
 }
 
 #[cfg(test)]

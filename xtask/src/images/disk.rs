@@ -395,6 +395,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn boot_initramfs_holds_busybox_init_and_modules_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let busybox = dir.path().join("busybox");
+        std::fs::write(&busybox, b"static busybox").unwrap();
+        let modules = [
+            Module {
+                name: "virtio_mmio".into(),
+                bytes: b"ko-1".to_vec(),
+            },
+            Module {
+                name: "ext4".into(),
+                bytes: b"ko-22".to_vec(),
+            },
+        ];
+        let cpio = boot_initramfs(&busybox, b"#!/bin/sh\n", &modules).unwrap();
+        let seen = initramfs::read_back(&cpio);
+        let names: Vec<&str> = seen.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "bin",
+                "dev",
+                "modules",
+                "proc",
+                "sys",
+                "newroot",
+                "dev/console",
+                "bin/busybox",
+                "init",
+                "modules/order",
+                "modules/virtio_mmio.ko",
+                "modules/ext4.ko"
+            ]
+        );
+        assert_eq!(seen[7].1, initramfs::FILE_EXEC);
+        assert_eq!(seen[9].3, "virtio_mmio\next4\n".len() as u32);
+        assert_eq!(seen[11].3, 5);
+    }
+
+    #[test]
     fn hard_depends_take_first_alternative_and_skip_virtual() {
         let out = "dropbear-bin\n  Depends: libc6\n |Depends: libcrypt1\n  Depends: libxcrypt\n  Depends: <virt>\n  PreDepends: zlib1g\n  Suggests: openssh-client\n  Breaks: dropbear\n";
         assert_eq!(

@@ -123,6 +123,28 @@ pub fn write_newc(entries: &[Entry]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Every entry of an archive as (name, mode, rdev major, size), in order, for tests.
+#[cfg(test)]
+pub(crate) fn read_back(bytes: &[u8]) -> Vec<(String, u32, u32, u32)> {
+    let mut rest: &[u8] = bytes;
+    let mut seen = Vec::new();
+    for _ in 0..10_000 {
+        let reader = cpio::newc::Reader::new(rest).unwrap();
+        let e = reader.entry();
+        if e.is_trailer() {
+            return seen;
+        }
+        seen.push((
+            e.name().to_string(),
+            e.mode(),
+            e.rdev_major(),
+            e.file_size(),
+        ));
+        rest = reader.finish().unwrap();
+    }
+    panic!("no trailer in 10000 entries");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,22 +152,7 @@ mod tests {
     #[test]
     fn archive_reads_back_with_its_entries() {
         let bytes = archive(b"\x7fELF-payload", b"{\"cell\":\"c\"}").unwrap();
-        let mut rest: &[u8] = &bytes;
-        let mut seen = Vec::new();
-        loop {
-            let reader = cpio::newc::Reader::new(rest).unwrap();
-            if reader.entry().is_trailer() {
-                break;
-            }
-            let e = reader.entry();
-            seen.push((
-                e.name().to_string(),
-                e.mode(),
-                e.rdev_major(),
-                e.file_size(),
-            ));
-            rest = reader.finish().unwrap();
-        }
+        let seen = read_back(&bytes);
         assert!(seen.contains(&("dev/console".into(), CHAR_DEV, 5, 0)));
         assert!(seen.contains(&("init".into(), FILE_EXEC, 0, 12)));
         assert!(seen.contains(&("kstorm/plan.json".into(), FILE, 0, 12)));

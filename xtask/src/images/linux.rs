@@ -187,6 +187,31 @@ mod tests {
         assert!(extract_vmlinux(&fake).is_none());
     }
 
+    /// A static ELF whose note segment carries a Xen note of type `note_type` (18 is PVH's).
+    fn elf_with_xen_note(dir: &Path, note_type: u32) -> Vec<u8> {
+        let src = dir.join(format!("note{note_type}.S"));
+        let asm = format!(
+            ".section .note.Xen,\"a\",@note\n.balign 4\n.long 4, 4, {note_type}\n\
+             .asciz \"Xen\"\n.long 0x1000000\n.text\n.globl _start\n_start: hlt\n"
+        );
+        std::fs::write(&src, asm).unwrap();
+        let out = dir.join(format!("note{note_type}"));
+        crate::host::Cmd::new("gcc")
+            .args(["-nostdlib", "-static", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .read()
+            .unwrap();
+        std::fs::read(out).unwrap()
+    }
+
+    #[test]
+    fn pvh_note_is_found_in_an_elf_that_has_it() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(has_pvh_note(&elf_with_xen_note(dir.path(), 18)));
+        assert!(!has_pvh_note(&elf_with_xen_note(dir.path(), 17)));
+    }
+
     #[test]
     fn pvh_note_detection_rejects_non_elf() {
         assert!(!has_pvh_note(b"\x7fELF\x01rest"));

@@ -210,7 +210,10 @@ fn a_member_from_elsewhere_is_pinned_back_with_the_one_installed() {
     assert!(g.allow_downgrades);
     assert_eq!(plan.notes.len(), 1);
     let note = &plan.notes[0];
-    assert!(note.contains(&format!("pinned together at {V7}")), "{note}");
+    assert!(
+        note.contains(&format!("must share its version: pinned at {V7}")),
+        "{note}"
+    );
     assert!(
         note.contains(&format!(
             "qemu-utils {V10} (installed from no configured archive)"
@@ -247,6 +250,21 @@ fn members_wanted_by_two_groups_install_together_without_downgrades() {
         .find(|g| g.why.starts_with("disk"))
         .unwrap();
     assert_eq!(disk.packages, vec!["e2fsprogs"]);
+}
+
+#[test]
+fn a_lone_member_with_nothing_beside_it_is_not_pinned() {
+    let table = Table::builtin();
+    let groups = table.missing(&table.needs(&Uses::everything()), &|t| {
+        t != "qemu-system-x86_64"
+    });
+    let policy = backports_policy().replace(
+        &format!("  Installed: {V10}\n  Candidate: {V10}"),
+        "  Installed: (none)\n  Candidate: (none)",
+    );
+    let plan = table.pin(groups, &Policy::parse(&policy)).unwrap();
+    assert_eq!(packages(&plan.groups), vec!["qemu-system-x86"]);
+    assert!(plan.notes.is_empty(), "{plan:?}");
 }
 
 #[test]
