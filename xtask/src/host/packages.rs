@@ -147,32 +147,23 @@ impl Table {
     /// The parts of a run that `uses` touches, in the table's order.
     pub fn needs(&self, uses: &Uses) -> Vec<Need> {
         let n = &self.needs;
-        let mut out = vec![Need {
-            label: "every run".into(),
-            tools: n.run.clone(),
-        }];
-        for (kind, tools) in &n.source {
-            if uses.everything || uses.sources.contains(kind) {
-                out.push(Need {
-                    label: format!("images with source {kind}"),
-                    tools: tools.clone(),
-                });
-            }
-        }
+        let need = |label: String, tools: &Vec<String>| Need {
+            label,
+            tools: tools.clone(),
+        };
+        let by_kind = |table: &BTreeMap<String, Vec<String>>, used: &BTreeSet<String>, what| {
+            table
+                .iter()
+                .filter(|(kind, _)| uses.everything || used.contains(*kind))
+                .map(|(kind, tools)| need(format!("{what} {kind}"), tools))
+                .collect::<Vec<_>>()
+        };
+        let mut out = vec![need("every run".into(), &n.run)];
+        out.extend(by_kind(&n.source, &uses.sources, "images with source"));
         if uses.everything || uses.disk {
-            out.push(Need {
-                label: "disk images".into(),
-                tools: n.disk.clone(),
-            });
+            out.push(need("disk images".into(), &n.disk));
         }
-        for (kind, tools) in &n.transport {
-            if uses.everything || uses.transports.contains(kind) {
-                out.push(Need {
-                    label: format!("transport {kind}"),
-                    tools: tools.clone(),
-                });
-            }
-        }
+        out.extend(by_kind(&n.transport, &uses.transports, "transport"));
         out.retain(|need| !need.tools.is_empty());
         out
     }

@@ -6,36 +6,41 @@ const V7: &str = "1:7.2+dfsg-7+deb12u18+b3";
 const V7_OLD: &str = "1:7.2+dfsg-7+deb12u15";
 const V10: &str = "1:10.0.2+ds-1~bpo12+1";
 
+/// One package as `apt-cache policy` prints it: `installed` (if any) is the candidate; a version
+/// no archive offers shows only `/var/lib/dpkg/status` as its source.
+fn stanza(package: &str, installed: Option<&str>, offered: &[&str]) -> String {
+    let mut versions: Vec<&str> = installed.into_iter().collect();
+    versions.extend(offered.iter().filter(|v| Some(**v) != installed));
+    let mut text = format!(
+        "{package}:\n  Installed: {}\n  Candidate: {}\n  Version table:\n",
+        installed.unwrap_or("(none)"),
+        installed.unwrap_or(versions[0])
+    );
+    for v in versions {
+        let mark = if Some(v) == installed { "***" } else { "   " };
+        let prio = if offered.contains(&v) { 500 } else { 100 };
+        text.push_str(&format!(" {mark} {v} {prio}\n"));
+        if offered.contains(&v) {
+            text.push_str(
+                "        500 http://deb.debian.org/debian bookworm/main amd64 Packages\n",
+            );
+        }
+        if Some(v) == installed {
+            text.push_str("        100 /var/lib/dpkg/status\n");
+        }
+    }
+    text
+}
+
 /// `apt-cache policy` on the fresh machine of 2026-12-01: qemu-utils from bookworm-backports
 /// preinstalled, with no backports source configured.
 fn backports_policy() -> String {
-    format!(
-        "qemu-system-x86:
-  Installed: (none)
-  Candidate: {V7}
-  Version table:
-     {V7} 500
-        500 http://deb.debian.org/debian bookworm/main amd64 Packages
-     {V7_OLD} 500
-        500 http://deb.debian.org/debian-security bookworm-security/main amd64 Packages
-qemu-utils:
-  Installed: {V10}
-  Candidate: {V10}
-  Version table:
- *** {V10} 100
-        100 /var/lib/dpkg/status
-     {V7} 500
-        500 http://deb.debian.org/debian bookworm/main amd64 Packages
-     {V7_OLD} 500
-        500 http://deb.debian.org/debian-security bookworm-security/main amd64 Packages
-qemu-system-common:
-  Installed: (none)
-  Candidate: {V7}
-  Version table:
-     {V7} 500
-        500 http://deb.debian.org/debian bookworm/main amd64 Packages
-"
-    )
+    [
+        stanza("qemu-system-x86", None, &[V7, V7_OLD]),
+        stanza("qemu-utils", Some(V10), &[V7, V7_OLD]),
+        stanza("qemu-system-common", None, &[V7]),
+    ]
+    .concat()
 }
 
 fn tools(needs: &[Need]) -> BTreeSet<&str> {
@@ -273,23 +278,13 @@ fn no_version_common_to_the_set_is_an_error_naming_them() {
     let groups = table.missing(&table.needs(&Uses::everything()), &|t| {
         t != "qemu-system-x86_64"
     });
-    let policy = Policy::parse(&format!(
-        "qemu-system-x86:
-  Installed: (none)
-  Candidate: {V7}
-  Version table:
-     {V7} 500
-        500 http://deb.debian.org/debian bookworm/main amd64 Packages
-qemu-utils:
-  Installed: {V10}
-  Candidate: {V10}
-  Version table:
- *** {V10} 100
-        100 /var/lib/dpkg/status
-     {V7_OLD} 500
-        500 http://deb.debian.org/debian-security bookworm-security/main amd64 Packages
-"
-    ));
+    let policy = Policy::parse(
+        &[
+            stanza("qemu-system-x86", None, &[V7]),
+            stanza("qemu-utils", Some(V10), &[V7_OLD]),
+        ]
+        .concat(),
+    );
     let err = table.pin(groups, &policy).unwrap_err().to_string();
     assert!(
         err.contains("qemu-system-x86, qemu-utils") && err.contains("one version"),
