@@ -467,6 +467,7 @@ impl Bars {
 pub fn build(suite_name: &str) -> Result<()> {
     let catalog = Catalog::load(&host::workspace_root())?;
     let suite = catalog.suite(suite_name)?;
+    host::packages::ensure_for_cells(&matrix::expand(suite, &catalog, &Selection::default())?)?;
     let bin = crate::payload::build()?;
     eprintln!("payload: {}", bin.display());
     let cache = host::cache_dir();
