@@ -363,6 +363,7 @@ impl Policy {
         for line in text.lines() {
             if !line.starts_with(' ') && line.ends_with(':') {
                 out.extend(current.take());
+                version = None;
                 let name = line.trim_end_matches(':');
                 current = Some((
                     name.split(':').next().unwrap_or(name).into(),
