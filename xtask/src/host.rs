@@ -1,8 +1,13 @@
-//! The host side: where things live (workspace, cache), which host tools exist, and the one
-//! helper every external command goes through (it echoes the command so a user can rerun it).
+//! The host side: where things live (workspace, cache), which host tools exist and which Debian
+//! packages provide them ([`packages`]), and the one helper every short-lived command goes
+//! through ([`cmd`]: echoed so a user can rerun it, bounded by a timeout).
 
-use anyhow::{bail, Context, Result};
-use std::ffi::OsString;
+pub mod cmd;
+pub mod packages;
+
+pub use cmd::{args, echo, shell_quote, Cmd};
+
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
 pub use crate::verdict::InfraCause;
@@ -60,22 +65,11 @@ pub fn cache_dir() -> PathBuf {
     home.join(".cache").join("kstorm")
 }
 
-/// Host tools kstorm runs, with the Debian package that provides each.
-pub const TOOLS: &[(&str, &str)] = &[
-    ("qemu-system-x86_64", "qemu-system-x86"),
-    ("qemu-img", "qemu-utils"),
-    ("apt-get", "apt"),
-    ("apt-cache", "apt"),
-    ("dpkg-deb", "dpkg"),
-    ("grub-mkrescue", "grub-pc-bin xorriso mtools"),
-    ("gcc", "gcc-multilib"),
-    // Disk images (images::disk): the ext4 root and the root password's crypt hash.
-    ("mke2fs", "e2fsprogs"),
-    ("openssl", "openssl"),
-];
-
-/// Looks a program up on `PATH`.
+/// Looks a program up on `PATH` (a path with a `/` is taken as it is).
 pub fn find_program(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        return is_executable(Path::new(name)).then(|| PathBuf::from(name));
+    }
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(name))
@@ -89,7 +83,9 @@ fn is_executable(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Fails with an infra error that prints the exact install line when `tools` are missing.
+/// Fails with an infra error that prints the exact install line when `tools` are missing (the
+/// packages come from `xtask/host-packages.yaml`). Installing is [`packages`]' job, done once
+/// before the first cell; this is the check at the point of use.
 pub fn require_tools(tools: &[&str]) -> Result<()> {
     let missing: Vec<&str> = tools
         .iter()
@@ -99,116 +95,28 @@ pub fn require_tools(tools: &[&str]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let mut packages: Vec<&str> = missing
+    let table = packages::Table::builtin();
+    let mut names: Vec<&str> = missing
         .iter()
-        .map(|m| {
-            TOOLS
-                .iter()
-                .find(|(t, _)| t == m)
-                .map(|(_, p)| *p)
-                .unwrap_or(m)
-        })
-        .flat_map(|p| p.split(' '))
+        .map(|m| table.package_of(m).unwrap_or(m))
         .collect();
-    packages.sort();
-    packages.dedup();
-    Err(InfraError::new(InfraCause::ToolMissing, format!(
-        "missing host tool(s): {}. Install them as root with:\n    apt-get update && apt-get install -y {}",
-        missing.join(", "),
-        packages.join(" ")
-    ))
+    names.sort();
+    names.dedup();
+    Err(InfraError::new(
+        InfraCause::ToolMissing,
+        format!(
+            "missing host tool(s): {}. Install them as root with:\n    apt-get install -y {}",
+            missing.join(", "),
+            names.join(" ")
+        ),
+    )
     .into())
 }
 
-/// Like [`require_tools`], but as root installs the missing tools' Debian packages first (one
-/// `apt-get install` per package, echoed; `apt-get update` once if the lists are stale). Set
-/// `KSTORM_NO_INSTALL=1` to only report.
-pub fn ensure_tools(tools: &[&str]) -> Result<()> {
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|t| find_program(t).is_none())
-        .collect();
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if missing.is_empty()
-        || !root
-        || std::env::var_os("KSTORM_NO_INSTALL").is_some()
-        || find_program("apt-get").is_none()
-    {
-        return require_tools(tools);
-    }
-    let mut packages: Vec<&str> = missing
-        .iter()
-        .filter_map(|m| TOOLS.iter().find(|(t, _)| t == m).map(|(_, p)| *p))
-        .flat_map(|p| p.split(' '))
-        .collect();
-    packages.sort();
-    packages.dedup();
-    let mut updated = false;
-    for package in packages {
-        let install = args(["install", "-y", "-q", package]);
-        if run_capture("apt-get", &install, None).is_err() && !updated {
-            run_capture("apt-get", &args(["update", "-q"]), None)?;
-            updated = true;
-            run_capture("apt-get", &install, None)?;
-        }
-    }
-    require_tools(tools)
-}
-
-/// Runs a command (argument vector, never a shell string), echoing it to stderr first, and
-/// returns its standard output. Fails with its stderr when it exits non-zero.
-pub fn run_capture(program: &str, args: &[OsString], cwd: Option<&Path>) -> Result<String> {
-    require_tools(&[program])?;
-    echo(program, args);
-    let mut expr = duct::cmd(program, args)
-        .stdout_capture()
-        .stderr_capture()
-        .unchecked();
-    if let Some(dir) = cwd {
-        expr = expr.dir(dir);
-    }
-    let out = expr.run().with_context(|| format!("starting {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Prints a command line the way a user would type it.
-pub fn echo(program: &str, args: &[OsString]) {
-    if std::env::var_os("KSTORM_QUIET").is_some() {
-        return;
-    }
-    let mut line = String::from("$ ");
-    line.push_str(program);
-    for a in args {
-        line.push(' ');
-        line.push_str(&shell_quote(&a.to_string_lossy()));
-    }
-    eprintln!("{line}");
-}
-
-/// Quotes a word for display only (commands are never run through a shell).
-pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
-}
-
-/// Converts `&str`s to an argument vector.
-pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(items: I) -> Vec<OsString> {
-    items.into_iter().map(Into::into).collect()
+/// True when kstorm runs as root (and so may install Debian packages).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// The host's TSC frequency in kHz, measured once (about 50 ms) against the monotonic clock.
@@ -235,15 +143,37 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// SHA-256 of bytes, hex.
-pub fn sha256_bytes(parts: &[&[u8]]) -> String {
+/// SHA-256 of bytes, hex (a content hash for provenance).
+pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_le_bytes());
-        h.update(p);
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// The key a cached artifact is named by: SHA-256 over its inputs, each prefixed by its length
+/// (so the inputs `ab`, `c` and `a`, `bc` give different keys). Every cache in kstorm names its
+/// files with one.
+#[derive(Clone, Default)]
+pub struct CacheKey(sha2::Sha256);
+
+impl CacheKey {
+    pub fn new() -> CacheKey {
+        CacheKey::default()
     }
-    hex::encode(h.finalize())
+
+    /// Adds one input.
+    pub fn part(mut self, bytes: impl AsRef<[u8]>) -> CacheKey {
+        use sha2::Digest;
+        let bytes = bytes.as_ref();
+        self.0.update((bytes.len() as u64).to_le_bytes());
+        self.0.update(bytes);
+        self
+    }
+
+    /// The key, hex.
+    pub fn hex(self) -> String {
+        use sha2::Digest;
+        hex::encode(self.0.finalize())
+    }
 }
 
 /// An exclusive lock on a named lock file in the cache, held until dropped (flock: the kernel
@@ -319,10 +249,11 @@ mod tests {
     }
 
     #[test]
-    fn quoting_for_display() {
-        assert_eq!(shell_quote("console=ttyS0"), "console=ttyS0");
-        assert_eq!(shell_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    fn cache_key_separates_its_parts() {
+        let key = |parts: &[&str]| parts.iter().fold(CacheKey::new(), |k, p| k.part(p)).hex();
+        assert_ne!(key(&["ab", "c"]), key(&["a", "bc"]));
+        assert_eq!(key(&["ab", "c"]), key(&["ab", "c"]));
+        assert_eq!(key(&[]).len(), 64);
     }
 
     #[test]

@@ -213,8 +213,7 @@ fn report(r: anyhow::Result<()>) -> i32 {
 }
 
 fn test(cargo_args: &[String]) -> i32 {
-    let tools: Vec<&str> = host::TOOLS.iter().map(|(t, _)| *t).collect();
-    if let Err(e) = host::ensure_tools(&tools) {
+    if let Err(e) = host::packages::ensure_for_tests() {
         eprintln!("kstorm: error: {e:#}");
         return 2;
     }

@@ -97,6 +97,8 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
 
 /// Runs given cells (the suite name labels the results).
 pub fn run_cells(suite_name: &str, cells: Vec<Cell>, opts: &RunOptions) -> Result<RunOutcome> {
+    // Every Debian package the cells need, installed (as root) before anything is built.
+    host::packages::ensure_for_cells(&cells)?;
     qemu::install_signal_handler().ok();
     let cache = opts.cache.clone();
     let dir = RunDir::create(&opts.results_root)?;
@@ -107,8 +109,7 @@ pub fn run_cells(suite_name: &str, cells: Vec<Cell>, opts: &RunOptions) -> Resul
     );
 
     // Shared inputs. A failure here is the host's, and every cell it concerns says so.
-    let payload = host::ensure_tools(&[qemu::QEMU, "apt-get", "dpkg-deb"])
-        .and_then(|_| crate::payload::build())
+    let payload = crate::payload::build()
         .and_then(|p| std::fs::read(&p).with_context(|| format!("reading {}", p.display())))
         .map(std::sync::Arc::new);
     let mut prepared: BTreeMap<String, Result<PreparedImage, Verdict>> = BTreeMap::new();
@@ -467,6 +468,7 @@ impl Bars {
 pub fn build(suite_name: &str) -> Result<()> {
     let catalog = Catalog::load(&host::workspace_root())?;
     let suite = catalog.suite(suite_name)?;
+    host::packages::ensure_for_cells(&matrix::expand(suite, &catalog, &Selection::default())?)?;
     let bin = crate::payload::build()?;
     eprintln!("payload: {}", bin.display());
     let cache = host::cache_dir();

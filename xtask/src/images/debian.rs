@@ -2,11 +2,21 @@
 //! it with `apt-get download`, check it against the archive's SHA-256, unpack it.
 //!
 //! The archive moves (a kernel ABI pinned today is gone in a few weeks), so versions are
-//! resolved at run time and recorded in every result.
+//! resolved at run time and recorded in every result. They only move when apt's lists do, so
+//! each answer of `apt-cache` is kept in the cache until the lists (or the installed packages)
+//! change: a run on an unchanged host asks apt nothing.
+//!
+//! Every Debian package kstorm fetches (kernels, GNU Mach, the packages of disk images) goes
+//! through [`package_info`], [`download`] and [`unpack`].
 
-use crate::host::{self, args, InfraCause, InfraError};
+use crate::host::{self, Cmd, InfraCause, InfraError};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What apt's answers depend on: the fetched lists (`apt-get update` replaces files there) and
+/// the installed packages (an installed version can be the candidate).
+const APT_STATE: [&str; 2] = ["/var/lib/apt/lists", "/var/lib/dpkg/status"];
 
 /// A package as the archive describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,14 +28,13 @@ pub struct PackageInfo {
 
 /// The package a metapackage currently depends on whose name starts with `prefix`
 /// (`linux-image-amd64` -> `linux-image-6.1.0-56-amd64`).
-pub fn resolve_metapackage(metapackage: &str, prefix: &str) -> Result<String> {
-    let out =
-        host::run_capture("apt-cache", &args(["depends", metapackage]), None).map_err(|e| {
-            InfraError::new(
-                InfraCause::Download,
-                format!("cannot resolve {metapackage}: {e:#}"),
-            )
-        })?;
+pub fn resolve_metapackage(metapackage: &str, prefix: &str, cache: &Path) -> Result<String> {
+    let out = apt_cache(&["depends", metapackage], cache).map_err(|e| {
+        InfraError::new(
+            InfraCause::Download,
+            format!("cannot resolve {metapackage}: {e:#}"),
+        )
+    })?;
     parse_depends(&out, prefix).ok_or_else(|| {
         InfraError::new(InfraCause::Download, format!(
             "{metapackage} names no {prefix}* dependency in apt's lists (run `apt-get update` as root?)"
@@ -46,38 +55,84 @@ fn parse_depends(out: &str, prefix: &str) -> Option<String> {
         .find(|d| d.starts_with(prefix))
 }
 
+/// `apt-cache` dependencies of `package`, as `apt-cache depends` prints them.
+pub fn depends(package: &str, cache: &Path) -> Result<String> {
+    apt_cache(&["depends", package], cache)
+}
+
 /// Version and SHA-256 of the candidate version of `package`.
-pub fn package_info(package: &str) -> Result<PackageInfo> {
-    let out = host::run_capture(
-        "apt-cache",
-        &args(["show", "--no-all-versions", package]),
-        None,
-    )
-    .map_err(|e| {
+pub fn package_info(package: &str, cache: &Path) -> Result<PackageInfo> {
+    let out = apt_cache(&["show", "--no-all-versions", package], cache).map_err(|e| {
         InfraError::new(
             InfraCause::Download,
             format!("package {package} is not in apt's lists: {e:#}"),
         )
     })?;
-    parse_show(package, &out).ok_or_else(|| {
-        InfraError::new(
-            InfraCause::Download,
-            format!("apt-cache show {package} gave no Version/SHA256 (run `apt-get update`?)"),
-        )
-        .into()
+    parse_show(package, &out).map_err(|e| {
+        InfraError::new(InfraCause::Download, format!("{e} (run `apt-get update`?)")).into()
     })
 }
 
-fn parse_show(package: &str, out: &str) -> Option<PackageInfo> {
+fn parse_show(package: &str, out: &str) -> Result<PackageInfo, String> {
     let field = |name: &str| {
         out.lines()
             .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+            .ok_or_else(|| format!("apt-cache show {package}: no {name} field"))
     };
-    Some(PackageInfo {
+    let info = PackageInfo {
         package: package.to_string(),
         version: field("Version:")?,
         sha256: field("SHA256:")?,
-    })
+    };
+    if info.sha256.len() != 64 || !info.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "apt-cache show {package}: SHA256 {:?} is not a SHA-256",
+            info.sha256
+        ));
+    }
+    Ok(info)
+}
+
+/// `apt-cache ARGS`, answered from the cache while apt's state is unchanged.
+fn apt_cache(args: &[&str], cache: &Path) -> Result<String> {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Remembered {
+        state: String,
+        output: String,
+    }
+    let key = args
+        .iter()
+        .fold(host::CacheKey::new(), |k, a| k.part(a))
+        .hex();
+    let path = cache.join("apt").join(format!("{}.json", &key[..32]));
+    let state = apt_state();
+    let remembered = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Remembered>(&b).ok());
+    if let Some(r) = remembered.filter(|r| state.as_ref() == Some(&r.state)) {
+        return Ok(r.output);
+    }
+    let output = Cmd::new("apt-cache").args(args).read()?;
+    if let Some(state) = state {
+        let r = Remembered { state, output };
+        host::write_atomic(&path, &serde_json::to_vec(&r)?)?;
+        return Ok(r.output);
+    }
+    Ok(output)
+}
+
+/// The modification times of [`APT_STATE`], or `None` when one cannot be read (then nothing
+/// is remembered).
+fn apt_state() -> Option<String> {
+    let times: Option<Vec<String>> = APT_STATE
+        .iter()
+        .map(|p| {
+            let t = std::fs::metadata(p).ok()?.modified().ok()?;
+            let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+            Some(format!("{}.{:09}", d.as_secs(), d.subsec_nanos()))
+        })
+        .collect();
+    times.map(|t| t.join(" "))
 }
 
 /// Downloads the package into `dir` (skipped when a file with the right hash is there) and
@@ -91,12 +146,18 @@ pub fn download(info: &PackageInfo, dir: &Path) -> Result<PathBuf> {
         std::fs::remove_file(&deb)?;
     }
     let spec = format!("{}={}", info.package, info.version);
-    host::run_capture("apt-get", &args(["download", spec.as_str()]), Some(dir)).map_err(|e| {
-        InfraError::new(
-            InfraCause::Download,
-            format!("apt-get download {spec} failed: {e:#}"),
-        )
-    })?;
+    Cmd::new("apt-get")
+        .args(["download", "-q", spec.as_str()])
+        .dir(dir)
+        // A 70 MB kernel on a slow mirror.
+        .timeout(Duration::from_secs(30 * 60))
+        .read()
+        .map_err(|e| {
+            InfraError::new(
+                InfraCause::Download,
+                format!("apt-get download {spec} failed: {e:#}"),
+            )
+        })?;
     let deb = find_deb(dir, &info.package)?.ok_or_else(|| {
         InfraError::new(
             InfraCause::Download,
@@ -137,13 +198,17 @@ fn find_deb(dir: &Path, package: &str) -> Result<Option<PathBuf>> {
 /// Unpacks a `.deb`'s files into `dest` with `dpkg-deb -x`.
 pub fn unpack(deb: &Path, dest: &Path) -> Result<()> {
     std::fs::create_dir_all(dest)?;
-    let argv = vec![std::ffi::OsString::from("-x"), deb.into(), dest.into()];
-    host::run_capture("dpkg-deb", &argv, None).map_err(|e| {
-        InfraError::new(
-            InfraCause::ImageBuild,
-            format!("dpkg-deb -x {} failed: {e:#}", deb.display()),
-        )
-    })?;
+    Cmd::new("dpkg-deb")
+        .arg("-x")
+        .arg(deb)
+        .arg(dest)
+        .read()
+        .map_err(|e| {
+            InfraError::new(
+                InfraCause::Download,
+                format!("dpkg-deb -x {} failed: {e:#}", deb.display()),
+            )
+        })?;
     Ok(())
 }
 
@@ -164,10 +229,42 @@ mod tests {
 
     #[test]
     fn show_fields() {
-        let out = "Package: x\nVersion: 6.1.192-2\nSHA256: abc\nSize: 3\n";
-        let info = parse_show("x", out).unwrap();
-        assert_eq!(info.version, "6.1.192-2");
-        assert_eq!(info.sha256, "abc");
-        assert!(parse_show("x", "Package: x\n").is_none());
+        let sha = "3045e6ea88b136ae5a2bbf27835129b6e841d5a54ef290f1ba0932db0c2d072e";
+        let out = format!("Package: x\nVersion: 2:1.8+git20221224-2\nSHA256: {sha}\nSize: 3\n");
+        let info = parse_show("x", &out).unwrap();
+        assert_eq!(info.version, "2:1.8+git20221224-2");
+        assert_eq!(info.sha256, sha);
+        let err = parse_show("x", "Package: x\nVersion: 1\n").unwrap_err();
+        assert!(err.contains("no SHA256: field"), "{err}");
+        let err = parse_show("x", "Version: 1\nSHA256: abc\n").unwrap_err();
+        assert!(err.contains("is not a SHA-256"), "{err}");
+    }
+
+    /// A second question with apt's state unchanged is answered without running apt-cache.
+    #[test]
+    fn apt_answers_are_remembered_until_the_lists_change() {
+        let Some(state) = apt_state() else {
+            return; // not a Debian host
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let first = apt_cache(&["policy", "dpkg"], dir.path()).unwrap();
+        assert!(first.contains("dpkg:"), "{first}");
+        let file = std::fs::read_dir(dir.path().join("apt"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        // Replace the remembered answer: it comes back while the state matches...
+        let fake = serde_json::json!({"state": state, "output": "remembered"});
+        std::fs::write(&file, fake.to_string()).unwrap();
+        assert_eq!(
+            apt_cache(&["policy", "dpkg"], dir.path()).unwrap(),
+            "remembered"
+        );
+        // ...and apt is asked again once it does not.
+        let stale = serde_json::json!({"state": "0.0 0.0", "output": "remembered"});
+        std::fs::write(&file, stale.to_string()).unwrap();
+        assert_eq!(apt_cache(&["policy", "dpkg"], dir.path()).unwrap(), first);
     }
 }

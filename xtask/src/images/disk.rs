@@ -6,13 +6,12 @@
 //! Cells never write these files: each boots a qcow2 overlay in its own folder
 //! ([`overlay`]).
 
+use super::initramfs::{self, Entry};
 use super::{debian, linux::LinuxKernel};
 use crate::config::DiskRecipe;
-use crate::host::{self, args, InfraCause, InfraError};
+use crate::host::{self, CacheKey, Cmd, InfraCause, InfraError};
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsString;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// A built disk image: the read-only base filesystem and the initramfs that mounts it.
@@ -35,11 +34,11 @@ pub fn build(
     images_dir: &Path,
     cache: &Path,
 ) -> Result<DiskImage> {
-    host::ensure_tools(&["apt-get", "apt-cache", "dpkg-deb", "mke2fs", "openssl"])?;
-    let packages = package_closure(&recipe.packages)?;
+    host::require_tools(&["apt-get", "apt-cache", "dpkg-deb", "mke2fs", "openssl"])?;
+    let packages = package_closure(&recipe.packages, cache)?;
     let infos = packages
         .iter()
-        .map(|p| debian::package_info(p))
+        .map(|p| debian::package_info(p, cache))
         .collect::<Result<Vec<_>>>()?;
     let files_dir = images_dir.join(&recipe.files);
     let init_path = images_dir.join(&recipe.init);
@@ -47,20 +46,17 @@ pub fn build(
         .with_context(|| format!("disk.init: reading {}", init_path.display()))?;
 
     // The cache key covers every input: recipe, package versions, kernel, overlay files.
-    let mut key_parts: Vec<Vec<u8>> = vec![
-        serde_json::to_vec(recipe)?,
-        kernel.origin_sha256.as_bytes().to_vec(),
-        init.clone(),
-    ];
+    let mut key = CacheKey::new()
+        .part(serde_json::to_vec(recipe)?)
+        .part(&kernel.origin_sha256)
+        .part(&init);
     for i in &infos {
-        key_parts.push(format!("{} {} {}", i.package, i.version, i.sha256).into_bytes());
+        key = key.part(format!("{} {} {}", i.package, i.version, i.sha256));
     }
     for (rel, data) in walk_files(&files_dir)? {
-        key_parts.push(rel.into_bytes());
-        key_parts.push(data);
+        key = key.part(rel).part(data);
     }
-    let refs: Vec<&[u8]> = key_parts.iter().map(|p| p.as_slice()).collect();
-    let hash = host::sha256_bytes(&refs)[..32].to_string();
+    let hash = key.hex()[..32].to_string();
     let dir = cache.join("disks").join(&hash);
     let out = DiskImage {
         base: dir.join("root.ext4"),
@@ -98,47 +94,49 @@ pub fn build(
 
     let tmp = dir.join("root.ext4.tmp");
     let _ = std::fs::remove_file(&tmp);
-    let mut argv: Vec<OsString> = args(["-q", "-F", "-t", "ext4", "-L", "kstorm-root", "-d"]);
-    argv.push(root.clone().into());
-    argv.push(tmp.clone().into());
-    argv.push(format!("{}M", recipe.size.mib()).into());
-    host::run_capture("mke2fs", &argv, None).map_err(|e| {
-        InfraError::new(
-            InfraCause::ImageBuild,
-            format!("building the ext4 root: {e:#}"),
-        )
-    })?;
+    Cmd::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-L", "kstorm-root", "-d"])
+        .arg(&root)
+        .arg(&tmp)
+        .arg(format!("{}M", recipe.size.mib()))
+        .read()
+        .map_err(|e| {
+            InfraError::new(
+                InfraCause::ImageBuild,
+                format!("building the ext4 root: {e:#}"),
+            )
+        })?;
     std::fs::rename(&tmp, &out.base)?;
     Ok(out)
 }
 
 /// Creates a qcow2 overlay of `base` at `overlay`: the guest writes there, never to the base.
 pub fn overlay(base: &Path, overlay: &Path) -> Result<()> {
-    let mut argv = args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]);
-    argv.push(base.into());
-    argv.push(overlay.into());
-    host::ensure_tools(&["qemu-img"])?;
-    host::run_capture("qemu-img", &argv, None).map_err(|e| {
-        InfraError::new(
-            InfraCause::ImageBuild,
-            format!("creating the disk overlay: {e:#}"),
-        )
-    })?;
+    Cmd::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(base)
+        .arg(overlay)
+        .read()
+        .map_err(|e| {
+            InfraError::new(
+                InfraCause::ImageBuild,
+                format!("creating the disk overlay: {e:#}"),
+            )
+        })?;
     Ok(())
 }
 
 /// `packages` and everything they depend on (`Depends`/`Pre-Depends`, first alternative).
-fn package_closure(packages: &[String]) -> Result<Vec<String>> {
+fn package_closure(packages: &[String], cache: &Path) -> Result<Vec<String>> {
     let mut seen = BTreeSet::new();
     let mut todo: Vec<String> = packages.to_vec();
     while let Some(p) = todo.pop() {
         if !seen.insert(p.clone()) {
             continue;
         }
-        let out =
-            host::run_capture("apt-cache", &args(["depends", p.as_str()]), None).map_err(|e| {
-                InfraError::new(InfraCause::ImageBuild, format!("disk.packages: {p}: {e:#}"))
-            })?;
+        let out = debian::depends(&p, cache).map_err(|e| {
+            InfraError::new(InfraCause::ImageBuild, format!("disk.packages: {p}: {e:#}"))
+        })?;
         todo.extend(parse_hard_depends(&out));
     }
     Ok(seen.into_iter().collect())
@@ -181,7 +179,9 @@ fn install_busybox_links(root: &Path) -> Result<()> {
             "disk.packages: no /bin/busybox in the image (add busybox-static)"
         ));
     }
-    let list = host::run_capture(&busybox.to_string_lossy(), &args(["--list-full"]), None)?;
+    let list = Cmd::new(busybox.to_string_lossy())
+        .arg("--list-full")
+        .read()?;
     for rel in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let link = root.join(rel);
         if link.symlink_metadata().is_ok() {
@@ -208,14 +208,12 @@ fn write_shadow(root: &Path, recipe: &DiskRecipe) -> Result<()> {
         }
         let hash = match recipe.users.iter().find(|u| u.name == name) {
             Some(u) => {
-                let salt = &host::sha256_bytes(&[u.name.as_bytes(), u.password.as_bytes()])[..16];
-                host::run_capture(
-                    "openssl",
-                    &args(["passwd", "-6", "-salt", salt, u.password.as_str()]),
-                    None,
-                )?
-                .trim()
-                .to_string()
+                let salt = CacheKey::new().part(&u.name).part(&u.password).hex();
+                Cmd::new("openssl")
+                    .args(["passwd", "-6", "-salt", &salt[..16], u.password.as_str()])
+                    .read()?
+                    .trim()
+                    .to_string()
             }
             None => "!".to_string(),
         };
@@ -331,50 +329,33 @@ fn modinfo_depends(ko: &[u8]) -> Result<Vec<String>> {
 
 /// The boot initramfs: static busybox, the modules in load order, and the recipe's `/init`.
 fn boot_initramfs(busybox: &Path, init: &[u8], modules: &[Module]) -> Result<Vec<u8>> {
-    const DIR: u32 = 0o040755;
-    const EXEC: u32 = 0o100755;
-    const FILE: u32 = 0o100644;
+    use initramfs::{FILE, FILE_EXEC};
     let busybox = std::fs::read(busybox).context("reading the staged busybox")?;
     let order: String = modules.iter().map(|m| format!("{}\n", m.name)).collect();
-    let mut files: Vec<(String, u32, &[u8])> = vec![
-        ("bin/busybox".into(), EXEC, &busybox),
-        ("init".into(), EXEC, init),
-        ("modules/order".into(), FILE, order.as_bytes()),
-    ];
-    for m in modules {
-        files.push((format!("modules/{}.ko", m.name), FILE, &m.bytes));
+    let names: Vec<String> = modules
+        .iter()
+        .map(|m| format!("modules/{}.ko", m.name))
+        .collect();
+    let mut entries: Vec<Entry> = ["bin", "dev", "modules", "proc", "sys", "newroot"]
+        .into_iter()
+        .map(Entry::Dir)
+        .collect();
+    entries.push(initramfs::CONSOLE);
+    for (name, mode, data) in [
+        ("bin/busybox", FILE_EXEC, &busybox[..]),
+        ("init", FILE_EXEC, init),
+        ("modules/order", FILE, order.as_bytes()),
+    ] {
+        entries.push(Entry::File { name, mode, data });
     }
-    let mut out = Vec::new();
-    let mut ino = 1;
-    for d in ["bin", "dev", "modules", "proc", "sys", "newroot"] {
-        cpio::newc::Builder::new(d)
-            .ino(ino)
-            .mode(DIR)
-            .nlink(2)
-            .write(&mut out, 0)
-            .finish()?;
-        ino += 1;
+    for (name, m) in names.iter().zip(modules) {
+        entries.push(Entry::File {
+            name,
+            mode: FILE,
+            data: &m.bytes,
+        });
     }
-    cpio::newc::Builder::new("dev/console")
-        .ino(ino)
-        .mode(0o020600)
-        .nlink(1)
-        .rdev_major(5)
-        .rdev_minor(1)
-        .write(&mut out, 0)
-        .finish()?;
-    for (name, mode, data) in files {
-        ino += 1;
-        let mut w = cpio::newc::Builder::new(&name)
-            .ino(ino)
-            .mode(mode)
-            .nlink(1)
-            .write(&mut out, data.len() as u32);
-        w.write_all(data)?;
-        w.finish()?;
-    }
-    cpio::newc::trailer(&mut out)?;
-    Ok(out)
+    initramfs::write_newc(&entries)
 }
 
 /// Every file under `dir` as (relative path, bytes), sorted, for the cache key.
@@ -426,6 +407,46 @@ fn copy_tree(src: &Path, dest: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boot_initramfs_holds_busybox_init_and_modules_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let busybox = dir.path().join("busybox");
+        std::fs::write(&busybox, b"static busybox").unwrap();
+        let modules = [
+            Module {
+                name: "virtio_mmio".into(),
+                bytes: b"ko-1".to_vec(),
+            },
+            Module {
+                name: "ext4".into(),
+                bytes: b"ko-22".to_vec(),
+            },
+        ];
+        let cpio = boot_initramfs(&busybox, b"#!/bin/sh\n", &modules).unwrap();
+        let seen = initramfs::read_back(&cpio);
+        let names: Vec<&str> = seen.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "bin",
+                "dev",
+                "modules",
+                "proc",
+                "sys",
+                "newroot",
+                "dev/console",
+                "bin/busybox",
+                "init",
+                "modules/order",
+                "modules/virtio_mmio.ko",
+                "modules/ext4.ko"
+            ]
+        );
+        assert_eq!(seen[7].1, initramfs::FILE_EXEC);
+        assert_eq!(seen[9].3, "virtio_mmio\next4\n".len() as u32);
+        assert_eq!(seen[11].3, 5);
+    }
 
     #[test]
     fn hard_depends_take_first_alternative_and_skip_virtual() {

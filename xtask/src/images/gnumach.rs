@@ -1,21 +1,21 @@
-//! Debian's GNU Mach kernel as a test target: fetch the package, check it, gunzip the image and
-//! apply the one patch that lets the stock kernel run user tasks.
+//! Debian's GNU Mach kernel as a test target: fetch the package (through [`debian`], like every
+//! Debian package), gunzip the image and apply the one patch that lets the stock kernel run user
+//! tasks.
 //!
-//! Everything is cached under `<cache>/gnumach/` by content: the `.deb` by the SHA-256 the
-//! archive publishes, kernels by the SHA-256 of the gunzipped image (the patched copy is keyed by
-//! its input's hash, and the input is never modified).
+//! Kernels are cached under `<cache>/gnumach/kernel/` by the SHA-256 of the gunzipped image (the
+//! patched copy is keyed by its input's hash, and the input is never modified).
 //!
 //! Why the patch: Debian builds this x86-64 kernel for 32-bit user tasks (`USER32`), and its
 //! `lcall` system-call entry in `x86_64/locore.S` still holds a `ud2`, so the first trap of any
 //! task panics the kernel ("Kernel Invalid opcode trap"). Replacing those two bytes by a 2-byte
-//! no-op makes traps work; see `../shared/notes/gnumach.md`. The unpatched kernel is kept as a
+//! no-op makes traps work. The unpatched kernel is kept as a
 //! target too: that panic is a real, reproducible crash the detector must catch.
 
+use super::debian;
+use crate::host::{self, sha256_hex};
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// The bytes that end in the `ud2` of the syscall entry: `pushf; cld; push %rax; push $0; ud2`.
 pub const SYSCALL_TRAP_PATTERN: [u8; 7] = [0x9c, 0xfc, 0x50, 0x6a, 0x00, 0x0f, 0x0b];
@@ -109,103 +109,10 @@ pub fn patch_syscall_trap(image: &[u8]) -> Result<(Vec<u8>, usize), PatchError> 
     Ok((out, at))
 }
 
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
-/// Runs a host command given as an argument vector; its output, or an error naming it.
-pub(crate) fn run_tool(argv: &[&str], cwd: Option<&Path>) -> Result<Vec<u8>> {
-    let mut cmd = Command::new(argv[0]);
-    cmd.args(&argv[1..]);
-    if let Some(dir) = cwd {
-        cmd.current_dir(dir);
-    }
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {argv:?} (is it installed?)"))?;
-    if !out.status.success() {
-        bail!(
-            "{argv:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(out.stdout)
-}
-
-/// The archive's record for the candidate version of `package`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AptRecord {
-    pub version: String,
-    pub sha256: String,
-    pub filename: String,
-}
-
-/// Reads `Version`, `SHA256` and `Filename` from `apt-cache show --no-all-versions` output.
-pub fn parse_apt_record(package: &str, text: &str) -> Result<AptRecord> {
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(name)
-                    .and_then(|r| r.strip_prefix(':'))
-                    .map(|v| v.trim().to_string())
-            })
-            .with_context(|| format!("apt-cache show {package}: no {name} field"))
-    };
-    let rec = AptRecord {
-        version: field("Version")?,
-        sha256: field("SHA256")?,
-        filename: field("Filename")?,
-    };
-    if rec.sha256.len() != 64 || !rec.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!(
-            "apt-cache show {package}: SHA256 {:?} is not a SHA-256",
-            rec.sha256
-        );
-    }
-    Ok(rec)
-}
-
-/// Downloads (or finds in the cache) the `.deb` of `package`, checked against the archive's
-/// SHA-256. Returns the path and the record.
-pub fn fetch_deb(package: &str, cache_dir: &Path) -> Result<(PathBuf, AptRecord)> {
-    let show = run_tool(&["apt-cache", "show", "--no-all-versions", package], None)
-        .with_context(|| format!("resolving the Debian package {package}"))?;
-    let rec = parse_apt_record(package, &String::from_utf8_lossy(&show))?;
-    let dir = cache_dir.join("gnumach").join("deb");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let cached = dir.join(format!("{}.deb", rec.sha256));
-    if cached.exists() && sha256_hex(&std::fs::read(&cached)?) == rec.sha256 {
-        return Ok((cached, rec));
-    }
-    let tmp = tempfile::tempdir_in(&dir)?;
-    let spec = format!("{package}={}", rec.version);
-    run_tool(&["apt-get", "download", "-q", &spec], Some(tmp.path()))
-        .with_context(|| format!("downloading {spec}"))?;
-    let deb = std::fs::read_dir(tmp.path())?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .with_context(|| format!("apt-get download {spec} left no .deb"))?;
-    let got = sha256_hex(&std::fs::read(&deb)?);
-    if got != rec.sha256 {
-        bail!(
-            "{spec}: downloaded .deb has SHA-256 {got}, the archive says {}",
-            rec.sha256
-        );
-    }
-    std::fs::rename(&deb, &cached)?;
-    Ok((cached, rec))
-}
-
 /// The gunzipped kernel image from the `.deb` (`/boot/gnumach-*.gz`).
 pub fn extract_image(deb: &Path) -> Result<Vec<u8>> {
     let tmp = tempfile::tempdir()?;
-    let dest = tmp
-        .path()
-        .to_str()
-        .context("temporary directory path is not UTF-8")?;
-    let deb_s = deb.to_str().context("deb path is not UTF-8")?;
-    run_tool(&["dpkg-deb", "-x", deb_s, dest], None)?;
+    debian::unpack(deb, tmp.path())?;
     let boot = tmp.path().join("boot");
     let gz = std::fs::read_dir(&boot)
         .with_context(|| format!("{}: no /boot in the package", deb.display()))?
@@ -219,33 +126,31 @@ pub fn extract_image(deb: &Path) -> Result<Vec<u8>> {
     flate2::read::GzDecoder::new(std::fs::File::open(&gz)?)
         .read_to_end(&mut image)
         .with_context(|| format!("gunzipping {}", gz.display()))?;
-    if !image.starts_with(b"\x7fELF") {
+    if !matches!(
+        object::FileKind::parse(&image[..]),
+        Ok(object::FileKind::Elf32 | object::FileKind::Elf64)
+    ) {
         bail!("{}: gunzipped image is not an ELF file", gz.display());
     }
     Ok(image)
 }
 
-/// Writes `data` to `path` unless it is already there, through a temporary file (atomic).
+/// Writes `data` to `path` unless it is already there (atomically).
 fn write_cached(path: &Path, data: &[u8]) -> Result<()> {
     if path.exists() {
         return Ok(());
     }
-    let dir = path.parent().context("cache path has no parent")?;
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, data)?;
-    tmp.persist(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    host::write_atomic(path, data)
 }
 
 /// Fetches `package`, gunzips its image and, with `patch`, patches the syscall trap. The
-/// results are cached; a second call costs an `apt-cache show` and a hash.
+/// results are cached; a second call costs a hash of the (small) `.deb`.
 pub fn prepare_kernel(package: &str, patch: bool, cache_dir: &Path) -> Result<MachKernel> {
-    let (deb, rec) = fetch_deb(package, cache_dir)?;
+    let rec = debian::package_info(package, cache_dir)?;
+    let deb = debian::download(&rec, &cache_dir.join("debs"))?;
     let kernels = cache_dir.join("gnumach").join("kernel");
-    // The image's hash is recorded next to the .deb so that a warm cache skips the gunzip.
-    let image_sha_file = deb.with_extension("image-sha256");
+    // The image's hash is recorded by the .deb's, so that a warm cache skips the gunzip.
+    let image_sha_file = kernels.join(format!("{}.image-sha256", rec.sha256));
     let known = std::fs::read_to_string(&image_sha_file)
         .ok()
         .map(|s| s.trim().to_string());
@@ -255,7 +160,7 @@ pub fn prepare_kernel(package: &str, patch: bool, cache_dir: &Path) -> Result<Ma
             let image = extract_image(&deb)?;
             let sha = sha256_hex(&image);
             write_cached(&kernels.join(format!("{sha}.elf")), &image)?;
-            std::fs::write(&image_sha_file, &sha)?;
+            host::write_atomic(&image_sha_file, sha.as_bytes())?;
             sha
         }
     };
@@ -336,20 +241,6 @@ mod tests {
             msg.contains("2 times") && msg.contains("0xf") && msg.contains("0x7d5"),
             "{msg}"
         );
-    }
-
-    #[test]
-    fn apt_record_fields() {
-        let text = "Package: gnumach-image-1.8-486\nVersion: 2:1.8+git20221224-2\n\
-                    Filename: pool/main/g/gnumach/x.deb\nSize: 1\n\
-                    SHA256: 3045e6ea88b136ae5a2bbf27835129b6e841d5a54ef290f1ba0932db0c2d072e\n";
-        let rec = parse_apt_record("gnumach-image-1.8-486", text).unwrap();
-        assert_eq!(rec.version, "2:1.8+git20221224-2");
-        assert_eq!(rec.filename, "pool/main/g/gnumach/x.deb");
-        let err = parse_apt_record("p", "Version: 1\nFilename: f\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("no SHA256 field"), "{err}");
     }
 }
 

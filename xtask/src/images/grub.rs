@@ -5,8 +5,8 @@
 //! `grub-mkrescue` (packages `grub-pc-bin`, `xorriso`, `mtools`) builds the ISO. ISOs are cached
 //! under `<cache>/gnumach/iso/` by the hash of what goes into them.
 
+use crate::host::{CacheKey, Cmd};
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// What the menu entry boots. Arguments are plain words; the writer quotes them.
@@ -74,12 +74,11 @@ pub fn build_iso(
         Some(m) => std::fs::read(m).with_context(|| format!("reading {}", m.display()))?,
         None => Vec::new(),
     };
-    let mut h = Sha256::new();
-    for part in [&kernel_bytes[..], &module_bytes[..], cfg.as_bytes()] {
-        h.update((part.len() as u64).to_le_bytes());
-        h.update(part);
-    }
-    let key = hex::encode(h.finalize());
+    let key = CacheKey::new()
+        .part(&kernel_bytes)
+        .part(&module_bytes)
+        .part(cfg)
+        .hex();
     let dir = cache_dir.join("gnumach").join("iso");
     let iso = dir.join(format!("{key}.iso"));
     if iso.exists() {
@@ -95,11 +94,12 @@ pub fn build_iso(
     }
     std::fs::write(boot.join("grub").join("grub.cfg"), cfg)?;
     let tmp_iso = tree.path().join("out.iso");
-    let tmp_s = tmp_iso.to_str().context("cache path is not UTF-8")?;
-    let tree_s = tree.path().to_str().context("cache path is not UTF-8")?;
-    super::gnumach::run_tool(&["grub-mkrescue", "-o", tmp_s, tree_s], None).context(
-        "building the GRUB rescue ISO (needs the packages grub-pc-bin, xorriso and mtools)",
-    )?;
+    Cmd::new("grub-mkrescue")
+        .arg("-o")
+        .arg(&tmp_iso)
+        .arg(tree.path())
+        .read()
+        .context("building the GRUB rescue ISO (needs the packages grub-pc-bin and xorriso)")?;
     std::fs::rename(&tmp_iso, &iso).with_context(|| format!("writing {}", iso.display()))?;
     Ok(iso)
 }

@@ -1,19 +1,21 @@
 //! The initramfs kstorm boots Linux with: a newc cpio archive holding the static guest payload
 //! as `/init`, the cell's plan as `/kstorm/plan.json`, `/dev/console` (the kernel opens it
 //! before running `/init`) and empty mount points. Cached by content hash.
+//!
+//! [`write_newc`] is kstorm's one cpio writer (disk images' boot initramfs uses it too).
 
 use crate::host;
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-const DIR: u32 = 0o040755;
-const FILE_EXEC: u32 = 0o100755;
-const FILE: u32 = 0o100644;
+pub const DIR: u32 = 0o040755;
+pub const FILE_EXEC: u32 = 0o100755;
+pub const FILE: u32 = 0o100644;
 const CHAR_DEV: u32 = 0o020600;
 
-/// One entry of the archive.
-enum Entry<'a> {
+/// One entry of an archive.
+pub enum Entry<'a> {
     Dir(&'a str),
     File {
         name: &'a str,
@@ -30,7 +32,7 @@ enum Entry<'a> {
 /// Writes the archive for `init` (the payload's bytes) and `plan` (JSON) under `cache`, named
 /// by the hash of both; returns its path. An archive that already exists is reused.
 pub fn build(cache: &Path, init: &[u8], plan_json: &[u8]) -> Result<PathBuf> {
-    let hash = host::sha256_bytes(&[init, plan_json]);
+    let hash = host::CacheKey::new().part(init).part(plan_json).hex();
     let path = cache
         .join("initramfs")
         .join(format!("{}.cpio", &hash[..32]));
@@ -47,11 +49,7 @@ pub fn build(cache: &Path, init: &[u8], plan_json: &[u8]) -> Result<PathBuf> {
 pub fn archive(init: &[u8], plan_json: &[u8]) -> Result<Vec<u8>> {
     let entries = [
         Entry::Dir("dev"),
-        Entry::CharDev {
-            name: "dev/console",
-            major: 5,
-            minor: 1,
-        },
+        CONSOLE,
         Entry::Dir("proc"),
         Entry::Dir("sys"),
         Entry::Dir("tmp"),
@@ -67,7 +65,26 @@ pub fn archive(init: &[u8], plan_json: &[u8]) -> Result<Vec<u8>> {
             data: init,
         },
     ];
-    let mut out = Vec::with_capacity(init.len() + plan_json.len() + 4096);
+    write_newc(&entries)
+}
+
+/// The `/dev/console` entry every initramfs needs: the kernel opens it before running `/init`.
+pub const CONSOLE: Entry<'static> = Entry::CharDev {
+    name: "dev/console",
+    major: 5,
+    minor: 1,
+};
+
+/// A newc cpio archive of `entries`, in order, numbered from inode 1.
+pub fn write_newc(entries: &[Entry]) -> Result<Vec<u8>> {
+    let size: usize = entries
+        .iter()
+        .map(|e| match e {
+            Entry::File { data, .. } => data.len() + 512,
+            _ => 512,
+        })
+        .sum();
+    let mut out = Vec::with_capacity(size);
     for (ino, entry) in entries.iter().enumerate() {
         let ino = ino as u32 + 1;
         match entry {
@@ -90,7 +107,8 @@ pub fn archive(init: &[u8], plan_json: &[u8]) -> Result<Vec<u8>> {
                 w.finish()?;
             }
             Entry::File { name, mode, data } => {
-                let size = u32::try_from(data.len()).context("initramfs file larger than 4 GiB")?;
+                let size = u32::try_from(data.len())
+                    .with_context(|| format!("cpio entry {name} larger than 4 GiB"))?;
                 let mut w = cpio::newc::Builder::new(name)
                     .ino(ino)
                     .mode(*mode)
@@ -105,6 +123,28 @@ pub fn archive(init: &[u8], plan_json: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Every entry of an archive as (name, mode, rdev major, size), in order, for tests.
+#[cfg(test)]
+pub(crate) fn read_back(bytes: &[u8]) -> Vec<(String, u32, u32, u32)> {
+    let mut rest: &[u8] = bytes;
+    let mut seen = Vec::new();
+    for _ in 0..10_000 {
+        let reader = cpio::newc::Reader::new(rest).unwrap();
+        let e = reader.entry();
+        if e.is_trailer() {
+            return seen;
+        }
+        seen.push((
+            e.name().to_string(),
+            e.mode(),
+            e.rdev_major(),
+            e.file_size(),
+        ));
+        rest = reader.finish().unwrap();
+    }
+    panic!("no trailer in 10000 entries");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,22 +152,7 @@ mod tests {
     #[test]
     fn archive_reads_back_with_its_entries() {
         let bytes = archive(b"\x7fELF-payload", b"{\"cell\":\"c\"}").unwrap();
-        let mut rest: &[u8] = &bytes;
-        let mut seen = Vec::new();
-        loop {
-            let reader = cpio::newc::Reader::new(rest).unwrap();
-            if reader.entry().is_trailer() {
-                break;
-            }
-            let e = reader.entry();
-            seen.push((
-                e.name().to_string(),
-                e.mode(),
-                e.rdev_major(),
-                e.file_size(),
-            ));
-            rest = reader.finish().unwrap();
-        }
+        let seen = read_back(&bytes);
         assert!(seen.contains(&("dev/console".into(), CHAR_DEV, 5, 0)));
         assert!(seen.contains(&("init".into(), FILE_EXEC, 0, 12)));
         assert!(seen.contains(&("kstorm/plan.json".into(), FILE, 0, 12)));

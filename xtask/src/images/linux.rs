@@ -42,8 +42,8 @@ impl LinuxKernel {
     /// The current Debian kernel behind `metapackage`, downloaded, checked and unpacked into
     /// `cache/linux/<package>_<version>/`.
     pub fn from_debian(metapackage: &str, cache: &Path) -> Result<LinuxKernel> {
-        let package = debian::resolve_metapackage(metapackage, "linux-image-")?;
-        let info = debian::package_info(&package)?;
+        let package = debian::resolve_metapackage(metapackage, "linux-image-", cache)?;
+        let info = debian::package_info(&package, cache)?;
         let dir = cache
             .join("linux")
             .join(format!("{}_{}", info.package, info.version));
@@ -162,48 +162,27 @@ fn decompress_one_xz_stream(data: &[u8]) -> Option<Vec<u8>> {
 /// True when `elf` is an x86-64 ELF with a Xen `PHYS32_ENTRY` note (type 18), the entry point
 /// QEMU uses to boot a kernel as PVH.
 pub fn has_pvh_note(elf: &[u8]) -> bool {
+    use object::read::elf::{ElfFile64, ProgramHeader};
+    use object::Object;
     const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
-    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |o: usize| {
-        elf.get(o..o + 4)
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+    let Ok(file) = ElfFile64::<object::Endianness>::parse(elf) else {
+        return false;
     };
-    let u64_at = |o: usize| {
-        elf.get(o..o + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
-    };
-    if elf.get(..5) != Some(b"\x7fELF\x02") {
+    if file.architecture() != object::Architecture::X86_64 {
         return false;
     }
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
-    else {
-        return false;
-    };
-    for i in 0..phnum as usize {
-        let ph = phoff as usize + i * phentsize as usize;
-        if u32_at(ph) != Some(4) {
-            continue; // not PT_NOTE
-        }
-        let (Some(off), Some(size)) = (u64_at(ph + 8), u64_at(ph + 32)) else {
-            continue;
+    let endian = file.endian();
+    file.elf_program_headers().iter().any(|segment| {
+        let Ok(Some(mut notes)) = segment.notes(endian, elf) else {
+            return false;
         };
-        let (mut o, end) = (off as usize, (off + size) as usize);
-        while o + 12 <= end {
-            let (Some(namesz), Some(descsz), Some(kind)) =
-                (u32_at(o), u32_at(o + 4), u32_at(o + 8))
-            else {
-                break;
-            };
-            let name = elf
-                .get(o + 12..o + 12 + namesz as usize)
-                .unwrap_or_default();
-            if name.starts_with(b"Xen") && kind == XEN_ELFNOTE_PHYS32_ENTRY {
+        while let Ok(Some(note)) = notes.next() {
+            if note.name() == b"Xen" && note.n_type(endian).0 == XEN_ELFNOTE_PHYS32_ENTRY {
                 return true;
             }
-            o += 12 + (namesz as usize).div_ceil(4) * 4 + (descsz as usize).div_ceil(4) * 4;
         }
-    }
-    false
+        false
+    })
 }
 
 #[cfg(test)]
@@ -217,6 +196,31 @@ mod tests {
         fake.extend_from_slice(XZ_MAGIC);
         fake.extend_from_slice(b"garbage");
         assert!(extract_vmlinux(&fake).is_none());
+    }
+
+    /// A static ELF whose note segment carries a Xen note of type `note_type` (18 is PVH's).
+    fn elf_with_xen_note(dir: &Path, note_type: u32) -> Vec<u8> {
+        let src = dir.join(format!("note{note_type}.S"));
+        let asm = format!(
+            ".section .note.Xen,\"a\",@note\n.balign 4\n.long 4, 4, {note_type}\n\
+             .asciz \"Xen\"\n.long 0x1000000\n.text\n.globl _start\n_start: hlt\n"
+        );
+        std::fs::write(&src, asm).unwrap();
+        let out = dir.join(format!("note{note_type}"));
+        crate::host::Cmd::new("gcc")
+            .args(["-nostdlib", "-static", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .read()
+            .unwrap();
+        std::fs::read(out).unwrap()
+    }
+
+    #[test]
+    fn pvh_note_is_found_in_an_elf_that_has_it() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(has_pvh_note(&elf_with_xen_note(dir.path(), 18)));
+        assert!(!has_pvh_note(&elf_with_xen_note(dir.path(), 17)));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! kstorm's GNU Mach bootstrap task (`guest-payload/mach/`): building it, and turning a cell
 //! into the module command line the task reads.
 
-use super::gnumach::{run_tool, sha256_hex, MachKernel};
+use super::gnumach::MachKernel;
 use super::grub::{build_iso, grub_cfg, MultibootEntry};
+use crate::host::{sha256_hex, CacheKey, Cmd};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -36,22 +37,19 @@ pub fn source_dir() -> PathBuf {
         .join("mach")
 }
 
-/// Compiles the bootstrap task into `out_dir` (`gcc -m32`, from `gcc-multilib`) and returns the
+/// Compiles the bootstrap task into `out_dir` (`gcc -m32`; freestanding, so plain gcc does)
+/// and returns the
 /// ELF's path. The output is named by the hash of sources and flags, so an unchanged task is
 /// not rebuilt.
 pub fn build_bootstrap(out_dir: &Path) -> Result<PathBuf> {
     let src = source_dir();
-    let mut h = sha2::Sha256::new();
-    use sha2::Digest;
+    let mut key = CacheKey::new();
     for name in SOURCES.iter().chain(HEADERS.iter()) {
         let path = src.join(name);
         let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        h.update(name.as_bytes());
-        h.update((text.len() as u64).to_le_bytes());
-        h.update(&text);
+        key = key.part(name).part(text);
     }
-    h.update(GCC_FLAGS.join(" ").as_bytes());
-    let key = hex::encode(h.finalize());
+    let key = key.part(GCC_FLAGS.join(" ")).hex();
     let out = out_dir.join(format!("mach-bootstrap-{}", &key[..16]));
     if out.exists() {
         return Ok(out);
@@ -62,19 +60,13 @@ pub fn build_bootstrap(out_dir: &Path) -> Result<PathBuf> {
         &key[..16],
         std::process::id()
     ));
-    let tmp_s = tmp
-        .to_str()
-        .context("output path is not UTF-8")?
-        .to_string();
-    let sources: Vec<String> = SOURCES
-        .iter()
-        .map(|n| src.join(n).to_string_lossy().into_owned())
-        .collect();
-    let mut argv: Vec<&str> = vec!["gcc"];
-    argv.extend(GCC_FLAGS);
-    argv.extend(["-o", &tmp_s]);
-    argv.extend(sources.iter().map(|s| s.as_str()));
-    run_tool(&argv, None).context("building the GNU Mach bootstrap task (needs gcc-multilib)")?;
+    Cmd::new("gcc")
+        .args(GCC_FLAGS)
+        .arg("-o")
+        .arg(&tmp)
+        .args(SOURCES.iter().map(|n| src.join(n)))
+        .read()
+        .context("building the GNU Mach bootstrap task")?;
     std::fs::rename(&tmp, &out)?;
     Ok(out)
 }
@@ -305,9 +297,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let elf = build_bootstrap(dir.path()).unwrap();
         let bytes = std::fs::read(&elf).unwrap();
-        assert_eq!(&bytes[..4], b"\x7fELF");
-        assert_eq!(bytes[4], 1, "ELFCLASS32");
-        assert_eq!(u16::from_le_bytes([bytes[18], bytes[19]]), 3, "EM_386");
+        use object::Object;
+        let file = object::File::parse(&bytes[..]).unwrap();
+        assert!(!file.is_64(), "ELFCLASS32");
+        assert_eq!(file.architecture(), object::Architecture::I386);
         // Cached: the second build returns the same file without compiling.
         assert_eq!(build_bootstrap(dir.path()).unwrap(), elf);
     }
