@@ -50,22 +50,29 @@ impl Mapping {
 
     /// Writes `seed` to one byte of every page, so each is really backed by memory.
     pub fn touch_write(&mut self, seed: u8) {
-        for off in (0..self.len).step_by(super::page_size()) {
-            let byte = self.ptr.as_ptr().wrapping_add(off);
-            // SAFETY: off < len, so the byte lies inside this live, writable mapping; volatile,
-            // so the compiler keeps every store (each one is a page fault we want).
-            unsafe { byte.write_volatile(seed) };
-        }
+        self.touch_pages(Some(seed));
     }
 
     /// Reads one byte of every page, so every page is mapped in this process; their sum.
     pub fn touch_read(&self) -> u64 {
+        self.touch_pages(None)
+    }
+
+    /// One volatile access per page: a store of `store`, or a load whose values are summed.
+    /// (Stores come only through `touch_write`, which holds `&mut self`.)
+    fn touch_pages(&self, store: Option<u8>) -> u64 {
         let mut sum = 0u64;
         for off in (0..self.len).step_by(super::page_size()) {
             let byte = self.ptr.as_ptr().wrapping_add(off);
-            // SAFETY: off < len, so the byte lies inside this live, readable mapping; volatile,
-            // so the compiler keeps every load.
-            sum += u64::from(unsafe { byte.read_volatile() });
+            // SAFETY: off < len, so the byte lies inside this live, readable and writable
+            // mapping; volatile, so the compiler keeps every access (each is a page fault we
+            // want).
+            unsafe {
+                match store {
+                    Some(v) => byte.write_volatile(v),
+                    None => sum += u64::from(byte.read_volatile()),
+                }
+            }
         }
         sum
     }
