@@ -1,15 +1,16 @@
 //! The results channel: frames go out one `write()` per line, numbered in order. Only the
 //! supervising process writes frames, so sequence numbers never interleave.
 
-use crate::sys;
+use crate::sys::{self, OFlag};
 use kstorm_payload::frame::{encode, Message};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+use std::os::fd::OwnedFd;
 
 pub struct Channel {
     cell: String,
     seq: u64,
-    fd: RawFd,
-    _owned: Option<OwnedFd>,
+    /// `None`: standard output.
+    out: Option<OwnedFd>,
     /// What the frames are written to, for the log.
     pub target: String,
 }
@@ -20,8 +21,7 @@ impl Channel {
         Channel {
             cell: cell.to_string(),
             seq: 0,
-            fd: 1,
-            _owned: None,
+            out: None,
             target: "stdout".into(),
         }
     }
@@ -31,8 +31,7 @@ impl Channel {
         Channel {
             cell: cell.to_string(),
             seq: 0,
-            fd: fd.as_raw_fd(),
-            _owned: Some(fd),
+            out: Some(fd),
             target: target.into(),
         }
     }
@@ -45,7 +44,7 @@ impl Channel {
             Err(e) => e,
         };
         let why = format!("results device {device}: {e}; using /dev/console");
-        match sys::open("/dev/console", libc::O_WRONLY | libc::O_NOCTTY) {
+        match sys::open("/dev/console", OFlag::O_WRONLY | OFlag::O_NOCTTY) {
             Ok(fd) => (Channel::to_file(cell, fd, "/dev/console"), Some(why)),
             Err(_) => (Channel::stdout(cell), Some(why)),
         }
@@ -56,7 +55,11 @@ impl Channel {
     pub fn send(&mut self, msg: &Message) {
         let line = encode(&self.cell, self.seq, msg);
         self.seq += 1;
-        if let Err(e) = sys::write_all(self.fd, line.as_bytes()) {
+        let written = match &self.out {
+            Some(fd) => sys::write_all(fd, line.as_bytes()),
+            None => sys::write_all(std::io::stdout(), line.as_bytes()),
+        };
+        if let Err(e) = written {
             eprintln!("kstorm-payload: writing a frame to {}: {e}", self.target);
         }
     }
@@ -69,14 +72,10 @@ impl Channel {
 /// Opens a serial port for writing, without making it our controlling terminal, and turns
 /// off output processing so a frame goes out byte for byte.
 fn open_raw_tty(device: &str) -> std::io::Result<OwnedFd> {
-    let fd = sys::open(device, libc::O_WRONLY | libc::O_NOCTTY)?;
-    // SAFETY: zeroed termios is a valid out-buffer; fd is ours.
-    unsafe {
-        let mut t: libc::termios = std::mem::zeroed();
-        if libc::tcgetattr(fd.as_raw_fd(), &mut t) == 0 {
-            libc::cfmakeraw(&mut t);
-            libc::tcsetattr(fd.as_raw_fd(), libc::TCSANOW, &t);
-        }
+    let fd = sys::open(device, OFlag::O_WRONLY | OFlag::O_NOCTTY)?;
+    if let Ok(mut t) = tcgetattr(&fd) {
+        cfmakeraw(&mut t);
+        let _ = tcsetattr(&fd, SetArg::TCSANOW, &t);
     }
     Ok(fd)
 }

@@ -2,8 +2,12 @@
 
 use crate::channel::Channel;
 use crate::runner::Runner;
-use crate::sys;
+use crate::sys::{self, Errno, OFlag, Signal};
 use kstorm_payload::plan::PLAN_PATH;
+use nix::sys::reboot::{reboot, RebootMode};
+use nix::sys::stat::Mode;
+use nix::unistd::{sync, Pid};
+use std::os::fd::{AsRawFd, IntoRawFd};
 
 /// Never returns: the guest powers off at the end, even when something went wrong. (If PID 1
 /// exited, the kernel would panic and the harness would see a crash that is ours.)
@@ -57,7 +61,7 @@ fn mount_all() -> Vec<String> {
     ] {
         let _ = sys::mkdir_p(target);
         if let Err(e) = sys::linux_mount(src, target, fstype, data) {
-            if e.raw_os_error() != Some(libc::EBUSY) {
+            if e.raw_os_error() != Some(Errno::EBUSY as i32) {
                 notes.push(format!("mount {fstype} on {target}: {e}"));
             }
         }
@@ -65,36 +69,30 @@ fn mount_all() -> Vec<String> {
     notes
 }
 
-/// Makes sure fds 0-2 are open (on the console) so nothing we open later lands on them.
+/// Makes sure fds 0-2 are open (on the console) so nothing we open later lands on them: an
+/// open takes the lowest free number, so the console lands on each closed one in turn.
 fn ensure_stdio() {
-    for fd in 0..3 {
-        // SAFETY: F_GETFD only queries.
-        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
-            if let Ok(c) = std::ffi::CString::new("/dev/console") {
-                // SAFETY: valid C string; the new fd takes the lowest free number, `fd`.
-                let got = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NOCTTY) };
-                if got != fd && got >= 0 {
-                    // SAFETY: plain syscalls on our fds.
-                    unsafe {
-                        libc::dup2(got, fd);
-                        libc::close(got);
-                    }
-                }
-            }
+    for _ in 0..3 {
+        let flags = OFlag::O_RDWR | OFlag::O_NOCTTY;
+        let Ok(fd) = nix::fcntl::open("/dev/console", flags, Mode::empty()) else {
+            return;
+        };
+        if fd.as_raw_fd() > 2 {
+            return;
         }
+        // Standard input, output or error from now on: never closed.
+        let _ = fd.into_raw_fd();
     }
 }
 
 /// Kills what is left, syncs and powers off; reboots (QEMU's -no-reboot then exits) if the
 /// machine has no power-off.
 fn power_off() -> ! {
-    // SAFETY: plain syscalls; we are PID 1, nothing else needs to run after this.
-    unsafe {
-        libc::kill(-1, libc::SIGKILL);
-        libc::sync();
-        libc::reboot(libc::RB_POWER_OFF);
-        libc::reboot(libc::RB_AUTOBOOT);
-    }
+    // We are PID 1: nothing else needs to run after this.
+    let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGKILL);
+    sync();
+    let _ = reboot(RebootMode::RB_POWER_OFF);
+    let _ = reboot(RebootMode::RB_AUTOBOOT);
     loop {
         sys::sleep_secs(3600.0);
     }

@@ -69,10 +69,7 @@ fn host_main(args: &[String]) -> i32 {
     };
     // Orphans of scenario workers come back to us to be reaped.
     #[cfg(target_os = "linux")]
-    // SAFETY: plain prctl.
-    unsafe {
-        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    };
+    sys::linux_set_child_subreaper();
     let mut chan = channel::Channel::stdout(&plan.cell);
     match runner::Runner::new(&mut chan, &plan, disposable) {
         Ok(mut r) => {

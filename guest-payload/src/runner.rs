@@ -12,7 +12,7 @@ use kstorm_payload::frame::{Measurement, Message, Outcome, ScenarioResult, Serie
 use kstorm_payload::plan::{Plan, ScenarioSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 /// A scenario that outlives its own deadline by this much is killed by the supervisor.
 const OVERRUN_GRACE_S: f64 = 30.0;
@@ -163,7 +163,7 @@ impl<'a> Runner<'a> {
         };
         self.progress.reset();
         let t_start = sys::now();
-        let (rr, rw) = match sys::pipe(false) {
+        let (rr, rw) = match sys::pipe() {
             Ok(p) => p,
             Err(e) => {
                 self.send_result(
@@ -177,15 +177,16 @@ impl<'a> Runner<'a> {
                 return false;
             }
         };
-        let (progress, in_guest, w) = (&self.progress, self.in_guest, rw.as_raw_fd());
-        let forked = sys::fork_run(|| {
-            // SAFETY: plain syscall: a process group of its own, so everything the scenario
-            // forks can be killed together afterwards.
-            unsafe { libc::setpgid(0, 0) };
+        let (progress, in_guest) = (&self.progress, self.in_guest);
+        // `rw` moves into the child; the parent's copy closes when fork_run returns.
+        let forked = sys::fork_run(move || {
+            sys::new_process_group(0);
             if in_guest {
                 // PID 1's -1000 is inherited: give the scenario back to the OOM killer.
                 let _ = sys::linux_set_oom_score_adj(0);
             }
+            // This process ends without returning, so its result pipe may live for ever.
+            let w: &'static OwnedFd = Box::leak(Box::new(rw));
             std::panic::set_hook(Box::new(move |info| {
                 let msg = serde_json::to_string(&ChildMessage::Panic(info.to_string()))
                     .unwrap_or_default();
@@ -203,7 +204,6 @@ impl<'a> Runner<'a> {
             }
             0
         });
-        drop(rw);
         let pid = match forked {
             Ok(pid) => pid,
             Err(e) => {
@@ -218,15 +218,15 @@ impl<'a> Runner<'a> {
                 return false;
             }
         };
-        // SAFETY: plain syscall; also done here so the group exists before we may kill it.
-        unsafe { libc::setpgid(pid, pid) };
+        // Also done here, so the group exists before we may kill it.
+        sys::new_process_group(pid);
         let Supervised {
             text,
             exit,
             overran,
             busy,
             series: watch_series,
-        } = self.supervise(spec, pid, rr.as_raw_fd());
+        } = self.supervise(spec, pid, rr.as_fd());
         sys::kill_group(pid);
         while sys::reap_any().is_some() {}
         let wall = sys::now() - t_start;
@@ -277,7 +277,7 @@ impl<'a> Runner<'a> {
 
     /// Heartbeats, memory samples, reaping and the overrun watchdog while the scenario child
     /// runs; collects what the child writes to its result pipe until it ended.
-    fn supervise(&mut self, spec: &ScenarioSpec, pid: i32, fd: RawFd) -> Supervised {
+    fn supervise(&mut self, spec: &ScenarioSpec, pid: i32, fd: BorrowedFd) -> Supervised {
         let mut watch = MemWatch::new(pid);
         let mut text = Vec::new();
         let mut exit = None;

@@ -7,7 +7,7 @@ use super::{deadline, Ctx, Report, RunError};
 use crate::progress::SharedCounters;
 use crate::sys;
 use kstorm_payload::params::CgroupLimit as Params;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 
 const ROOT: &str = "/sys/fs/cgroup";
 
@@ -65,23 +65,23 @@ fn in_group(
     let counters = SharedCounters::new(1).map_err(|e| format!("shared memory: {e}"))?;
     let c = &counters;
 
-    let (ready_r, ready_w) = sys::pipe(false).map_err(|e| format!("pipe: {e}"))?;
-    let (rw, bmib) = (ready_w.as_raw_fd(), p.bystander_mib);
+    let (ready_r, ready_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (rw, bmib) = (ready_w.as_fd(), p.bystander_mib);
     let bystander = sys::fork_run(move || {
         sys::linux_set_name("cg-bystander");
         let _ = sys::linux_set_oom_score_adj(1000);
-        let mut m = match sys::AnonMap::new(bmib.max(1) as usize * sys::MIB) {
+        let mut m = match sys::Mapping::anon(bmib.max(1) as usize * sys::MIB) {
             Ok(m) => m,
             Err(_) => return 2,
         };
-        m.touch(7);
+        m.touch_write(7);
         let _ = sys::send_word(rw, 1);
         loop {
             sys::sleep_secs(1.0);
         }
     })
     .map_err(|e| format!("fork: {e}"))?;
-    let ready = sys::recv_word(ready_r.as_raw_fd(), dl.at());
+    let ready = sys::recv_word(ready_r.as_fd(), dl.at());
 
     let procs = format!("{group}/cgroup.procs");
     let (step, cap, end) = (p.step_mib, p.cap_mib, dl.at());
@@ -105,7 +105,7 @@ fn in_group(
             }
             ctx.progress.set(c.get(0));
             if sys::now() > dl.at() + 5.0 {
-                let _ = sys::kill(hog_pid, libc::SIGKILL);
+                let _ = sys::sigkill(hog_pid);
                 break sys::wait(hog_pid).map_err(|e| format!("wait: {e}"))?;
             }
             sys::sleep_secs(0.005);
@@ -138,7 +138,7 @@ fn in_group(
         );
         if exit == sys::Exit::Code(98) {
             r.fail(format!("the hog could not join {group}"));
-        } else if exit != sys::Exit::Signal(libc::SIGKILL) {
+        } else if exit != sys::Exit::Signal(sys::Signal::SIGKILL) {
             r.fail(format!(
                 "the hog in a {} MiB group was not killed: {}",
                 p.max_mib,
@@ -153,7 +153,7 @@ fn in_group(
         }
         Ok(())
     })();
-    let _ = sys::kill(bystander, libc::SIGKILL);
+    let _ = sys::sigkill(bystander);
     let _ = sys::wait(bystander);
     result
 }

@@ -8,16 +8,16 @@
 use super::{deadline, Ctx, Report, RunError};
 use crate::sys;
 use kstorm_payload::params::{Copies as Params, CopyMode as Mode};
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, RawFd};
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, BorrowedFd};
 
 /// The copy's life after it started: allocate and write, say ready, wait for release.
-fn copy_body(touch_kib: u64, ready_w: RawFd, release_r: RawFd) -> i32 {
-    let mut mem = match sys::AnonMap::new((touch_kib as usize * 1024).max(sys::page_size())) {
+fn copy_body(touch_kib: u64, ready_w: BorrowedFd, release_r: BorrowedFd) -> i32 {
+    let mut mem = match sys::Mapping::anon((touch_kib as usize * 1024).max(sys::page_size())) {
         Ok(m) => m,
         Err(_) => return 2,
     };
-    mem.touch(0x5a);
+    mem.touch_write(0x5a);
     if sys::send_time(ready_w, sys::now()).is_err() {
         return 3;
     }
@@ -25,18 +25,33 @@ fn copy_body(touch_kib: u64, ready_w: RawFd, release_r: RawFd) -> i32 {
     0
 }
 
-/// Entry of an exec'd copy: `kstorm-payload --copy <touch_kib> <ready_fd> <release_fd>`.
+/// Entry of an exec'd copy: `kstorm-payload --copy <touch_kib>`, with the ready pipe on
+/// standard output and the release pipe on standard input.
 pub fn copy_main(args: &[String]) -> i32 {
-    let num = |i: usize| args.get(i).and_then(|s| s.parse::<i64>().ok());
-    match (num(0), num(1), num(2)) {
-        (Some(touch), Some(ready), Some(release)) => {
-            copy_body(touch as u64, ready as RawFd, release as RawFd)
-        }
-        _ => {
-            eprintln!("kstorm-payload --copy: expected <touch_kib> <ready_fd> <release_fd>");
+    match args.first().and_then(|s| s.parse::<u64>().ok()) {
+        Some(touch) => copy_body(touch, std::io::stdout().as_fd(), std::io::stdin().as_fd()),
+        None => {
+            eprintln!("kstorm-payload --copy: expected <touch_kib> (ready pipe on stdout, release pipe on stdin)");
             2
         }
     }
+}
+
+/// In a forked child: replaces it by a copy of the payload (`copy_main`) that reports on
+/// `ready_w` and waits on `release_r`. Returns only when the exec failed.
+fn exec_copy(exe: &CStr, touch_kib: u64, ready_w: BorrowedFd, release_r: BorrowedFd) -> i32 {
+    // dup2 onto 0 and 1 clears close-on-exec, so the new image inherits exactly these two.
+    if nix::unistd::dup2_stdout(ready_w).is_err() || nix::unistd::dup2_stdin(release_r).is_err() {
+        return 126;
+    }
+    let args = [
+        "kstorm-payload".to_string(),
+        "--copy".into(),
+        touch_kib.to_string(),
+    ]
+    .map(|a| CString::new(a).expect("no NUL"));
+    let _ = nix::unistd::execv(exe, &args);
+    127
 }
 
 /// The probe's fixed task: a few small file reads and a 64 KiB memory write.
@@ -85,8 +100,8 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
                 continue;
             }
             let avail0 = sys::linux_meminfo_field("MemAvailable");
-            let (ready_r, ready_w) = sys::pipe(false).map_err(|e| format!("pipe: {e}"))?;
-            let (release_r, release_w) = sys::pipe(false).map_err(|e| format!("pipe: {e}"))?;
+            let (ready_r, ready_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
+            let mut release = sys::Gate::new().map_err(|e| format!("pipe: {e}"))?;
             let mut pids = Vec::new();
             let mut start_ms = Vec::new();
             let mut stop = None;
@@ -96,39 +111,13 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
                     break;
                 }
                 let t0 = sys::now();
-                let (rw, rr, relw) = (
-                    ready_w.as_raw_fd(),
-                    release_r.as_raw_fd(),
-                    release_w.as_raw_fd(),
-                );
-                let touch = p.touch_kib;
-                let exe = &exe;
+                let (rw, touch, exe, gate) = (ready_w.as_fd(), p.touch_kib, &exe, &mut release);
                 let forked = sys::fork_run(move || {
-                    // SAFETY: closing our copy of the coordinator's release end.
-                    unsafe { libc::close(relw) };
+                    // Our copy of the coordinator's write end would hold the gate shut.
+                    gate.release();
                     match mode {
-                        Mode::Fork => copy_body(touch, rw, rr),
-                        Mode::Exec => {
-                            // dup() gives descriptors without close-on-exec for the new image.
-                            // SAFETY: plain syscalls on fds we hold.
-                            let (rw2, rr2) = unsafe { (libc::dup(rw), libc::dup(rr)) };
-                            let args: Vec<CString> = [
-                                "kstorm-payload".to_string(),
-                                "--copy".into(),
-                                touch.to_string(),
-                                rw2.to_string(),
-                                rr2.to_string(),
-                            ]
-                            .into_iter()
-                            .map(|a| CString::new(a).expect("no NUL"))
-                            .collect();
-                            let mut argv: Vec<*const libc::c_char> =
-                                args.iter().map(|a| a.as_ptr()).collect();
-                            argv.push(std::ptr::null());
-                            // SAFETY: NUL-terminated argv of valid C strings.
-                            unsafe { libc::execv(exe.as_ptr(), argv.as_ptr()) };
-                            127
-                        }
+                        Mode::Fork => copy_body(touch, rw, gate.reader()),
+                        Mode::Exec => exec_copy(exe, touch, rw, gate.reader()),
                     }
                 });
                 match forked {
@@ -138,7 +127,7 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
                         break;
                     }
                 }
-                match sys::recv_time(ready_r.as_raw_fd(), dl.at()) {
+                match sys::recv_time(&ready_r, dl.at()) {
                     Ok(t) => start_ms.push((t - t0) * 1000.0),
                     Err(e) => {
                         stop = Some(format!("copy did not start: {e}"));
@@ -186,12 +175,12 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
             let mut stop_ms = Vec::new();
             for pid in pids.drain(..) {
                 let t0 = sys::now();
-                let _ = sys::kill(pid, libc::SIGKILL);
+                let _ = sys::sigkill(pid);
                 let _ = sys::wait(pid);
                 stop_ms.push((sys::now() - t0) * 1000.0);
             }
             r.latency(&key("stop"), &stop_ms);
-            drop(release_w);
+            release.release();
             if let Some(s) = stop {
                 r.fact(key("stop"), s.clone());
                 r.stop_error.get_or_insert(s);

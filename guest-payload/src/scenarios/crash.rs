@@ -8,8 +8,8 @@ use kstorm_payload::params::{Hang as HangParams, Panic as PanicParams};
 /// Writes `c` to /proc/sysrq-trigger: the kernel crashes ("sysrq triggered crash"). Linux.
 pub fn run_panic(_: PanicParams, ctx: &Ctx) -> Result<Report, RunError> {
     deadline(ctx, 30.0);
-    // SAFETY: plain syscall; flushes what the guest wrote before the crash.
-    unsafe { libc::sync() };
+    // Flushes what the guest wrote before the crash.
+    nix::unistd::sync();
     sys::write_file("/proc/sysrq-trigger", "c")
         .map_err(|e| format!("writing /proc/sysrq-trigger: {e}"))?;
     sys::sleep_secs(10.0);

@@ -17,13 +17,13 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
         },
         ctx.in_guest,
     );
-    let (res_r, res_w) = sys::pipe(false).map_err(|e| format!("pipe: {e}"))?;
+    let (res_r, res_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
     let stop_at = sys::now() + p.duration_s.min(dl.remaining());
     let t0 = sys::now();
     let mut pids = Vec::new();
     let mut fork_error = None;
     for _ in 0..p.procs {
-        let res_w = std::os::fd::AsRawFd::as_raw_fd(&res_w);
+        let res_w = std::os::fd::AsFd::as_fd(&res_w);
         let (max_ops, batch, kind, progress) = (p.max_ops, p.batch, p.fd_kind, ctx.progress);
         match sys::fork_run(move || {
             let mut ops = 0u64;
@@ -57,7 +57,7 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
     leak.during();
     let (mut ops, mut errors, mut first_errno) = (0u64, 0u64, 0i32);
     let read_by = dl.at().max(stop_at + 5.0);
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&res_r);
+    let fd = std::os::fd::AsFd::as_fd(&res_r);
     for _ in &pids {
         match (
             sys::recv_word(fd, read_by),

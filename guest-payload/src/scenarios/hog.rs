@@ -27,7 +27,7 @@ impl HogEnd {
             sys::Exit::Code(0) => "cap".into(),
             sys::Exit::Code(1) => "deadline".into(),
             sys::Exit::Code(c) if c > 100 => sys::errno_name(c - 100),
-            sys::Exit::Signal(libc::SIGKILL) => "oom-kill".into(),
+            sys::Exit::Signal(sys::Signal::SIGKILL) => "oom-kill".into(),
             other => other.describe(),
         }
     }
@@ -41,7 +41,7 @@ pub fn hog(
     touch: bool,
     deadline: f64,
     mib: &AtomicU64,
-) -> (Vec<sys::AnonMap>, HogEnd) {
+) -> (Vec<sys::Mapping>, HogEnd) {
     let mut held = Vec::new();
     let step = step_mib.max(1);
     loop {
@@ -51,15 +51,15 @@ pub fn hog(
         if sys::now() >= deadline {
             return (held, HogEnd::Deadline);
         }
-        match sys::AnonMap::new(step as usize * sys::MIB) {
+        match sys::Mapping::anon(step as usize * sys::MIB) {
             Ok(mut m) => {
                 if touch {
-                    m.touch(0xa5);
+                    m.touch_write(0xa5);
                 }
                 held.push(m);
                 mib.fetch_add(step, Ordering::Relaxed);
             }
-            Err(e) => return (held, HogEnd::Errno(e.raw_os_error().unwrap_or(0))),
+            Err(e) => return (held, HogEnd::Errno(sys::errno_of(&e))),
         }
     }
 }

@@ -2,8 +2,8 @@
 //! "processes with many ports open" of seed 000, shared by fork-hold and spawn-kill.
 
 use super::FdKind;
-use crate::sys;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use crate::sys::{self, OFlag};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 /// What a holder reported after opening its descriptors.
 #[derive(Debug, Clone, Copy)]
@@ -13,51 +13,53 @@ pub struct Opened {
     pub errno: i32,
 }
 
-/// A group of holders sharing one release pipe: closing its write end lets them all exit.
+/// A group of holders sharing one release gate: opening it lets them all exit.
 pub struct Holders {
-    release_r: OwnedFd,
-    release_w: Option<OwnedFd>,
-    status_r: OwnedFd,
+    release: sys::Gate,
+    /// Taken (closed) only in holder children, which do not read reports.
+    status_r: Option<OwnedFd>,
     status_w: OwnedFd,
     pub pids: Vec<i32>,
 }
 
 impl Holders {
     pub fn new() -> std::io::Result<Holders> {
-        let (release_r, release_w) = sys::pipe(false)?;
-        let (status_r, status_w) = sys::pipe(false)?;
+        let release = sys::Gate::new()?;
+        let (status_r, status_w) = sys::pipe()?;
         Ok(Holders {
-            release_r,
-            release_w: Some(release_w),
-            status_r,
+            release,
+            status_r: Some(status_r),
             status_w,
             pids: Vec::new(),
         })
     }
 
+    fn status_r(&self) -> BorrowedFd<'_> {
+        self.status_r
+            .as_ref()
+            .expect("the coordinator keeps the status pipe")
+            .as_fd()
+    }
+
     /// Forks one holder that opens `fds` descriptors of `kind`. Err(errno) when fork fails.
     pub fn fork_one(&mut self, fds: u32, kind: FdKind) -> Result<i32, i32> {
-        let release_r = self.release_r.as_raw_fd();
-        let release_w = self.release_w.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
-        let status_w = self.status_w.as_raw_fd();
-        let status_r = self.status_r.as_raw_fd();
+        let (release, status_r, status_w) =
+            (&mut self.release, &mut self.status_r, self.status_w.as_fd());
         let pid = sys::fork_run(move || {
             // Named, so an OOM kill of a holder reads as one in the console and the verdict.
             sys::linux_set_name("fd-holder");
-            // SAFETY: closing our copies of the coordinator's ends.
-            unsafe {
-                libc::close(release_w);
-                libc::close(status_r);
-            }
+            // Our copies of the coordinator's ends: the descriptors count against our limit.
+            release.release();
+            drop(status_r.take());
             // The coordinator may be protected from the OOM killer; holders are not.
             let _ = sys::linux_set_oom_score_adj(0);
             let (held, errno) = open_fds(fds, kind);
             let _ = sys::send_words(status_w, &[held.len() as i64, errno as i64]);
-            sys::block_until_eof(release_r);
+            release.wait();
             drop(held);
             0
         })
-        .map_err(|e| e.raw_os_error().unwrap_or(0))?;
+        .map_err(|e| sys::errno_of(&e))?;
         self.pids.push(pid);
         Ok(pid)
     }
@@ -70,7 +72,7 @@ impl Holders {
                 return Err(format!("holder {pid} {}", exit.describe()));
             }
             let slice = (sys::now() + 0.2).min(deadline);
-            match sys::wait_readable(self.status_r.as_raw_fd(), slice - sys::now()) {
+            match sys::wait_readable(self.status_r(), slice - sys::now()) {
                 Ok(true) => {
                     return self
                         .read_report(deadline)
@@ -97,8 +99,8 @@ impl Holders {
 
     /// Reads one holder's report, waiting until `deadline` (monotonic seconds).
     pub fn read_report(&self, deadline: f64) -> std::io::Result<Opened> {
-        let fds = sys::recv_word(self.status_r.as_raw_fd(), deadline)?;
-        let errno = sys::recv_word(self.status_r.as_raw_fd(), deadline)?;
+        let fds = sys::recv_word(self.status_r(), deadline)?;
+        let errno = sys::recv_word(self.status_r(), deadline)?;
         Ok(Opened {
             fds: fds.max(0) as u64,
             errno: errno as i32,
@@ -109,7 +111,7 @@ impl Holders {
     /// took until the last one was gone.
     pub fn release_and_reap(&mut self) -> f64 {
         let t0 = sys::now();
-        self.release_w = None;
+        self.release.release();
         for pid in self.pids.drain(..) {
             let _ = sys::wait(pid);
         }
@@ -124,7 +126,7 @@ impl Holders {
             if i > 0 {
                 sys::sleep_secs(interval);
             }
-            let _ = sys::kill(*pid, libc::SIGKILL);
+            let _ = sys::sigkill(*pid);
         }
         for pid in self.pids.drain(..) {
             let _ = sys::wait(pid);
@@ -136,7 +138,7 @@ impl Holders {
 impl Drop for Holders {
     fn drop(&mut self) {
         for pid in self.pids.drain(..) {
-            let _ = sys::kill(pid, libc::SIGKILL);
+            let _ = sys::sigkill(pid);
             let _ = sys::wait(pid);
         }
     }
@@ -158,28 +160,12 @@ pub fn open_fds(n: u32, kind: FdKind) -> (Vec<OwnedFd>, i32) {
 /// One open of `kind`: one descriptor for /dev/null, two for a pipe or a socket pair.
 pub fn open_one(kind: FdKind) -> Result<Vec<OwnedFd>, i32> {
     match kind {
-        FdKind::Devnull => sys::open("/dev/null", libc::O_RDWR)
-            .map(|f| vec![f])
-            .map_err(|e| e.raw_os_error().unwrap_or(0)),
-        FdKind::Pipe => sys::pipe(false)
-            .map(|(a, b)| vec![a, b])
-            .map_err(|e| e.raw_os_error().unwrap_or(0)),
+        FdKind::Devnull => sys::open("/dev/null", OFlag::O_RDWR).map(|f| vec![f]),
+        FdKind::Pipe => sys::pipe().map(|(a, b)| vec![a, b]),
+        // socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC).
         FdKind::Socket => {
-            let mut fds = [0; 2];
-            // SAFETY: valid out-array.
-            let r = unsafe {
-                libc::socketpair(
-                    libc::AF_UNIX,
-                    libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-                    0,
-                    fds.as_mut_ptr(),
-                )
-            };
-            if r == -1 {
-                return Err(sys::errno());
-            }
-            // SAFETY: fresh fds we own.
-            Ok(unsafe { vec![OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])] })
+            std::os::unix::net::UnixStream::pair().map(|(a, b)| vec![a.into(), b.into()])
         }
     }
+    .map_err(|e| sys::errno_of(&e))
 }

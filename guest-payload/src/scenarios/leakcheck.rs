@@ -84,7 +84,7 @@ impl LeakCheck {
     pub fn during(&mut self) {
         let s = snapshot(false);
         let slab = |s: &Snapshot| s.amounts.get("meminfo:Slab").copied().unwrap_or(0);
-        if self.peak.as_ref().map_or(true, |p| slab(&s) >= slab(p)) {
+        if self.peak.as_ref().is_none_or(|p| slab(&s) >= slab(p)) {
             self.peak = Some(s);
         }
     }

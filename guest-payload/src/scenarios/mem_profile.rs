@@ -71,9 +71,9 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
     let mut chunks = Vec::new();
     let step = p.step_mib.max(1);
     while (chunks.len() as u64) * step < p.ramp_mib && !dl.passed() {
-        match sys::AnonMap::new(step as usize * sys::MIB) {
+        match sys::Mapping::anon(step as usize * sys::MIB) {
             Ok(mut m) => {
-                m.touch(1);
+                m.touch_write(1);
                 chunks.push(m);
             }
             Err(e) => {

@@ -5,62 +5,19 @@
 //! (Linux) punching a page out of the file, which must unmap it from every holder.
 
 use super::{deadline, Ctx, Report, RunError};
-use crate::sys;
+use crate::sys::{self, Mapping, OFlag};
 use kstorm_payload::params::MmapGroup as Params;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-/// A shared mapping of the whole file, unmapped on drop.
-struct FileMap {
-    ptr: *mut u8,
-    len: usize,
+fn open_file(path: &str) -> std::io::Result<OwnedFd> {
+    sys::open(path, OFlag::O_RDWR)
 }
 
-impl FileMap {
-    fn new(fd: RawFd, len: usize) -> std::io::Result<FileMap> {
-        // SAFETY: mapping a file we hold open.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(FileMap { ptr: p.cast(), len })
-    }
-
-    /// Reads one byte of every page, so every page is mapped in this process.
-    fn touch(&self) -> u64 {
-        let mut sum = 0u64;
-        let mut off = 0;
-        while off < self.len {
-            // SAFETY: inside the mapping.
-            sum += unsafe { self.ptr.add(off).read_volatile() } as u64;
-            off += sys::page_size();
-        }
-        sum
-    }
-
-    fn msync(&self, off: usize, len: usize) -> std::io::Result<()> {
-        // SAFETY: page-aligned range inside the mapping.
-        sys::check(unsafe { libc::msync(self.ptr.add(off).cast(), len, libc::MS_SYNC) }).map(|_| ())
-    }
-}
-
-impl Drop for FileMap {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
-fn open_file(path: &str) -> std::io::Result<std::os::fd::OwnedFd> {
-    sys::open(path, libc::O_RDWR)
+/// Opens the file and maps all `len` bytes of it shared, as one member of the group.
+fn join(path: &str, len: usize) -> Result<(OwnedFd, Mapping), i32> {
+    let fd = open_file(path).map_err(|_| 2)?;
+    let map = Mapping::file_shared(fd.as_fd(), len).map_err(|_| 3)?;
+    Ok((fd, map))
 }
 
 pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
@@ -97,26 +54,20 @@ fn measure_all(
             continue;
         }
         let key = |what: &str| format!("n{n}_{what}");
-        let (ready_r, ready_w) = sys::pipe(false).map_err(|e| format!("pipe: {e}"))?;
-        let (release_r, release_w) = sys::pipe(false).map_err(|e| format!("pipe: {e}"))?;
+        let (ready_r, ready_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
+        let mut release = sys::Gate::new().map_err(|e| format!("pipe: {e}"))?;
         let mut holders = Vec::new();
         let mut stop = None;
         for _ in 0..n {
-            let (rw, rr, relw) = (
-                ready_w.as_raw_fd(),
-                release_r.as_raw_fd(),
-                release_w.as_raw_fd(),
-            );
+            let (rw, gate) = (ready_w.as_fd(), &mut release);
             let forked = sys::fork_run(move || {
-                // SAFETY: our copy of the coordinator's release end.
-                unsafe { libc::close(relw) };
-                let Ok(fd) = open_file(path) else { return 2 };
-                let Ok(map) = FileMap::new(fd.as_raw_fd(), len) else {
-                    return 3;
+                let (_fd, map) = match join(path, len) {
+                    Ok(joined) => joined,
+                    Err(code) => return code,
                 };
-                std::hint::black_box(map.touch());
+                std::hint::black_box(map.touch_read());
                 let _ = sys::send_word(rw, 1);
-                sys::block_until_eof(rr);
+                gate.wait();
                 0
             });
             match forked {
@@ -126,7 +77,7 @@ fn measure_all(
                     break;
                 }
             }
-            if let Err(e) = sys::recv_word(ready_r.as_raw_fd(), dl.at()) {
+            if let Err(e) = sys::recv_word(&ready_r, dl.at()) {
                 stop = Some(format!("holder did not map the file: {e}"));
                 break;
             }
@@ -140,14 +91,14 @@ fn measure_all(
             if dl.passed() || stop.is_some() {
                 break;
             }
-            let rw = ready_w.as_raw_fd();
+            let rw = ready_w.as_fd();
             let Ok(pid) = sys::fork_run(move || {
                 let t0 = sys::now();
-                let Ok(fd) = open_file(path) else { return 2 };
-                let Ok(map) = FileMap::new(fd.as_raw_fd(), len) else {
-                    return 3;
+                let (fd, map) = match join(path, len) {
+                    Ok(joined) => joined,
+                    Err(code) => return code,
                 };
-                std::hint::black_box(map.touch());
+                std::hint::black_box(map.touch_read());
                 let _ = sys::send_time(rw, sys::now() - t0);
                 let _ = sys::send_time(rw, sys::now());
                 drop(map);
@@ -156,8 +107,8 @@ fn measure_all(
             }) else {
                 break;
             };
-            let joined = sys::recv_time(ready_r.as_raw_fd(), dl.at());
-            let leaving = sys::recv_time(ready_r.as_raw_fd(), dl.at());
+            let joined = sys::recv_time(&ready_r, dl.at());
+            let leaving = sys::recv_time(&ready_r, dl.at());
             let _ = sys::wait(pid);
             if let (Ok(j), Ok(t)) = (joined, leaving) {
                 join_ms.push(j * 1000.0);
@@ -169,7 +120,8 @@ fn measure_all(
 
         // 2b: modify while the holders map the file.
         let fd = open_file(path).map_err(|e| format!("open {path}: {e}"))?;
-        let map = FileMap::new(fd.as_raw_fd(), len).map_err(|e| format!("mmap {path}: {e}"))?;
+        let mut map =
+            Mapping::file_shared(fd.as_fd(), len).map_err(|e| format!("mmap {path}: {e}"))?;
         let (mut via_map, mut via_write, mut via_punch) = (Vec::new(), Vec::new(), Vec::new());
         let data = [0x42u8; 64];
         for i in 0..p.samples as usize {
@@ -178,28 +130,19 @@ fn measure_all(
             }
             let off = (i % pages) * page;
             let t0 = sys::now();
-            // SAFETY: 64 bytes at a page start inside the mapping.
-            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), map.ptr.add(off), data.len()) };
-            let _ = map.msync(off, page);
+            map.bytes_mut()[off..off + data.len()].copy_from_slice(&data);
+            let _ = map.sync(off, page);
             via_map.push((sys::now() - t0) * 1000.0);
 
             let t0 = sys::now();
-            // SAFETY: valid buffer.
-            let w = unsafe {
-                libc::pwrite(
-                    fd.as_raw_fd(),
-                    data.as_ptr().cast(),
-                    data.len(),
-                    off as libc::off_t,
-                )
-            };
-            let _ = map.msync(off, page);
-            if w == data.len() as isize {
+            let w = nix::sys::uio::pwrite(&fd, &data, off as i64);
+            let _ = map.sync(off, page);
+            if w == Ok(data.len()) {
                 via_write.push((sys::now() - t0) * 1000.0);
             }
 
             #[cfg(target_os = "linux")]
-            if let Some(ms) = linux_punch_and_refill(fd.as_raw_fd(), off, page) {
+            if let Some(ms) = linux_punch_and_refill(fd.as_fd(), off, page) {
                 via_punch.push(ms);
             }
         }
@@ -209,7 +152,7 @@ fn measure_all(
         r.latency(&key("modify_write"), &via_write);
         r.latency(&key("modify_linux_punch"), &via_punch);
 
-        drop(release_w);
+        release.release();
         for pid in holders {
             let _ = sys::wait(pid);
         }
@@ -225,22 +168,12 @@ fn measure_all(
 /// Punches one page out of the file (which unmaps it from every process mapping it) and
 /// writes it back; milliseconds for both, or `None` when the file system can't punch.
 #[cfg(target_os = "linux")]
-fn linux_punch_and_refill(fd: RawFd, off: usize, page: usize) -> Option<f64> {
+fn linux_punch_and_refill(fd: BorrowedFd, off: usize, page: usize) -> Option<f64> {
+    use nix::fcntl::{fallocate, FallocateFlags};
     let t0 = sys::now();
-    // SAFETY: plain syscall.
-    let r = unsafe {
-        libc::fallocate(
-            fd,
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            off as libc::off_t,
-            page as libc::off_t,
-        )
-    };
-    if r != 0 {
-        return None;
-    }
+    let punch = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    fallocate(fd, punch, off as i64, page as i64).ok()?;
     let data = vec![0x33u8; page];
-    // SAFETY: valid buffer.
-    unsafe { libc::pwrite(fd, data.as_ptr().cast(), page, off as libc::off_t) };
+    let _ = nix::sys::uio::pwrite(fd, &data, off as i64);
     Some((sys::now() - t0) * 1000.0)
 }

@@ -83,7 +83,7 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
     let sizes: Vec<u64> = (0..n).map(|i| counters.get(i)).collect();
     for (i, pid) in pids.iter().enumerate() {
         if !dead.iter().any(|d| d.0 == i) {
-            let _ = sys::kill(*pid, libc::SIGKILL);
+            let _ = sys::sigkill(*pid);
             let _ = sys::wait(*pid);
         }
     }
@@ -141,7 +141,7 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
             ));
         }
     }
-    let expected = victim_adj == max_adj && exit == sys::Exit::Signal(libc::SIGKILL);
+    let expected = victim_adj == max_adj && exit == sys::Exit::Signal(sys::Signal::SIGKILL);
     r.fact("expected_victim", if expected { "yes" } else { "no" });
     if !expected {
         r.fail(format!("expected the OOM killer to kill the adj {max_adj} hog by SIGKILL; hog adj {victim_adj} ended: {}", HogEnd::describe_exit(exit)));

@@ -8,7 +8,7 @@ use super::{deadline, Ctx, Report, RunError};
 use crate::progress::SharedCounters;
 use crate::sys;
 use kstorm_payload::params::Overcommit as Params;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 
 const SYSCTL: &str = "/proc/sys/vm/overcommit_memory";
 
@@ -22,8 +22,8 @@ fn attempt(
 ) -> Result<(u64, String), String> {
     let counters = SharedCounters::new(1).map_err(|e| format!("shared memory: {e}"))?;
     let c = &counters;
-    let (rr, rw) = sys::pipe(false).map_err(|e| format!("pipe: {e}"))?;
-    let w = rw.as_raw_fd();
+    let (rr, rw) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let w = rw.as_fd();
     let pid = sys::fork_run(move || {
         sys::linux_set_name(if touch {
             "overcommit-touch"
@@ -33,13 +33,13 @@ fn attempt(
         let _ = sys::linux_set_oom_score_adj(1000);
         let how = if single {
             // One mapping of the whole cap at once.
-            match sys::AnonMap::new(cap as usize * sys::MIB) {
+            match sys::Mapping::anon(cap as usize * sys::MIB) {
                 Ok(m) => {
                     c.slot(0).store(cap, std::sync::atomic::Ordering::SeqCst);
                     drop(m);
                     HogEnd::Cap
                 }
-                Err(e) => HogEnd::Errno(e.raw_os_error().unwrap_or(0)),
+                Err(e) => HogEnd::Errno(sys::errno_of(&e)),
             }
         } else {
             let (held, how) = hog(step, cap, touch, end, c.slot(0));
@@ -52,7 +52,7 @@ fn attempt(
     .map_err(|e| format!("fork: {e}"))?;
     drop(rw);
     let exit = sys::wait(pid).map_err(|e| format!("wait: {e}"))?;
-    let how = match (exit, sys::recv_word(rr.as_raw_fd(), sys::now() + 1.0)) {
+    let how = match (exit, sys::recv_word(rr.as_fd(), sys::now() + 1.0)) {
         (sys::Exit::Signal(_), _) => HogEnd::describe_exit(exit),
         (_, Ok(code)) => HogEnd::describe_exit(sys::Exit::Code(code as i32)),
         (other, Err(_)) => other.describe(),

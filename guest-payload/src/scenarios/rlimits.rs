@@ -3,14 +3,17 @@
 //! break (the coordinator still forks and opens files afterwards).
 
 use super::{deadline, Ctx, Report, RunError};
-use crate::sys;
+use crate::sys::{self, Errno, OFlag, Resource};
 use kstorm_payload::params::Rlimits as Params;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 /// Runs `f` in a child, which sends back (count, errno); kills it at the deadline.
-fn in_child(dl: &sys::Deadline, f: impl FnOnce(i32) -> (u64, i32)) -> Result<(u64, i32), String> {
-    let (rr, rw) = sys::pipe(false).map_err(|e| format!("pipe: {e}"))?;
-    let w = rw.as_raw_fd();
+fn in_child(
+    dl: &sys::Deadline,
+    f: impl FnOnce(BorrowedFd) -> (u64, i32),
+) -> Result<(u64, i32), String> {
+    let (rr, rw) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let w = rw.as_fd();
     let pid = sys::fork_run(move || {
         let (count, errno) = f(w);
         let _ = sys::send_word(w, count as i64);
@@ -19,11 +22,8 @@ fn in_child(dl: &sys::Deadline, f: impl FnOnce(i32) -> (u64, i32)) -> Result<(u6
     })
     .map_err(|e| format!("fork: {e}"))?;
     drop(rw);
-    let got = (
-        sys::recv_word(rr.as_raw_fd(), dl.at()),
-        sys::recv_word(rr.as_raw_fd(), dl.at()),
-    );
-    let _ = sys::kill(pid, libc::SIGKILL);
+    let got = (sys::recv_word(&rr, dl.at()), sys::recv_word(&rr, dl.at()));
+    let _ = sys::sigkill(pid);
     let exit = sys::wait(pid);
     match got {
         (Ok(c), Ok(e)) => Ok((c as u64, e as i32)),
@@ -37,7 +37,7 @@ fn in_child(dl: &sys::Deadline, f: impl FnOnce(i32) -> (u64, i32)) -> Result<(u6
 /// The coordinator still works: it forks a child that opens a file.
 fn still_works() -> bool {
     match sys::fork_run(|| {
-        if sys::open("/dev/null", libc::O_RDONLY).is_ok() {
+        if sys::open("/dev/null", OFlag::O_RDONLY).is_ok() {
             0
         } else {
             1
@@ -80,83 +80,75 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
 
     let nofile = p.nofile;
     let got = in_child(&dl, move |_| {
-        if let Err(e) = sys::set_rlimit(libc::RLIMIT_NOFILE, nofile) {
-            return (0, e.raw_os_error().unwrap_or(0));
+        if let Err(e) = sys::set_rlimit(Resource::RLIMIT_NOFILE, nofile) {
+            return (0, sys::errno_of(&e));
         }
         let mut held = Vec::with_capacity(nofile as usize + 16);
         loop {
-            match sys::open("/dev/null", libc::O_RDONLY) {
+            match sys::open("/dev/null", OFlag::O_RDONLY) {
                 Ok(fd) if held.len() < 100_000 => held.push(fd),
                 Ok(_) => return (held.len() as u64, 0),
-                Err(e) => return (held.len() as u64, e.raw_os_error().unwrap_or(0)),
+                Err(e) => return (held.len() as u64, sys::errno_of(&e)),
             }
         }
     });
-    check(&mut r, "nofile", got, libc::EMFILE, "fds");
+    check(&mut r, "nofile", got, Errno::EMFILE as i32, "fds");
     ctx.progress.add(1);
 
     let (nproc, uid) = (p.nproc, p.nproc_uid);
     let limit_at = dl.at();
     let got = in_child(&dl, move |_| {
-        // SAFETY: plain syscalls; only root may switch, others are bound by the limit anyway.
-        unsafe {
-            if libc::geteuid() == 0
-                && (libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setgid(uid) != 0
-                    || libc::setuid(uid) != 0)
-            {
-                return (0, sys::errno());
-            }
+        if let Err(e) = sys::drop_root_to(uid) {
+            return (0, sys::errno_of(&e));
         }
-        if let Err(e) = sys::set_rlimit(libc::RLIMIT_NPROC, nproc) {
-            return (0, e.raw_os_error().unwrap_or(0));
+        if let Err(e) = sys::set_rlimit(Resource::RLIMIT_NPROC, nproc) {
+            return (0, sys::errno_of(&e));
         }
-        let Ok((rel_r, rel_w)) = sys::pipe(false) else {
-            return (0, sys::errno());
+        let mut release = match sys::Gate::new() {
+            Ok(gate) => gate,
+            Err(e) => return (0, sys::errno_of(&e)),
         };
         let mut kids = Vec::new();
         let result = loop {
             if kids.len() as u64 > nproc + 1000 || sys::now() > limit_at {
                 break (kids.len() as u64, 0);
             }
-            let (rr, rw) = (rel_r.as_raw_fd(), rel_w.as_raw_fd());
+            let gate = &mut release;
             match sys::fork_run(move || {
-                // SAFETY: our copy of the release end.
-                unsafe { libc::close(rw) };
-                sys::block_until_eof(rr);
+                gate.wait();
                 0
             }) {
                 Ok(pid) => kids.push(pid),
-                Err(e) => break (kids.len() as u64, e.raw_os_error().unwrap_or(0)),
+                Err(e) => break (kids.len() as u64, sys::errno_of(&e)),
             }
         };
-        drop(rel_w);
+        release.release();
         for k in kids {
             let _ = sys::wait(k);
         }
         result
     });
-    check(&mut r, "nproc", got, libc::EAGAIN, "processes");
+    check(&mut r, "nproc", got, Errno::EAGAIN as i32, "processes");
     ctx.progress.add(1);
 
     let as_mib = p.as_mib;
     let got = in_child(&dl, move |_| {
         // Room for every mapping is taken before the limit, so only mmap meets it.
         let mut maps = Vec::with_capacity(as_mib as usize + 1001);
-        if let Err(e) = sys::set_rlimit(libc::RLIMIT_AS, as_mib * sys::MIB as u64) {
-            return (0, e.raw_os_error().unwrap_or(0));
+        if let Err(e) = sys::set_rlimit(Resource::RLIMIT_AS, as_mib * sys::MIB as u64) {
+            return (0, sys::errno_of(&e));
         }
         loop {
             if maps.len() as u64 > as_mib + 1000 {
                 return (maps.len() as u64, 0);
             }
-            match sys::AnonMap::new(sys::MIB) {
+            match sys::Mapping::anon(sys::MIB) {
                 Ok(m) => maps.push(m),
-                Err(e) => return (maps.len() as u64, e.raw_os_error().unwrap_or(0)),
+                Err(e) => return (maps.len() as u64, sys::errno_of(&e)),
             }
         }
     });
-    check(&mut r, "as", got, libc::ENOMEM, "MiB");
+    check(&mut r, "as", got, Errno::ENOMEM as i32, "MiB");
     ctx.progress.add(1);
     r.num("nofile_limit", p.nofile as f64, "fds");
     r.num("nproc_limit", p.nproc as f64, "processes");

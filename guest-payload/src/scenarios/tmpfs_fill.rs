@@ -7,7 +7,7 @@ use super::{deadline, Ctx, Report, RunError};
 use crate::sys;
 use kstorm_payload::params::{TmpfsFill as Params, TmpfsPhase as Phase};
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 
 pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
     let dl = deadline(ctx, p.deadline_s);
@@ -44,10 +44,10 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
         } else {
             Vec::new()
         };
-        let (rr, rw) = sys::pipe(false).map_err(|e| format!("pipe: {e}"))?;
+        let (rr, rw) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
         let (dir, file_mib, end, progress) =
             (p.dir.clone(), p.file_mib.max(1), dl.at(), ctx.progress);
-        let w = rw.as_raw_fd();
+        let w = rw.as_fd();
         let t0 = sys::now();
         let writer = sys::fork_run(move || {
             sys::linux_set_name("tmpfs-writer");
@@ -58,7 +58,7 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
             let errno = 'files: loop {
                 let mut f = match std::fs::File::create(format!("{dir}/f{i}")) {
                     Ok(f) => f,
-                    Err(e) => break e.raw_os_error().unwrap_or(0),
+                    Err(e) => break sys::errno_of(&e),
                 };
                 for _ in 0..file_mib {
                     if written >= cap {
@@ -68,7 +68,7 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
                         break 'files -1;
                     }
                     if let Err(e) = f.write_all(&chunk) {
-                        break 'files e.raw_os_error().unwrap_or(0);
+                        break 'files sys::errno_of(&e);
                     }
                     written += 1;
                     progress.add(1);
@@ -84,13 +84,11 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
         let exit = sys::wait(writer).map_err(|e| format!("wait: {e}"))?;
         let elapsed = sys::now() - t0;
         let report = (
-            sys::recv_word(rr.as_raw_fd(), sys::now() + 1.0),
-            sys::recv_word(rr.as_raw_fd(), sys::now() + 1.0),
+            sys::recv_word(rr.as_fd(), sys::now() + 1.0),
+            sys::recv_word(rr.as_fd(), sys::now() + 1.0),
         );
         let (stop, written) = match (exit, report) {
-            (sys::Exit::Signal(s), _) => {
-                (format!("writer killed by {}", sys::signal_name(s)), None)
-            }
+            (sys::Exit::Signal(s), _) => (format!("writer killed by {}", s.as_str()), None),
             (_, (Ok(w), Ok(0))) => ("cap".to_string(), Some(w)),
             (_, (Ok(w), Ok(-1))) => ("deadline".to_string(), Some(w)),
             (_, (Ok(w), Ok(e))) => (sys::errno_name(e as i32), Some(w)),
@@ -105,7 +103,7 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
             .filter(|pid| matches!(sys::try_wait(**pid), Ok(Some(_))))
             .count();
         for pid in &spares {
-            let _ = sys::kill(*pid, libc::SIGKILL);
+            let _ = sys::sigkill(*pid);
             let _ = sys::wait(*pid);
         }
         // Remove the files, unmount, and see the memory come back.
