@@ -95,6 +95,9 @@ struct RawKind {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStack {
+    /// Another entry of `stacks:` whose fields this one takes where it leaves them out.
+    #[serde(default)]
+    like: Option<String>,
     /// Lines after which frames count; `[]` means from the report's first line.
     #[serde(default)]
     start: Option<Vec<String>>,
@@ -453,6 +456,57 @@ fn compile_frames(ctx: &Ctx, raw: &RawFrames) -> Result<Frames> {
     })
 }
 
+/// The entry `name` of `stacks:`, with what it takes from its `like:` (one level only).
+fn named_stack(
+    ctx: &Ctx,
+    stacks: &BTreeMap<String, RawStack>,
+    at: &str,
+    name: &str,
+) -> Result<RawStack> {
+    let find = |n: &str| {
+        stacks.get(n).cloned().ok_or_else(|| {
+            ctx.err(
+                at,
+                "stack",
+                format!("no stack rules named '{n}' under 'stacks:'"),
+            )
+        })
+    };
+    let raw = find(name)?;
+    match raw.like.clone() {
+        None => Ok(raw),
+        Some(base) => {
+            let base = find(&base)?;
+            if base.like.is_some() {
+                return Err(ctx.err(
+                    at,
+                    "stack",
+                    format!("'{name}' is like a stack that is like another; one level only"),
+                ));
+            }
+            Ok(fill_from(raw, base))
+        }
+    }
+}
+
+/// `raw` with the fields it leaves out taken from `base`.
+fn fill_from(mut raw: RawStack, base: RawStack) -> RawStack {
+    raw.like = None;
+    raw.start = raw.start.or(base.start);
+    raw.frame = raw.frame.or(base.frame);
+    raw.strip = raw.strip.or(base.strip);
+    for (own, inherited) in [
+        (&mut raw.skip, base.skip),
+        (&mut raw.prefer, base.prefer),
+        (&mut raw.anchors, base.anchors),
+    ] {
+        if own.is_empty() {
+            *own = inherited;
+        }
+    }
+    raw
+}
+
 /// A signature's stack rules: the file's frames with the signature's overrides.
 fn compile_stack(ctx: &Ctx, at: &str, frames: &Frames, raw: &RawStack) -> Result<Stack> {
     let start = match &raw.start {
@@ -555,16 +609,14 @@ fn compile_signature(
         }
         (Some(r), Some(frames)) => {
             let raw = match r {
-                RawStackRef::Inline(raw) => raw,
-                RawStackRef::Named(name) => shared.stacks.get(name).ok_or_else(|| {
-                    ctx.err(
-                        &at,
-                        "stack",
-                        format!("no stack rules named '{name}' under 'stacks:'"),
-                    )
-                })?,
+                RawStackRef::Inline(raw) => raw.clone(),
+                RawStackRef::Named(name) => named_stack(ctx, shared.stacks, &at, name)?,
             };
-            Some(Arc::new(compile_stack(ctx, &at, frames, raw)?))
+            let raw = match raw.like.clone() {
+                Some(base) => fill_from(raw, named_stack(ctx, shared.stacks, &at, &base)?),
+                None => raw,
+            };
+            Some(Arc::new(compile_stack(ctx, &at, frames, &raw)?))
         }
     };
     let mut armed_by = Vec::new();
