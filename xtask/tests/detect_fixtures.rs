@@ -13,9 +13,11 @@ use proptest::prelude::*;
 use std::path::{Path, PathBuf};
 
 /// Fixture counts per OS: a fixture that fails to load or is deleted must fail a test.
-const EXPECTED_COUNTS: [(Os, usize); 4] = [
+const EXPECTED_COUNTS: [(Os, usize); 6] = [
     (Os::Linux, 49),
     (Os::Freebsd, 12),
+    (Os::Openbsd, 7),
+    (Os::Netbsd, 7),
     (Os::Mach, 10),
     (Os::Hurd, 5),
 ];
@@ -249,6 +251,16 @@ fn freebsd_fixtures() {
 }
 
 #[test]
+fn openbsd_fixtures() {
+    check_all(Os::Openbsd);
+}
+
+#[test]
+fn netbsd_fixtures() {
+    check_all(Os::Netbsd);
+}
+
+#[test]
 fn mach_fixtures() {
     check_all(Os::Mach);
 }
@@ -342,7 +354,7 @@ proptest! {
     /// Arbitrary bytes (with crash-like fragments mixed in) never make the engine panic.
     #[test]
     fn arbitrary_bytes_never_panic(
-        os in prop::sample::select(vec![Os::Linux, Os::Freebsd, Os::Mach, Os::Hurd]),
+        os in prop::sample::select(Os::ALL.to_vec()),
         pieces in prop::collection::vec(prop_oneof![
             prop::collection::vec(any::<u8>(), 0..300),
             prop::sample::select(vec![
