@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 /// Fixture counts per OS: a fixture that fails to load or is deleted must fail a test.
 const EXPECTED_COUNTS: [(Os, usize); 6] = [
-    (Os::Linux, 72),
-    (Os::Freebsd, 12),
+    (Os::Linux, 73),
+    (Os::Freebsd, 16),
     (Os::Openbsd, 7),
     (Os::Netbsd, 7),
     (Os::Mach, 10),

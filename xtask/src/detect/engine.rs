@@ -219,7 +219,7 @@ impl Engine {
             return;
         }
         if candidate {
-            if let Some((sig, vars)) = self.match_start(body, false) {
+            if let Some((sig, vars)) = self.match_start(&text, body, false) {
                 self.start(sig, vars, &text, self.line_no, events);
                 return;
             }
@@ -237,7 +237,7 @@ impl Engine {
         }
         let text = clean(&self.partial);
         let body = self.strip_prefix(&text);
-        if let Some((sig, vars)) = self.match_start(body, true) {
+        if let Some((sig, vars)) = self.match_start(&text, body, true) {
             self.prompt_fired = true;
             self.start(sig, vars, &text, self.line_no + 1, events);
         }
@@ -254,8 +254,10 @@ impl Engine {
     }
 
     /// The first signature (in file order) this line starts, unless suppressed.
-    fn match_start(&self, body: &str, prompts_only: bool) -> Option<(usize, Vars)> {
+    /// `text` is the whole cleaned line, `body` the same without the console prefix.
+    fn match_start(&self, text: &str, body: &str, prompts_only: bool) -> Option<(usize, Vars)> {
         for (i, sig) in self.sigs.signatures.iter().enumerate() {
+            let body = if sig.whole_line { text } else { body };
             if prompts_only && !sig.prompt {
                 continue;
             }

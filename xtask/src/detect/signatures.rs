@@ -181,6 +181,9 @@ struct RawSignature {
     /// log (a boot banner is a crash only after the system was up).
     #[serde(default)]
     armed_by: Vec<String>,
+    /// Match `start` against the whole line, console prefix (timestamps) included.
+    #[serde(default)]
+    whole_line: bool,
 }
 
 fn yes() -> bool {
@@ -227,6 +230,8 @@ pub struct Signature {
     pub stack: Option<Arc<Stack>>,
     /// Indexes into [`Signatures::arms`]; empty: always armed.
     pub armed_by: Vec<usize>,
+    /// `start` sees the line with its console prefix.
+    pub whole_line: bool,
 }
 
 /// A variable filled from a report's trace lines (e.g. the function in `RIP:`).
@@ -643,6 +648,7 @@ fn compile_signature(
         prompt: s.prompt,
         stack,
         armed_by,
+        whole_line: s.whole_line,
     })
 }
 
