@@ -449,6 +449,11 @@ fn collect_frame(sigs: &Signatures, stack: &Stack, open: &mut Open, body: &str) 
     if name.is_empty() || skipped(sigs, &name) {
         return;
     }
+    let matches = |re: &Option<regex::Regex>| re.as_ref().is_some_and(|r| r.is_match(&name));
+    if matches(&stack.skip) && !matches(&stack.prefer) {
+        // Skipped frames never count, not even as the end of a stack.
+        return;
+    }
     open.frames.push(name);
     if !stack.needs_all_frames() || open.frames.len() >= MAX_FRAMES {
         open.frames_at = FramesAt::Done;
