@@ -227,47 +227,24 @@ fn check(f: &Fixture) -> Result<(), String> {
     Ok(())
 }
 
-fn check_all(os: Os) {
-    let fixtures = load(os);
-    let failures: Vec<String> = fixtures.iter().filter_map(|f| check(f).err()).collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {} {} fixtures failed:\n{}",
-        failures.len(),
-        fixtures.len(),
-        os.as_str(),
-        failures.join("\n")
-    );
-}
-
+/// Every fixture of every OS; the failures of all of them in one message.
 #[test]
-fn linux_fixtures() {
-    check_all(Os::Linux);
-}
-
-#[test]
-fn freebsd_fixtures() {
-    check_all(Os::Freebsd);
-}
-
-#[test]
-fn openbsd_fixtures() {
-    check_all(Os::Openbsd);
-}
-
-#[test]
-fn netbsd_fixtures() {
-    check_all(Os::Netbsd);
-}
-
-#[test]
-fn mach_fixtures() {
-    check_all(Os::Mach);
-}
-
-#[test]
-fn hurd_fixtures() {
-    check_all(Os::Hurd);
+fn fixtures_of_every_os() {
+    let mut failures = Vec::new();
+    for os in Os::ALL {
+        let fixtures = load(os);
+        let failed: Vec<String> = fixtures.iter().filter_map(|f| check(f).err()).collect();
+        if !failed.is_empty() {
+            failures.push(format!(
+                "{} of {} {} fixtures failed:\n{}",
+                failed.len(),
+                fixtures.len(),
+                os.as_str(),
+                failed.join("\n")
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]
