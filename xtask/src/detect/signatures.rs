@@ -263,6 +263,18 @@ pub struct Stack {
 }
 
 impl Stack {
+    /// The file's frame rules with nothing of a signature's own.
+    fn defaults(frames: &Frames) -> Stack {
+        Stack {
+            start: frames.start.clone(),
+            frame: frames.frame.clone(),
+            skip: None,
+            prefer: None,
+            anchors: None,
+            strip: None,
+        }
+    }
+
     /// True when frames must be kept until the report closes (the choice needs all of them).
     pub fn needs_all_frames(&self) -> bool {
         self.skip.is_some() || self.prefer.is_some() || self.anchors.is_some()
@@ -729,6 +741,34 @@ fn prefilter(signatures: &[Signature], arms: &[String]) -> Result<AhoCorasick> {
         .context("building the literal prefilter")
 }
 
+fn compile_normalize(ctx: &Ctx, raw: &[RawNormalize]) -> Result<Vec<(Regex, String)>> {
+    raw.iter()
+        .map(|n| {
+            let re = ctx.regex("normalize:", "normalize.regex", &n.regex)?;
+            Ok((re, n.replace.clone()))
+        })
+        .collect()
+}
+
+fn compile_signatures(
+    ctx: &Ctx,
+    shared: &Shared,
+    arms: &mut Vec<String>,
+    raw: Vec<RawSignature>,
+) -> Result<Vec<Signature>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut signatures = Vec::new();
+    for s in raw {
+        if !seen.insert(s.name.clone()) {
+            let at = format!("name: {}", s.name);
+            let msg = format!("signature '{}' is defined twice", s.name);
+            return Err(ctx.err(&at, "name", msg));
+        }
+        signatures.push(compile_signature(ctx, shared, arms, s)?);
+    }
+    Ok(signatures)
+}
+
 fn compile(
     file: &str,
     text: &str,
@@ -765,13 +805,7 @@ fn compile(
     if frames.is_some() {
         var_names.push("frame".to_string());
     }
-    let mut normalize = Vec::new();
-    for n in raw.normalize.iter().flatten() {
-        normalize.push((
-            ctx.regex("normalize:", "normalize.regex", &n.regex)?,
-            n.replace.clone(),
-        ));
-    }
+    let normalize = compile_normalize(&ctx, raw.normalize.as_deref().unwrap_or_default())?;
     if raw.signatures.is_empty() {
         return Err(ctx.err("signatures", "signatures", "no signatures"));
     }
@@ -779,34 +813,18 @@ fn compile(
     let shared = Shared {
         var_names,
         frames: frames.as_ref(),
-        default_stack: frames.as_ref().map(|f| {
-            Arc::new(Stack {
-                start: f.start.clone(),
-                frame: f.frame.clone(),
-                skip: None,
-                prefer: None,
-                anchors: None,
-                strip: None,
-            })
-        }),
+        default_stack: frames.as_ref().map(|f| Arc::new(Stack::defaults(f))),
         stacks: &raw.stacks,
         kinds: &kinds,
         trace_max_lines: trace.max_lines,
     };
-    let mut signatures = Vec::new();
     let mut arms = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for s in std::mem::take(&mut raw.signatures) {
-        if !seen.insert(s.name.clone()) {
-            let at = format!("name: {}", s.name);
-            return Err(ctx.err(
-                &at,
-                "name",
-                format!("signature '{}' is defined twice", s.name),
-            ));
-        }
-        signatures.push(compile_signature(&ctx, &shared, &mut arms, s)?);
-    }
+    let signatures = compile_signatures(
+        &ctx,
+        &shared,
+        &mut arms,
+        std::mem::take(&mut raw.signatures),
+    )?;
     let function_suffix = match &raw.function_suffix {
         Some(p) => Some(ctx.regex("function_suffix", "function_suffix", p)?),
         None => None,
