@@ -73,6 +73,9 @@ struct RawFile {
     normalize: Option<Vec<RawNormalize>>,
     #[serde(default)]
     suppress: Vec<String>,
+    /// Titles longer than this many characters are cut.
+    #[serde(default)]
+    title_max_len: Option<usize>,
     /// Kinds this file adds to the built-in ones.
     #[serde(default)]
     kinds: Vec<RawKind>,
@@ -305,6 +308,7 @@ pub struct Signatures {
     pub arms: Vec<String>,
     /// The kinds this file may produce (built-in and declared).
     pub kinds: Vec<Kind>,
+    pub title_max_len: Option<usize>,
 }
 
 impl Signatures {
@@ -421,6 +425,7 @@ fn merge(mut raw: RawFile, parent: Option<RawFile>) -> RawFile {
     raw.function_vars = raw.function_vars.or(p.function_vars);
     raw.function_suffix = raw.function_suffix.or(p.function_suffix);
     raw.normalize = raw.normalize.or(p.normalize);
+    raw.title_max_len = raw.title_max_len.or(p.title_max_len);
     raw.vars.extend(p.vars);
     raw.suppress.extend(p.suppress);
     raw.kinds.extend(p.kinds);
@@ -846,5 +851,6 @@ fn compile(
         signatures,
         arms,
         kinds,
+        title_max_len: raw.title_max_len,
     })
 }

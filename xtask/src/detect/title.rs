@@ -137,6 +137,20 @@ impl Vars {
 
 /// The title of a report: the first template whose variables are all known.
 pub fn render(sigs: &Signatures, templates: &[Template], vars: &Vars) -> String {
+    let title = first_fitting(sigs, templates, vars);
+    match sigs.title_max_len {
+        // Interleaved lines can make a message run on; the start of it is the stable part.
+        Some(max) if title.chars().count() > max => title
+            .chars()
+            .take(max)
+            .collect::<String>()
+            .trim_end()
+            .to_string(),
+        _ => title,
+    }
+}
+
+fn first_fitting(sigs: &Signatures, templates: &[Template], vars: &Vars) -> String {
     templates
         .iter()
         .find_map(|t| t.render(sigs, vars))
