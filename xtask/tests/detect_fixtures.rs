@@ -13,9 +13,11 @@ use proptest::prelude::*;
 use std::path::{Path, PathBuf};
 
 /// Fixture counts per OS: a fixture that fails to load or is deleted must fail a test.
-const EXPECTED_COUNTS: [(Os, usize); 4] = [
-    (Os::Linux, 43),
-    (Os::Freebsd, 12),
+const EXPECTED_COUNTS: [(Os, usize); 6] = [
+    (Os::Linux, 75),
+    (Os::Freebsd, 16),
+    (Os::Openbsd, 7),
+    (Os::Netbsd, 7),
     (Os::Mach, 10),
     (Os::Hurd, 5),
 ];
@@ -225,37 +227,24 @@ fn check(f: &Fixture) -> Result<(), String> {
     Ok(())
 }
 
-fn check_all(os: Os) {
-    let fixtures = load(os);
-    let failures: Vec<String> = fixtures.iter().filter_map(|f| check(f).err()).collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {} {} fixtures failed:\n{}",
-        failures.len(),
-        fixtures.len(),
-        os.as_str(),
-        failures.join("\n")
-    );
-}
-
+/// Every fixture of every OS; the failures of all of them in one message.
 #[test]
-fn linux_fixtures() {
-    check_all(Os::Linux);
-}
-
-#[test]
-fn freebsd_fixtures() {
-    check_all(Os::Freebsd);
-}
-
-#[test]
-fn mach_fixtures() {
-    check_all(Os::Mach);
-}
-
-#[test]
-fn hurd_fixtures() {
-    check_all(Os::Hurd);
+fn fixtures_of_every_os() {
+    let mut failures = Vec::new();
+    for os in Os::ALL {
+        let fixtures = load(os);
+        let failed: Vec<String> = fixtures.iter().filter_map(|f| check(f).err()).collect();
+        if !failed.is_empty() {
+            failures.push(format!(
+                "{} of {} {} fixtures failed:\n{}",
+                failed.len(),
+                fixtures.len(),
+                os.as_str(),
+                failed.join("\n")
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]
@@ -342,7 +331,7 @@ proptest! {
     /// Arbitrary bytes (with crash-like fragments mixed in) never make the engine panic.
     #[test]
     fn arbitrary_bytes_never_panic(
-        os in prop::sample::select(vec![Os::Linux, Os::Freebsd, Os::Mach, Os::Hurd]),
+        os in prop::sample::select(Os::ALL.to_vec()),
         pieces in prop::collection::vec(prop_oneof![
             prop::collection::vec(any::<u8>(), 0..300),
             prop::sample::select(vec![
@@ -362,5 +351,105 @@ proptest! {
         for r in &reports {
             prop_assert!(r.lines.iter().all(|l| l.len() <= 4 * 4096));
         }
+    }
+}
+
+/// A signature file that adds a kind of its own, arms a signature and picks frames by anchors.
+const CUSTOM: &str = r#"
+os: linux
+trace: {max_lines: 20}
+kinds:
+  - name: widget-jam
+    about: the widget driver stopped turning
+frames:
+  start: ['^Call Trace:']
+  frame: '^\s*(?P<func>[a-z_0-9]+)\+0x[0-9a-f]+/0x[0-9a-f]+'
+  skip: ['^helper_']
+stacks:
+  stall:
+    anchors: ['^do_syscall_64$']
+    prefer: ['^rtnl_lock$']
+signatures:
+  - name: jam
+    kind: widget-jam
+    literal: 'widget jammed'
+    start: 'widget jammed'
+    stack: stall
+    title: ['widget jam in {frame}', 'widget jam']
+  - name: banner
+    kind: panic
+    literal: 'Widget OS '
+    start: '^Widget OS \d'
+    armed_by: ['Widget OS ']
+    max_lines: 1
+    title: 'second banner'
+"#;
+
+fn custom_run(log: &str) -> Vec<kstorm::detect::Report> {
+    let sigs = kstorm::detect::Signatures::parse("custom.yaml", CUSTOM).unwrap();
+    let mut d = Detector::with_signatures(std::sync::Arc::new(sigs));
+    d.feed(log.as_bytes());
+    d.finish()
+}
+
+#[test]
+fn a_signature_file_adds_a_kind_with_no_rust_change() {
+    let reports = custom_run(
+        "widget jammed\nCall Trace:\n helper_spin+0x1/0x2\n jam_loop+0x1/0x2\n widget_ioctl+0x1/0x2\n do_syscall_64+0x1/0x2\n",
+    );
+    let e = &reports[0].event;
+    assert_eq!(e.kind, Kind::named("widget-jam").unwrap());
+    assert_eq!(e.kind.as_str(), "widget-jam");
+    // The caller of the anchor, past the skipped helper.
+    assert_eq!(e.title, "widget jam in widget_ioctl");
+    let json = serde_json::to_value(e).unwrap();
+    assert_eq!(json["kind"], "widget-jam");
+    // A preferred frame wins over the anchor rule.
+    let reports = custom_run(
+        "widget jammed\nCall Trace:\n jam_loop+0x1/0x2\n rtnl_lock+0x1/0x2\n do_syscall_64+0x1/0x2\n",
+    );
+    assert_eq!(reports[0].event.title, "widget jam in rtnl_lock");
+}
+
+#[test]
+fn an_armed_signature_fires_only_after_its_literal_was_seen() {
+    let once = custom_run("Widget OS 1.0 booting\nok\n");
+    assert!(once.is_empty(), "the first banner is a boot, not a crash");
+    let twice = custom_run("Widget OS 1.0 booting\nok\nWidget OS 1.0 booting\n");
+    assert_eq!(twice.len(), 1);
+    assert_eq!(twice[0].event.line, 3);
+}
+
+#[test]
+fn kinds_are_validated_with_file_and_line() {
+    let undeclared = CUSTOM.replace("kind: widget-jam", "kind: widget-jamm");
+    let err = kstorm::detect::Signatures::parse("custom.yaml", &undeclared)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("custom.yaml:") && err.contains("widget-jamm"),
+        "{err}"
+    );
+    let bad_name = CUSTOM.replace("name: widget-jam\n", "name: Widget Jam\n");
+    let err = kstorm::detect::Signatures::parse("custom.yaml", &bad_name)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("kinds.name"), "{err}");
+    let timing = CUSTOM.replace("kind: panic", "kind: no-output");
+    let err = kstorm::detect::Signatures::parse("custom.yaml", &timing)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("timing kinds"), "{err}");
+    let unknown_stack = CUSTOM.replace("stack: stall", "stack: stalls");
+    let err = kstorm::detect::Signatures::parse("custom.yaml", &unknown_stack)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no stack rules named 'stalls'"), "{err}");
+}
+
+#[test]
+fn every_shipped_signature_file_loads() {
+    for os in Os::ALL {
+        kstorm::detect::Signatures::builtin(os).unwrap_or_else(|e| panic!("{os:?}: {e:#}"));
     }
 }

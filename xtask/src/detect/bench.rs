@@ -1,6 +1,9 @@
 //! Throughput benchmark of the detector (`cargo xtask bench detect`): a 100 MB clean console log
 //! built from the clean fixtures (real boots and stress runs), scanned by the detector in pipe-sized
 //! chunks, compared with a plain `memchr` line count over the same bytes.
+//!
+//! Each copy of a log is one boot, so it gets a fresh detector: fed as one stream, the second
+//! boot banner would rightly be an unexpected reboot.
 
 use super::{Detector, Os};
 use anyhow::{bail, Context, Result};
@@ -55,54 +58,59 @@ pub fn clean_logs(fixtures: &Path, os: Os) -> Result<Vec<Vec<u8>>> {
     Ok(logs)
 }
 
-/// Concatenates the logs until `size` bytes, each copy with its own boot-time offset so the
-/// timestamps keep moving as in a long-running console.
-pub fn build_log(logs: &[Vec<u8>], size: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(size + (1 << 20));
+/// Copies of the logs until they total `size` bytes, each with a first line of its own.
+pub fn build_log(logs: &[Vec<u8>], size: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut total = 0;
     let mut copy = 0usize;
-    while out.len() < size {
+    while total < size {
         for log in logs {
-            if out.len() >= size {
+            if total >= size {
                 break;
             }
-            out.extend_from_slice(
-                format!("[{:5}.000000] kstorm-bench: copy {copy}\n", copy % 100000).as_bytes(),
-            );
-            out.extend_from_slice(log);
+            let mut boot = format!("kstorm-bench: copy {copy}\n").into_bytes();
+            boot.extend_from_slice(log);
             if !log.ends_with(b"\n") {
-                out.push(b'\n');
+                boot.push(b'\n');
             }
+            total += boot.len();
+            out.push(boot);
             copy += 1;
         }
     }
     out
 }
 
-/// Measures the detector and the memchr line count over `log`, best of `rounds`.
-pub fn measure(os: Os, log: &[u8], chunk: usize, rounds: usize) -> Result<Throughput> {
+/// Measures the detector (one per boot) and the memchr line count over `boots`, best of `rounds`.
+pub fn measure(os: Os, boots: &[Vec<u8>], chunk: usize, rounds: usize) -> Result<Throughput> {
     let mut best_det = Duration::MAX;
     let mut best_memchr = Duration::MAX;
     let mut lines = 0;
     let mut reports = 0;
     for _ in 0..rounds.max(1) {
-        let mut detector = Detector::new(os)?;
         let t = Instant::now();
-        for piece in log.chunks(chunk) {
-            detector.feed(piece);
+        lines = 0;
+        reports = 0;
+        for boot in boots {
+            let mut detector = Detector::new(os)?;
+            for piece in boot.chunks(chunk) {
+                detector.feed(piece);
+            }
+            lines += detector.stats().lines;
+            reports += detector.finish().len();
         }
-        let stats = detector.stats();
-        let found = detector.finish();
         best_det = best_det.min(t.elapsed());
-        lines = stats.lines;
-        reports = found.len();
 
         let t = Instant::now();
-        let n = memchr::memchr_iter(b'\n', std::hint::black_box(log)).count();
+        let n: usize = boots
+            .iter()
+            .map(|b| memchr::memchr_iter(b'\n', std::hint::black_box(b)).count())
+            .sum();
         best_memchr = best_memchr.min(t.elapsed());
         std::hint::black_box(n);
     }
     Ok(Throughput {
-        bytes: log.len(),
+        bytes: boots.iter().map(Vec::len).sum(),
         lines,
         detector: best_det,
         memchr: best_memchr,
@@ -113,8 +121,8 @@ pub fn measure(os: Os, log: &[u8], chunk: usize, rounds: usize) -> Result<Throug
 /// The benchmark: builds a `size`-byte clean log from the fixtures of `os`, measures, prints.
 pub fn bench_detect_throughput(fixtures: &Path, os: Os, size: usize) -> Result<Throughput> {
     let logs = clean_logs(fixtures, os)?;
-    let log = build_log(&logs, size);
-    let result = measure(os, &log, 64 * 1024, 3)?;
+    let boots = build_log(&logs, size);
+    let result = measure(os, &boots, 64 * 1024, 3)?;
     println!(
         "detect throughput ({}): {:.1} MB clean log from {} real logs, {} lines, 64 KiB chunks",
         os.as_str(),

@@ -9,7 +9,7 @@
 //! whether it arrived whole or in pieces.
 
 use super::line::clean;
-use super::signatures::{Signature, Signatures, MAX_LINE};
+use super::signatures::{Signature, Signatures, Stack, MAX_LINE};
 use super::title::{self, clean_function, Vars};
 use super::{Event, Report};
 use memchr::{memchr, memmem, memrchr};
@@ -17,6 +17,20 @@ use std::sync::Arc;
 
 /// Reports kept in memory; later ones are still reported as events, and counted.
 const MAX_REPORTS: usize = 1000;
+
+/// Frames kept per report while its guilty frame cannot be chosen yet.
+const MAX_FRAMES: usize = 64;
+
+/// Where an open report is in its stack trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FramesAt {
+    /// Before the first stack-start line.
+    Before,
+    /// Inside a stack: frame lines count.
+    In,
+    /// The frames that decide the title are collected.
+    Done,
+}
 
 /// Counters about input the engine had to cut or drop.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -36,7 +50,9 @@ struct Open {
     sig: usize,
     vars: Vars,
     lines_left: usize,
-    in_frames: bool,
+    frames_at: FramesAt,
+    /// Candidate frames (function names not on the file's skip list), in stack order.
+    frames: Vec<String>,
     event: Event,
 }
 
@@ -51,6 +67,8 @@ pub struct Engine {
     reports: Vec<Report>,
     open: Option<Open>,
     stats: Stats,
+    /// Bit i: `arms[i]` was seen on an earlier line.
+    seen_arms: u64,
 }
 
 impl Engine {
@@ -64,6 +82,7 @@ impl Engine {
             reports: Vec::new(),
             open: None,
             stats: Stats::default(),
+            seen_arms: 0,
         }
     }
 
@@ -155,6 +174,29 @@ impl Engine {
             self.stats.dropped_bytes += (raw.len() - MAX_LINE) as u64;
         }
         let raw = &raw[..raw.len().min(MAX_LINE)];
+        let arms = self.arms_in(raw);
+        self.judge(raw, events);
+        // A line arms signatures for the lines after it, never for itself.
+        self.seen_arms |= arms;
+    }
+
+    /// The arming literals this line holds that were not seen before.
+    fn arms_in(&self, raw: &[u8]) -> u64 {
+        let all = (1u64 << self.sigs.arms.len()) - 1;
+        if self.seen_arms == all || self.magic.find(raw).is_some() {
+            return 0;
+        }
+        let mut found = 0;
+        for (i, lit) in self.sigs.arms.iter().enumerate() {
+            if self.seen_arms & (1 << i) == 0 && memmem::find(raw, lit.as_bytes()).is_some() {
+                found |= 1 << i;
+            }
+        }
+        found
+    }
+
+    /// Matches one capped line: it starts a report, continues the open one, or is ignored.
+    fn judge(&mut self, raw: &[u8], events: &mut Vec<Event>) {
         let prompt_fired = std::mem::replace(&mut self.prompt_fired, false);
         if self.magic.find(raw).is_some() {
             // The payload's own result frames are not kernel output, whatever they contain.
@@ -177,7 +219,7 @@ impl Engine {
             return;
         }
         if candidate {
-            if let Some((sig, vars)) = self.match_start(body, false) {
+            if let Some((sig, vars)) = self.match_start(&text, body, false) {
                 self.start(sig, vars, &text, self.line_no, events);
                 return;
             }
@@ -195,7 +237,7 @@ impl Engine {
         }
         let text = clean(&self.partial);
         let body = self.strip_prefix(&text);
-        if let Some((sig, vars)) = self.match_start(body, true) {
+        if let Some((sig, vars)) = self.match_start(&text, body, true) {
             self.prompt_fired = true;
             self.start(sig, vars, &text, self.line_no + 1, events);
         }
@@ -212,9 +254,16 @@ impl Engine {
     }
 
     /// The first signature (in file order) this line starts, unless suppressed.
-    fn match_start(&self, body: &str, prompts_only: bool) -> Option<(usize, Vars)> {
+    /// `text` is the whole cleaned line, `body` the same without the console prefix.
+    fn match_start(&self, text: &str, body: &str, prompts_only: bool) -> Option<(usize, Vars)> {
         for (i, sig) in self.sigs.signatures.iter().enumerate() {
+            let body = if sig.whole_line { text } else { body };
             if prompts_only && !sig.prompt {
+                continue;
+            }
+            if !sig.armed_by.is_empty()
+                && !sig.armed_by.iter().any(|&a| self.seen_arms & (1 << a) != 0)
+            {
                 continue;
             }
             if !sig.literals.iter().any(|l| body.contains(l.as_str())) {
@@ -278,12 +327,18 @@ impl Engine {
             self.stats.dropped_reports += 1;
             None
         };
+        let from_first_line = sig.stack.as_ref().is_some_and(|s| s.start.is_empty());
         self.open = Some(Open {
             index,
             sig: sig_index,
             vars,
             lines_left: sig.max_lines.saturating_sub(1),
-            in_frames: false,
+            frames_at: if from_first_line {
+                FramesAt::In
+            } else {
+                FramesAt::Before
+            },
+            frames: Vec::new(),
             event,
         });
         if sig.max_lines <= 1 {
@@ -309,18 +364,8 @@ impl Engine {
                 }
             }
         }
-        if let Some(frames) = &sigs.frames {
-            if !open.vars.has("frame") {
-                if frames.start.iter().any(|re| re.is_match(body)) {
-                    open.in_frames = true;
-                } else if open.in_frames {
-                    if let Some(func) = frames.frame.captures(body).and_then(|c| c.name("func")) {
-                        if !skipped(&sigs, func.as_str()) {
-                            open.vars.offer("frame", func.as_str());
-                        }
-                    }
-                }
-            }
+        if let Some(stack) = &sigs.signatures[open.sig].stack {
+            collect_frame(&sigs, stack, open, body);
         }
         let ended = sigs.trace_end.iter().any(|re| re.is_match(body));
         self.push_trace(text);
@@ -345,9 +390,18 @@ impl Engine {
         let Some(open) = self.open.take() else { return };
         let sig: &Signature = &self.sigs.signatures[open.sig];
         if let Some(i) = open.index {
+            let mut vars = open.vars;
+            if let Some(frame) = sig
+                .stack
+                .as_ref()
+                .and_then(|s| guilty_frame(s, &open.frames))
+            {
+                vars.offer("frame", &frame);
+            }
+            let open_vars = vars;
             let report = &mut self.reports[i];
-            report.event.title = title::render(&self.sigs, &sig.titles, &open.vars);
-            report.event.victim = victim(&self.sigs, &open.vars).or(open.event.victim);
+            report.event.title = title::render(&self.sigs, &sig.titles, &open_vars);
+            report.event.victim = victim(&self.sigs, &open_vars).or(open.event.victim);
         }
     }
 }
@@ -361,11 +415,75 @@ fn victim(sigs: &Signatures, vars: &Vars) -> Option<String> {
 
 /// True for functions that are never the culprit (schedulers, reporting helpers, ...).
 fn skipped(sigs: &Signatures, func: &str) -> bool {
-    let Some(frames) = &sigs.frames else {
+    let Some(skip) = sigs.frames.as_ref().and_then(|f| f.skip.as_ref()) else {
         return false;
     };
-    let name = clean_function(sigs, func);
-    frames.skip.iter().any(|re| re.is_match(&name))
+    skip.is_match(&clean_function(sigs, func))
+}
+
+/// Follows an open report's stack: notes where frames start and keeps candidate frames.
+fn collect_frame(sigs: &Signatures, stack: &Stack, open: &mut Open, body: &str) {
+    if open.frames_at == FramesAt::Done {
+        return;
+    }
+    if stack.start.iter().any(|re| re.is_match(body)) {
+        // A second stack after frames were found belongs to something else (another task).
+        open.frames_at = if open.frames.is_empty() {
+            FramesAt::In
+        } else {
+            FramesAt::Done
+        };
+        return;
+    }
+    if open.frames_at != FramesAt::In {
+        return;
+    }
+    let Some(func) = stack
+        .frame
+        .iter()
+        .find_map(|re| re.captures(body).and_then(|c| c.name("func")))
+    else {
+        return;
+    };
+    let name = clean_function(sigs, func.as_str());
+    if name.is_empty() || skipped(sigs, &name) {
+        return;
+    }
+    let matches = |re: &Option<regex::Regex>| re.as_ref().is_some_and(|r| r.is_match(&name));
+    if matches(&stack.skip) && !matches(&stack.prefer) {
+        // Skipped frames never count, not even as the end of a stack.
+        return;
+    }
+    open.frames.push(name);
+    if !stack.needs_all_frames() || open.frames.len() >= MAX_FRAMES {
+        open.frames_at = FramesAt::Done;
+    }
+}
+
+/// The guilty frame among a report's candidate frames, by the signature's stack rules: a
+/// preferred frame first; else, past the signature's own skips, the caller of the first anchor
+/// frame (or the first frame).
+fn guilty_frame(stack: &Stack, frames: &[String]) -> Option<String> {
+    if let Some(prefer) = &stack.prefer {
+        if let Some(f) = frames.iter().find(|f| prefer.is_match(f)) {
+            return Some(f.clone());
+        }
+    }
+    let kept: Vec<&String> = frames
+        .iter()
+        .filter(|f| !stack.skip.as_ref().is_some_and(|s| s.is_match(f)))
+        .collect();
+    let chosen = match &stack.anchors {
+        Some(anchors) => match kept.iter().position(|f| anchors.is_match(f)) {
+            Some(i) => kept[i.saturating_sub(1)],
+            None => *kept.first()?,
+        },
+        None => *kept.first()?,
+    };
+    Some(match &stack.strip {
+        Some(re) => re.replace(chosen, "").into_owned(),
+        None => chosen.clone(),
+    })
 }
 
 /// Counts `\n` bytes. Byte-wide sums over blocks of at most 255 bytes cannot overflow, and the

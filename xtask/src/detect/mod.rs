@@ -14,6 +14,7 @@
 
 pub mod bench;
 pub mod engine;
+mod kind;
 pub mod line;
 pub mod scan;
 pub mod signatures;
@@ -34,85 +35,35 @@ use std::sync::Arc;
 pub enum Os {
     Linux,
     Freebsd,
+    Openbsd,
+    Netbsd,
     Mach,
     Hurd,
 }
 
-/// What kind of report a console log holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kind {
-    Panic,
-    Bug,
-    Oops,
-    GeneralProtectionFault,
-    KernelPageFault,
-    Sanitizer,
-    Warning,
-    SoftLockup,
-    HardLockup,
-    HungTask,
-    RcuStall,
-    /// The OOM killer killed a process: an event, not a crash.
-    OomKill,
-    DebuggerEntered,
-    KernelTrap,
-    ZoneExhausted,
-    KmemMapTooSmall,
-    BootFailure,
-    /// From timing, not text: the guest printed nothing before its deadline.
-    NoOutput,
-    /// From timing: the heartbeat stopped.
-    NoProgress,
-    /// From timing: QEMU or the transport died without a kernel report.
-    LostConnection,
-}
-
-impl Kind {
-    /// The name used in signature files and JSON (`kernel-page-fault`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Panic => "panic",
-            Kind::Bug => "bug",
-            Kind::Oops => "oops",
-            Kind::GeneralProtectionFault => "general-protection-fault",
-            Kind::KernelPageFault => "kernel-page-fault",
-            Kind::Sanitizer => "sanitizer",
-            Kind::Warning => "warning",
-            Kind::SoftLockup => "soft-lockup",
-            Kind::HardLockup => "hard-lockup",
-            Kind::HungTask => "hung-task",
-            Kind::RcuStall => "rcu-stall",
-            Kind::OomKill => "oom-kill",
-            Kind::DebuggerEntered => "debugger-entered",
-            Kind::KernelTrap => "kernel-trap",
-            Kind::ZoneExhausted => "zone-exhausted",
-            Kind::KmemMapTooSmall => "kmem-map-too-small",
-            Kind::BootFailure => "boot-failure",
-            Kind::NoOutput => "no-output",
-            Kind::NoProgress => "no-progress",
-            Kind::LostConnection => "lost-connection",
-        }
-    }
-}
-
-impl std::fmt::Display for Kind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 impl Os {
+    pub const ALL: [Os; 6] = [
+        Os::Linux,
+        Os::Freebsd,
+        Os::Openbsd,
+        Os::Netbsd,
+        Os::Mach,
+        Os::Hurd,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Os::Linux => "linux",
             Os::Freebsd => "freebsd",
+            Os::Openbsd => "openbsd",
+            Os::Netbsd => "netbsd",
             Os::Mach => "mach",
             Os::Hurd => "hurd",
         }
     }
 }
 
+pub use kind::Kind;
 /// A report recognised in the stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {

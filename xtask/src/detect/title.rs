@@ -4,7 +4,8 @@
 
 use super::signatures::Signatures;
 
-/// A parsed title template: literal text and `{var}` / `{var:raw}` placeholders.
+/// A parsed title template: literal text and `{var}` / `{var:raw}` / `{var:if}` placeholders
+/// (`:if` inserts nothing but makes the template apply only when the report has the variable).
 #[derive(Debug, Clone)]
 pub struct Template {
     parts: Vec<Part>,
@@ -18,6 +19,8 @@ enum Part {
         name: String,
         raw: bool,
     },
+    /// A condition: the variable must be known; nothing is inserted.
+    If(String),
 }
 
 impl Template {
@@ -35,15 +38,20 @@ impl Template {
             let inner = &after[..close];
             let (name, raw) = match inner.split_once(':') {
                 Some((n, "raw")) => (n, true),
+                Some((n, "if")) => (n, false),
                 Some((_, other)) => return Err(format!("'{s}': unknown modifier ':{other}'")),
                 None => (inner, false),
             };
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!("'{s}': bad variable name '{name}'"));
             }
-            parts.push(Part::Var {
-                name: name.to_string(),
-                raw,
+            parts.push(if inner.ends_with(":if") {
+                Part::If(name.to_string())
+            } else {
+                Part::Var {
+                    name: name.to_string(),
+                    raw,
+                }
             });
             rest = &after[close + 1..];
         }
@@ -58,7 +66,7 @@ impl Template {
 
     pub fn vars(&self) -> impl Iterator<Item = &str> {
         self.parts.iter().filter_map(|p| match p {
-            Part::Var { name, .. } => Some(name.as_str()),
+            Part::Var { name, .. } | Part::If(name) => Some(name.as_str()),
             Part::Text(_) => None,
         })
     }
@@ -69,6 +77,9 @@ impl Template {
         for p in &self.parts {
             match p {
                 Part::Text(t) => out.push_str(t),
+                Part::If(name) => {
+                    vars.get(name)?;
+                }
                 Part::Var { name, raw } => {
                     let value = vars.get(name)?;
                     let value = if *raw {
@@ -126,6 +137,20 @@ impl Vars {
 
 /// The title of a report: the first template whose variables are all known.
 pub fn render(sigs: &Signatures, templates: &[Template], vars: &Vars) -> String {
+    let title = first_fitting(sigs, templates, vars);
+    match sigs.title_max_len {
+        // Interleaved lines can make a message run on; the start of it is the stable part.
+        Some(max) if title.chars().count() > max => title
+            .chars()
+            .take(max)
+            .collect::<String>()
+            .trim_end()
+            .to_string(),
+        _ => title,
+    }
+}
+
+fn first_fitting(sigs: &Signatures, templates: &[Template], vars: &Vars) -> String {
     templates
         .iter()
         .find_map(|t| t.render(sigs, vars))
@@ -137,7 +162,7 @@ pub fn render(sigs: &Signatures, templates: &[Template], vars: &Vars) -> String 
                 .iter()
                 .filter_map(|p| match p {
                     Part::Text(t) => Some(t.as_str()),
-                    Part::Var { .. } => None,
+                    Part::Var { .. } | Part::If(_) => None,
                 })
                 .collect::<String>()
                 .trim()
