@@ -25,5 +25,6 @@ pub mod payload;
 pub mod qemu;
 pub mod report;
 pub mod run;
+pub mod sweep;
 pub mod transport;
 pub mod verdict;
