@@ -210,9 +210,9 @@ impl Search {
                     return Next::Run(mid);
                 }
                 // No value left between them: a few lucky cells can make a wide transition
-                // look sharp, so probe on alternate sides of the bracket, at distances that
-                // double up to half the gap between the typical survival and failure values
-                // and then start again, until a failure below or a survival above appears.
+                // look sharp, so probe on alternate sides of the bracket, half the gap between
+                // the typical survival and failure values away, until a failure below or a
+                // survival above appears.
                 let unit = if self.limits.integer {
                     1.0
                 } else {
@@ -227,11 +227,9 @@ impl Search {
                         .collect();
                     stats::median(&v)
                 };
-                let spread = ((typical(false) - typical(true)) / 2.0).max(unit);
-                let levels = (spread / unit).log2().floor() as u32 + 1;
+                let distance = ((typical(false) - typical(true)) / 2.0).max(unit);
                 let k = self.edge_probes;
                 self.edge_probes += 1;
-                let distance = unit * f64::powi(2.0, ((k / 2) % levels) as i32);
                 let probe = if k % 2 == 0 { s - distance } else { f + distance };
                 Next::Run(self.limits.clamp(probe))
             }
@@ -295,7 +293,8 @@ mod tests {
     }
 
     /// The acceptance: over 100 seeded sweeps of 60 cells each, the true breaking point
-    /// lies inside the reported 95% interval at least 93 times.
+    /// lies inside the reported 95% interval at least 93 times. (Over 400 seeds: 379, 94.8%,
+    /// as for a fixed evenly spread design of 60 cells: 380.)
     #[test]
     fn survival_interval_covers_the_true_point() {
         let mut covered = 0;
