@@ -2,10 +2,10 @@
 //! why to stop. Pure (no cells run here), so it is tested against simulated kernels.
 
 use super::stats::{self, Interval, SurvivalFit, Trial};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How a sweep reads its cells, decided by the first informative one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// The cell stopped short of the value asked for and reported the count it reached:
@@ -16,7 +16,7 @@ pub enum Mode {
 }
 
 /// One finished cell, as the search sees it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Observation {
     /// The swept parameter's value in this cell.
     pub value: f64,
@@ -40,7 +40,7 @@ pub struct Limits {
 }
 
 /// The search's answer for one group (RAM size x variant).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "kebab-case")]
 pub enum Estimate {
     /// Median count at failure, percentile-bootstrap 95% interval.
@@ -101,13 +101,11 @@ impl Search {
 
     pub fn record(&mut self, o: Observation) {
         if self.mode.is_none() {
-            self.mode = Some(
-                if !o.survived && o.count.is_some_and(|c| c < o.value) {
-                    Mode::Counting
-                } else {
-                    Mode::Survival
-                },
-            );
+            self.mode = Some(if !o.survived && o.count.is_some_and(|c| c < o.value) {
+                Mode::Counting
+            } else {
+                Mode::Survival
+            });
         }
         self.observations.push(o);
     }
@@ -157,7 +155,10 @@ impl Search {
 
     /// Repeat at the same cap; raise it when the last cell survived (the count was censored).
     fn next_counting(&self) -> Next {
-        let last = self.observations.last().expect("mode set by an observation");
+        let last = self
+            .observations
+            .last()
+            .expect("mode set by an observation");
         if last.survived {
             if last.value >= self.limits.max {
                 return Next::Done(format!("survives at the highest value {}", last.value));
@@ -230,7 +231,11 @@ impl Search {
                 let distance = ((typical(false) - typical(true)) / 2.0).max(unit);
                 let k = self.edge_probes;
                 self.edge_probes += 1;
-                let probe = if k % 2 == 0 { s - distance } else { f + distance };
+                let probe = if k % 2 == 0 {
+                    s - distance
+                } else {
+                    f + distance
+                };
                 Next::Run(self.limits.clamp(probe))
             }
             SurvivalFit::Logistic { x50, slope } => {

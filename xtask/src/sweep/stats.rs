@@ -9,11 +9,11 @@
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 
 /// A point estimate with a 95% interval; an open end (`None`) means the data do not bound it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Interval {
     pub estimate: f64,
     pub lo: Option<f64>,
@@ -87,7 +87,7 @@ pub struct Trial {
 }
 
 /// What the survival data say.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "fit", rename_all = "kebab-case")]
 pub enum SurvivalFit {
     /// Survival and failure overlap: a finite maximum-likelihood fit exists.
