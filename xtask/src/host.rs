@@ -53,6 +53,8 @@ pub const TOOLS: &[(&str, &str)] = &[
     // Disk images (images::disk): the ext4 root and the root password's crypt hash.
     ("mke2fs", "e2fsprogs"),
     ("openssl", "openssl"),
+    // The report test renders report.html headless.
+    ("chromium", "chromium"),
 ];
 
 /// Looks a program up on `PATH`.

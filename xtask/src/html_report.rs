@@ -33,12 +33,31 @@ pub fn load_records(run_dir: &Path) -> Result<Vec<CellRecord>> {
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
-        let record: CellRecord =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        out.push(record);
+        out.push(parse_record(&text).with_context(|| format!("parsing {}", path.display()))?);
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
+}
+
+/// A `result.json`. A hang's own `scenario` key repeats the record's (the verdict is flattened
+/// into it); as a JSON value the last one wins, and a hang in boot leaves it null, so the
+/// record's scenario is put back from its results (or the case) before typing it.
+pub fn parse_record(text: &str) -> Result<CellRecord> {
+    let mut v: serde_json::Value = serde_json::from_str(text)?;
+    let hang_in = v["scenario"].as_str().map(str::to_string);
+    if v["scenario"].is_null() {
+        let from_results = v["results"][0]["scenario"].clone();
+        v["scenario"] = if from_results.is_string() {
+            from_results
+        } else {
+            v["case"].clone()
+        };
+    }
+    let mut record: CellRecord = serde_json::from_value(v)?;
+    if let crate::verdict::Verdict::Hang { scenario, .. } = &mut record.verdict {
+        *scenario = hang_in;
+    }
+    Ok(record)
 }
 
 pub fn render(run_dir: &Path) -> Result<String> {
@@ -172,7 +191,7 @@ fn scenario_plots(records: &[CellRecord]) -> Result<String> {
         let _ = write!(out, "<h3>{}</h3><div class=\"plots\">", esc(scenario));
         for name in plotted_measurements(&cells) {
             let series = across_ram(&cells, |r| measurement(r, &name));
-            if series.iter().any(|(_, p)| !p.is_empty()) {
+            if series.iter().any(|(_, p)| p.len() > 1) {
                 out.push_str(&line_chart(&name, "RAM [MiB]", &name, &series, true)?);
             }
         }
