@@ -196,7 +196,8 @@ fn scenario_plots(records: &[CellRecord]) -> Result<String> {
             }
         }
         let counts = across_ram(&cells, |r| r.last_progress.map(|c| c as f64));
-        if counts.iter().any(|(_, p)| p.len() > 1) {
+        let counted = counts.iter().flat_map(|(_, p)| p).any(|(_, c)| *c > 0.0);
+        if counted && counts.iter().any(|(_, p)| p.len() > 1) {
             out.push_str(&line_chart(
                 "count reached (last progress)",
                 "RAM [MiB]",

@@ -209,18 +209,23 @@ fn main() -> ExitCode {
 }
 
 fn run(a: RunArgs) -> i32 {
-    if let Some(dir) = a.resume.clone() {
-        return match resume_args(&dir) {
-            Ok(first) => run(first),
-            Err(e) => {
-                eprintln!("kstorm: error: {e:#}");
-                2
-            }
-        };
+    let Some(dir) = a.resume.clone() else {
+        return run_with(a);
+    };
+    match resume_args(&dir) {
+        Ok(first) => run_with(first),
+        Err(e) => {
+            eprintln!("kstorm: error: {e:#}");
+            2
+        }
     }
+}
+
+fn run_with(a: RunArgs) -> i32 {
     let mut opts = RunOptions::new(&a.suite);
     opts.request = std::env::args().skip(1).collect();
     opts.shard = a.shard;
+    opts.resume = a.resume.clone();
     opts.selection = Selection {
         images: (!a.images.is_empty()).then_some(a.images),
         ram: (!a.ram.is_empty()).then_some(a.ram),

@@ -19,7 +19,7 @@ use crate::verdict::Verdict;
 use anyhow::{bail, Context, Result};
 use search::{Estimate, Limits, Mode, Next, Observation, Search};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub struct SweepOptions {
@@ -104,7 +104,7 @@ pub fn sweep(opts: &SweepOptions) -> Result<SweepFile> {
     let catalog = Catalog::load(&host::workspace_root())?;
     let suite = catalog.suite(&opts.run.suite)?;
     let mut groups = groups(suite, &catalog, opts)?;
-    let dir = sweep_dir(&opts.run.results_root)?;
+    let dir = RunDir::create_prefixed(&opts.run.results_root, "sweep-")?;
     eprintln!(
         "kstorm: sweeping {} of {} over {} group(s), results in {}",
         opts.param,
@@ -208,18 +208,6 @@ fn groups(
     Ok(out)
 }
 
-fn sweep_dir(results_root: &Path) -> Result<RunDir> {
-    let id = format!(
-        "sweep-{}-{}",
-        chrono::Local::now().format("%Y%m%d-%H%M%S"),
-        std::process::id()
-    );
-    let root = results_root.join(&id);
-    std::fs::create_dir_all(root.join("cells"))
-        .with_context(|| format!("creating {}", root.display()))?;
-    Ok(RunDir { root, id })
-}
-
 fn stop_all(groups: &mut [Live], why: &str) {
     for g in groups.iter_mut().filter(|g| g.stopped.is_none()) {
         g.stopped = Some(why.to_string());
@@ -234,7 +222,7 @@ fn next_cells(groups: &mut [Live], param: &str, budget: usize, step: &mut usize)
         if batch.len() == budget {
             break;
         }
-        match g.search.next() {
+        match g.search.next_step() {
             Next::Done(why) => g.stopped = Some(why),
             Next::Run(value) => {
                 let mut cell = g.template.clone();

@@ -145,7 +145,7 @@ impl Search {
             .collect()
     }
 
-    pub fn next(&mut self) -> Next {
+    pub fn next_step(&mut self) -> Next {
         match self.mode {
             None => Next::Run(self.start),
             Some(Mode::Counting) => self.next_counting(),
@@ -231,7 +231,7 @@ impl Search {
                 let distance = ((typical(false) - typical(true)) / 2.0).max(unit);
                 let k = self.edge_probes;
                 self.edge_probes += 1;
-                let probe = if k % 2 == 0 {
+                let probe = if k.is_multiple_of(2) {
                     s - distance
                 } else {
                     f + distance
@@ -247,7 +247,7 @@ impl Search {
                 // design that trusts them undercovers (93.5% in simulation), so sample at
                 // twice that distance, in turn on each side (95.3% over 400 simulated sweeps).
                 let offset = 2.0 * 1.543 / slope.abs().max(1e-12);
-                let side = if self.observations.len() % 2 == 0 {
+                let side = if self.observations.len().is_multiple_of(2) {
                     -1.0
                 } else {
                     1.0
@@ -308,7 +308,9 @@ mod tests {
             let mut rng = StdRng::seed_from_u64(seed);
             let mut search = Search::new(30.0, limits(), seed);
             for _ in 0..60 {
-                let Next::Run(x) = search.next() else { break };
+                let Next::Run(x) = search.next_step() else {
+                    break;
+                };
                 search.record(simulated_cell(x, &mut rng));
             }
             let Estimate::Survival {
@@ -333,7 +335,9 @@ mod tests {
             let mut rng = StdRng::seed_from_u64(seed);
             let mut search = Search::new(100_000.0, limits(), seed);
             for _ in 0..15 {
-                let Next::Run(x) = search.next() else { break };
+                let Next::Run(x) = search.next_step() else {
+                    break;
+                };
                 // Sum of 12 uniforms: close to normal, mean 6, sd 1.
                 let z: f64 = (0..12).map(|_| rng.random::<f64>()).sum::<f64>() - 6.0;
                 search.record(Observation {
@@ -353,19 +357,19 @@ mod tests {
     #[test]
     fn brackets_before_fitting() {
         let mut s = Search::new(30.0, limits(), 1);
-        assert_eq!(s.next(), Next::Run(30.0));
+        assert_eq!(s.next_step(), Next::Run(30.0));
         s.record(Observation {
             value: 30.0,
             survived: true,
             count: Some(30.0),
         });
         assert_eq!(s.mode, Some(Mode::Survival));
-        assert_eq!(s.next(), Next::Run(60.0));
+        assert_eq!(s.next_step(), Next::Run(60.0));
         s.record(Observation {
             value: 60.0,
             survived: false,
             count: None,
         });
-        assert_eq!(s.next(), Next::Run(45.0));
+        assert_eq!(s.next_step(), Next::Run(45.0));
     }
 }
