@@ -18,15 +18,20 @@
 
 pub mod bench;
 pub mod cell;
+pub mod compare;
 pub mod config;
 pub mod detect;
 pub mod host;
+pub mod html_report;
 pub mod images;
 pub mod list;
 pub mod matrix;
 pub mod payload;
 pub mod qemu;
 pub mod report;
+pub mod resume;
 pub mod run;
+pub mod shard;
+pub mod sweep;
 pub mod transport;
 pub mod verdict;

@@ -25,6 +25,13 @@ enum Verb {
     /// Print the cells a selection would run, with their parameters and deadlines; boots
     /// nothing (a bad suite or parameter is reported as `run` would, exit 2).
     List(SelectArgs),
+    /// Find where a case stops surviving as one parameter grows, per RAM size and variant.
+    Sweep(SweepArgs),
+    /// Write a run's report.html, or merge shard runs into one run (--merge DIR...).
+    Report(ReportArgs),
+    /// Compare two runs: new and fixed crashes, verdict changes, numbers beyond noise
+    /// (exit 1 when B is worse).
+    Compare { a: PathBuf, b: PathBuf },
     /// Build the guest payload and prepare the images, without booting anything.
     Build(BuildArgs),
     /// Benchmarks (figures as ratios against a baseline measured in the same run).
@@ -97,6 +104,65 @@ struct RunArgs {
     /// Where results go (default: results/ in the workspace).
     #[arg(long)]
     results: Option<PathBuf>,
+    /// Only shard I of N of the matrix (the same cells on every machine), e.g. --shard 2/4.
+    #[arg(long)]
+    shard: Option<kstorm::shard::Shard>,
+    /// Continue the interrupted run in RUN_DIR (its own options are used; finished cells are
+    /// kept, the cut ones run again).
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    #[arg(long, default_value = "default")]
+    suite: String,
+    #[arg(long)]
+    case: String,
+    /// The numeric parameter of the case to vary.
+    #[arg(long)]
+    param: String,
+    #[arg(long = "ram")]
+    ram: Vec<RamSize>,
+    #[arg(long = "image")]
+    images: Vec<String>,
+    #[arg(long = "variant")]
+    variants: Vec<String>,
+    /// Cells in all, over every group.
+    #[arg(long, default_value_t = 20)]
+    max_cells: usize,
+    /// Wall time in all (e.g. 30m); the running step finishes.
+    #[arg(long, default_value = "60m")]
+    max_time: kstorm::config::HumanDuration,
+    /// Seed of the bootstrap.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Lowest and highest value to try (default: 1 and 1000 times the case's value).
+    #[arg(long)]
+    from: Option<f64>,
+    #[arg(long)]
+    to: Option<f64>,
+    /// Stop a group when its 95% interval is at most this fraction of the estimate.
+    #[arg(long, default_value_t = 0.1)]
+    target_width: f64,
+    #[arg(long)]
+    jobs: Option<usize>,
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    accel: AccelChoice,
+    #[arg(long)]
+    results: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// The run folder (default: results/latest).
+    run_dir: Option<PathBuf>,
+    /// Merge these shard runs into one (written to --out).
+    #[arg(long, num_args = 1.., value_name = "DIR")]
+    merge: Vec<PathBuf>,
+    /// Where the merged run goes (default: results/merged-<time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -158,6 +224,9 @@ fn main() -> ExitCode {
                 Err(e) => error_exit(&e, false),
             }
         }
+        Verb::Sweep(a) => report(sweep(a)),
+        Verb::Report(a) => report(write_report(a)),
+        Verb::Compare { a, b } => compare(&a, &b),
         Verb::Build(a) => report(kstorm::run::build(&a.suite)),
         Verb::Bench(a) => match a.which {
             BenchWhich::Boot { rounds } => report(bench::boot(rounds)),
@@ -174,9 +243,25 @@ fn main() -> ExitCode {
 }
 
 fn run(a: RunArgs) -> i32 {
+    let Some(dir) = a.resume.clone() else {
+        return run_with(a);
+    };
+    match resume_args(&dir) {
+        Ok(first) => run_with(first),
+        Err(e) => {
+            eprintln!("kstorm: error: {e:#}");
+            2
+        }
+    }
+}
+
+fn run_with(a: RunArgs) -> i32 {
     let (suite, selection) = a.select.selection();
     let mut opts = RunOptions::new(&suite);
     opts.selection = selection;
+    opts.request = std::env::args().skip(1).collect();
+    opts.shard = a.shard;
+    opts.resume = a.resume.clone();
     if let Some(j) = a.jobs {
         opts.jobs = j;
     }
@@ -202,6 +287,87 @@ fn error_exit(e: &anyhow::Error, bisect: bool) -> i32 {
         125
     } else {
         2
+    }
+}
+
+/// The first run's arguments, with `--resume` pointing at its folder.
+fn resume_args(dir: &std::path::Path) -> anyhow::Result<RunArgs> {
+    let first = kstorm::resume::read_request(dir)?;
+    let cli = Cli::try_parse_from(std::iter::once("xtask".to_string()).chain(first))?;
+    let Verb::Run(mut args) = cli.verb else {
+        anyhow::bail!("{}: not the folder of a `run`", dir.display());
+    };
+    args.resume = Some(dir.to_path_buf());
+    Ok(args)
+}
+
+fn sweep(a: SweepArgs) -> anyhow::Result<()> {
+    let mut run = RunOptions::new(&a.suite);
+    run.selection.ram = (!a.ram.is_empty()).then_some(a.ram);
+    run.selection.images = (!a.images.is_empty()).then_some(a.images);
+    run.accel = a.accel;
+    if let Some(j) = a.jobs {
+        run.jobs = j;
+    }
+    if let Some(r) = a.results {
+        run.results_root = r;
+    }
+    kstorm::sweep::sweep(&kstorm::sweep::SweepOptions {
+        case: a.case,
+        param: a.param,
+        variants: a.variants,
+        max_cells: a.max_cells,
+        max_time: a.max_time.0,
+        seed: a.seed,
+        from: a.from,
+        to: a.to,
+        target_width: a.target_width,
+        run,
+    })
+    .map(|_| ())
+}
+
+fn write_report(a: ReportArgs) -> anyhow::Result<()> {
+    let results = host::workspace_root().join("results");
+    if !a.merge.is_empty() {
+        let out = a.out.unwrap_or_else(|| {
+            results.join(format!(
+                "merged-{}",
+                chrono::Local::now().format("%Y%m%d-%H%M%S")
+            ))
+        });
+        let run = kstorm::shard::merge(&a.merge, &out)?;
+        println!("{}", run.root.join("report.html").display());
+        return Ok(());
+    }
+    let dir = a.run_dir.unwrap_or_else(|| results.join("latest"));
+    kstorm::html_report::write(&dir)?;
+    println!("{}", dir.join("report.html").display());
+    Ok(())
+}
+
+/// 0: B is not worse than A; 1: worse; 2: error. Writes the comparison into B's report.
+fn compare(a: &std::path::Path, b: &std::path::Path) -> i32 {
+    let result = (|| -> anyhow::Result<bool> {
+        let c = kstorm::compare::compare_dirs(a, b)?;
+        print!("{}", kstorm::compare::text(&c));
+        host::write_atomic(
+            &b.join("compare.json"),
+            serde_json::to_string_pretty(&c)?.as_bytes(),
+        )?;
+        host::write_atomic(
+            &b.join("compare.html"),
+            kstorm::compare::html(&c, a).as_bytes(),
+        )?;
+        kstorm::html_report::write(b)?;
+        Ok(c.worse())
+    })();
+    match result {
+        Ok(worse) => worse as i32,
+        Err(e) => {
+            eprintln!("kstorm: error: {e:#}");
+            2
+        }
     }
 }
 

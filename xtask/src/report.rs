@@ -18,8 +18,13 @@ pub struct RunDir {
 impl RunDir {
     /// Creates `results_root/<run-id>` and points `results_root/latest` at it.
     pub fn create(results_root: &Path) -> Result<RunDir> {
+        Self::create_prefixed(results_root, "")
+    }
+
+    /// [`RunDir::create`] with the id starting with `prefix` (e.g. `sweep-`).
+    pub fn create_prefixed(results_root: &Path, prefix: &str) -> Result<RunDir> {
         let id = format!(
-            "{}-{}",
+            "{prefix}{}-{}",
             chrono::Local::now().format("%Y%m%d-%H%M%S"),
             std::process::id()
         );

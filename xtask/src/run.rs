@@ -39,6 +39,12 @@ pub struct RunOptions {
     pub progress: bool,
     /// Test-only fault injection into the transports; empty in real runs.
     pub faults: crate::transport::Faults,
+    /// Only this shard of the matrix (`--shard I/N`).
+    pub shard: Option<crate::shard::Shard>,
+    /// Continue the interrupted run in this folder instead of starting a new one.
+    pub resume: Option<PathBuf>,
+    /// The command line, kept in `run.json` so `--resume` expands the same matrix.
+    pub request: Vec<String>,
 }
 
 impl RunOptions {
@@ -52,6 +58,9 @@ impl RunOptions {
             cache: host::cache_dir(),
             progress: true,
             faults: Default::default(),
+            shard: None,
+            resume: None,
+            request: Vec::new(),
         }
     }
 }
@@ -91,7 +100,16 @@ impl RunOutcome {
 pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
     let catalog = Catalog::load(&host::workspace_root())?;
     let suite = catalog.resolve_suite(&opts.suite)?;
-    let cells = matrix::expand(&suite, &catalog, &opts.selection)?;
+    let mut cells = matrix::expand(&suite, &catalog, &opts.selection)?;
+    if let Some(shard) = opts.shard {
+        cells = shard.select(cells);
+        eprintln!(
+            "kstorm: shard {}/{}: {} cells",
+            shard.index,
+            shard.count,
+            cells.len()
+        );
+    }
     run_cells(suite.name.as_str(), cells, opts)
 }
 
@@ -101,7 +119,8 @@ pub fn run_cells(suite_name: &str, cells: Vec<Cell>, opts: &RunOptions) -> Resul
     host::packages::ensure_for_cells(&cells)?;
     qemu::install_signal_handler().ok();
     let cache = opts.cache.clone();
-    let dir = RunDir::create(&opts.results_root)?;
+    let planned = cells.len();
+    let (dir, finished, cells) = open_run_dir(cells, opts)?;
     eprintln!(
         "kstorm: {} cells of suite {suite_name}, results in {}",
         cells.len(),
@@ -137,11 +156,11 @@ pub fn run_cells(suite_name: &str, cells: Vec<Cell>, opts: &RunOptions) -> Resul
         accel: accel.to_string(),
         accel_reason,
         profile: format!("{:?}", opts.selection.profile).to_lowercase(),
-        cells_planned: cells.len(),
+        cells_planned: planned,
         complete: false,
     };
     let bars = Bars::new(opts.progress, cells.len());
-    let records: Mutex<Vec<CellRecord>> = Mutex::new(Vec::new());
+    let records: Mutex<Vec<CellRecord>> = Mutex::new(finished);
     let queue: Mutex<std::collections::VecDeque<Cell>> = Mutex::new(cells.into_iter().collect());
     let jobs = opts.jobs.max(1);
     std::thread::scope(|s| {
@@ -168,6 +187,11 @@ pub fn run_cells(suite_name: &str, cells: Vec<Cell>, opts: &RunOptions) -> Resul
                 if let Err(e) = dir.write_cell(&record) {
                     eprintln!("kstorm: writing result of {}: {e:#}", record.id);
                 }
+                if qemu::interrupted() {
+                    if let Err(e) = crate::resume::mark_cut(&dir, &record.id) {
+                        eprintln!("kstorm: marking {} as cut: {e:#}", record.id);
+                    }
+                }
                 let mut all = records.lock().unwrap();
                 all.push(record);
                 if let Err(e) = dir.write_summary(&meta, &all) {
@@ -181,6 +205,9 @@ pub fn run_cells(suite_name: &str, cells: Vec<Cell>, opts: &RunOptions) -> Resul
     records.sort_by(|a, b| a.id.cmp(&b.id));
     meta.complete = !qemu::interrupted() && records.len() == meta.cells_planned;
     dir.write_summary(&meta, &records)?;
+    if let Err(e) = crate::html_report::write(&dir.root) {
+        eprintln!("kstorm: writing report.html: {e:#}");
+    }
     println!("{}", report::table(&records));
     println!(
         "measurements per scenario (all of them in summary.json):{}",
@@ -205,6 +232,19 @@ pub fn run_cells(suite_name: &str, cells: Vec<Cell>, opts: &RunOptions) -> Resul
         records,
         complete: meta.complete,
     })
+}
+
+/// A new run folder, or with `--resume` the old one: its finished records and the cells left.
+fn open_run_dir(
+    cells: Vec<Cell>,
+    opts: &RunOptions,
+) -> Result<(RunDir, Vec<CellRecord>, Vec<Cell>)> {
+    if let Some(root) = &opts.resume {
+        return crate::resume::reopen(root, cells);
+    }
+    let dir = RunDir::create(&opts.results_root)?;
+    crate::resume::write_request(&dir, &opts.request)?;
+    Ok((dir, Vec::new(), cells))
 }
 
 /// Prepares and runs one cell; every failure before QEMU starts becomes an `Infra` verdict.

@@ -15,7 +15,13 @@ pub enum Verdict {
     Crash { kind: Kind, title: String },
     /// The guest stopped making progress: heartbeat silence past its deadline.
     Hang {
+        /// The last progress count before the silence. Written as `hung_at`, and the scenario
+        /// as `hung_in`: the verdict is flattened into a record whose own `last_progress` and
+        /// `scenario` must not be shadowed.
+        #[serde(rename = "hung_at")]
         last_progress: Option<u64>,
+        /// The scenario that stopped beating (None: the boot).
+        #[serde(rename = "hung_in")]
         scenario: Option<String>,
     },
     /// The OOM killer acted (and no crash happened).
@@ -206,6 +212,26 @@ mod tests {
         })
         .unwrap();
         assert_eq!(v["verdict"], "hang");
-        assert_eq!(v["last_progress"], 7);
+        assert_eq!(v["hung_at"], 7);
+        assert_eq!(v["hung_in"], "fork-hold");
+    }
+
+    /// A hang's record reads back: the verdict is flattened into the record, so no field of a
+    /// verdict may repeat one of the record's (`scenario` did).
+    #[test]
+    fn a_hang_record_round_trips() {
+        let cell = crate::run::probe_cell().unwrap();
+        let rec = crate::cell::CellRecord::unstarted(
+            &cell,
+            crate::qemu::Accel::Tcg,
+            Verdict::Hang {
+                last_progress: Some(3),
+                scenario: Some("smoke".into()),
+            },
+        );
+        let text = serde_json::to_string(&rec).unwrap();
+        let back: crate::cell::CellRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.verdict, rec.verdict);
+        assert_eq!(back.scenario, "smoke");
     }
 }

@@ -45,6 +45,9 @@ struct Needs {
     source: BTreeMap<String, Vec<String>>,
     disk: Vec<String>,
     transport: BTreeMap<String, Vec<String>>,
+    /// Only `cargo xtask test` (`Uses::everything`): what the test suite itself runs.
+    #[serde(default)]
+    tests: Vec<String>,
 }
 
 /// What a selection of cells uses, in the terms of the table's `needs:`.
@@ -164,6 +167,9 @@ impl Table {
             out.push(need("disk images".into(), &n.disk));
         }
         out.extend(by_kind(&n.transport, &uses.transports, "transport"));
+        if uses.everything {
+            out.push(need("the tests".into(), &n.tests));
+        }
         out.retain(|need| !need.tools.is_empty());
         out
     }

@@ -48,6 +48,26 @@ pub struct Provenance {
 }
 
 impl Provenance {
+    /// Every field as (name, value), `extra` flattened, for tables.
+    pub fn entries(&self) -> Vec<(String, String)> {
+        let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(self) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (k, v) in fields {
+            match v {
+                serde_json::Value::Object(extra) => out.extend(
+                    extra
+                        .into_iter()
+                        .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_string())),
+                ),
+                serde_json::Value::String(s) if !s.is_empty() => out.push((k, s)),
+                _ => {}
+            }
+        }
+        out
+    }
+
     pub fn with(mut self, key: &str, value: impl Into<String>) -> Provenance {
         self.extra.insert(key.to_string(), value.into());
         self

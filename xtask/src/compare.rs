@@ -1,0 +1,262 @@
+//! `compare RUN_A RUN_B`: what changed from run A to run B.
+//!
+//! - crashes by title: new in B, and fixed (in A, not in B);
+//! - verdict changes per cell (matched by id);
+//! - numeric changes beyond noise: per cell (repeats pooled) and measurement, a two-sided
+//!   Mann-Whitney U test over the repeats (statrs; exact for small samples without ties) at
+//!   p < 0.05, with Cliff's delta as the effect size and the change of the medians.
+//!
+//! Worse (exit 1): a new crash, a cell that met its expectation in A and does not in B (infra
+//! excepted: that is the host's), or a count at failure (the last progress of a cell that did
+//! not pass) significantly lower in B.
+
+use crate::cell::CellRecord;
+use crate::html_report::{self, esc};
+use crate::sweep::stats::median;
+use crate::verdict::Verdict;
+use anyhow::Result;
+use serde::Serialize;
+use statrs::stats_tests::mannwhitneyu::{mannwhitneyu, MannWhitneyUMethod};
+use statrs::stats_tests::Alternative;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Significance level of the numeric test.
+const ALPHA: f64 = 0.05;
+/// The name under which the count reached is compared.
+const COUNT_AT_FAILURE: &str = "count at failure";
+
+#[derive(Debug, Default, Serialize)]
+pub struct Comparison {
+    pub new_crashes: Vec<String>,
+    pub fixed_crashes: Vec<String>,
+    pub verdict_changes: Vec<VerdictChange>,
+    pub numeric_changes: Vec<NumericChange>,
+    /// Cells (without their repeat suffix) whose numbers could not be tested: fewer than two
+    /// repeats on a side.
+    pub untested: usize,
+    pub only_in_a: Vec<String>,
+    pub only_in_b: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VerdictChange {
+    pub cell: String,
+    pub a: String,
+    pub b: String,
+    pub worse: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NumericChange {
+    pub cell: String,
+    pub measurement: String,
+    pub median_a: f64,
+    pub median_b: f64,
+    pub n_a: usize,
+    pub n_b: usize,
+    pub p_value: f64,
+    /// Cliff's delta of B against A: +1 when every B value exceeds every A value.
+    pub cliffs_delta: f64,
+    pub worse: bool,
+}
+
+impl Comparison {
+    pub fn worse(&self) -> bool {
+        !self.new_crashes.is_empty()
+            || self.verdict_changes.iter().any(|c| c.worse)
+            || self.numeric_changes.iter().any(|c| c.worse)
+    }
+}
+
+pub fn compare_dirs(a: &Path, b: &Path) -> Result<Comparison> {
+    Ok(compare(
+        &html_report::load_records(a)?,
+        &html_report::load_records(b)?,
+    ))
+}
+
+pub fn compare(a: &[CellRecord], b: &[CellRecord]) -> Comparison {
+    let titles = |rs: &[CellRecord]| -> BTreeSet<String> {
+        rs.iter()
+            .filter_map(|r| match &r.verdict {
+                Verdict::Crash { title, .. } => Some(title.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let (ta, tb) = (titles(a), titles(b));
+    let by_id = |rs: &[CellRecord]| -> BTreeMap<String, CellRecord> {
+        rs.iter().map(|r| (r.id.clone(), r.clone())).collect()
+    };
+    let (ia, ib) = (by_id(a), by_id(b));
+    let mut out = Comparison {
+        new_crashes: tb.difference(&ta).cloned().collect(),
+        fixed_crashes: ta.difference(&tb).cloned().collect(),
+        only_in_a: ia
+            .keys()
+            .filter(|k| !ib.contains_key(*k))
+            .cloned()
+            .collect(),
+        only_in_b: ib
+            .keys()
+            .filter(|k| !ia.contains_key(*k))
+            .cloned()
+            .collect(),
+        ..Default::default()
+    };
+    for (id, ra) in &ia {
+        let Some(rb) = ib.get(id) else { continue };
+        if ra.verdict.describe() != rb.verdict.describe() {
+            out.verdict_changes.push(VerdictChange {
+                cell: id.clone(),
+                a: ra.verdict.describe(),
+                b: rb.verdict.describe(),
+                worse: ra.as_expected && !rb.as_expected && !rb.verdict.is_infra(),
+            });
+        }
+    }
+    numeric(&samples(a), &samples(b), &mut out);
+    out
+}
+
+/// Per cell without its repeat suffix, per measurement: the values over repeats.
+fn samples(records: &[CellRecord]) -> BTreeMap<(String, String), Vec<f64>> {
+    let mut out: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+    for r in records.iter().filter(|r| !r.verdict.is_infra()) {
+        let base =
+            r.id.rsplit_once(".r")
+                .filter(|(_, n)| n.parse::<u32>().is_ok())
+                .map(|(b, _)| b)
+                .unwrap_or(&r.id)
+                .to_string();
+        for res in &r.results {
+            for (name, m) in &res.measurements {
+                let key = (base.clone(), format!("{name} [{}]", m.unit));
+                out.entry(key).or_default().push(m.value);
+            }
+        }
+        if let (false, Some(c)) = (matches!(r.verdict, Verdict::Pass), r.last_progress) {
+            let key = (base.clone(), COUNT_AT_FAILURE.to_string());
+            out.entry(key).or_default().push(c as f64);
+        }
+    }
+    out
+}
+
+fn numeric(
+    a: &BTreeMap<(String, String), Vec<f64>>,
+    b: &BTreeMap<(String, String), Vec<f64>>,
+    out: &mut Comparison,
+) {
+    for (key, xa) in a {
+        let Some(xb) = b.get(key) else { continue };
+        if xa.len() < 2 || xb.len() < 2 {
+            out.untested += 1;
+            continue;
+        }
+        let Ok((_, p)) = mannwhitneyu(xb, xa, MannWhitneyUMethod::Automatic, Alternative::TwoSided)
+        else {
+            continue;
+        };
+        if p >= ALPHA {
+            continue;
+        }
+        let delta = cliffs_delta(xa, xb);
+        out.numeric_changes.push(NumericChange {
+            cell: key.0.clone(),
+            measurement: key.1.clone(),
+            median_a: median(xa),
+            median_b: median(xb),
+            n_a: xa.len(),
+            n_b: xb.len(),
+            p_value: p,
+            cliffs_delta: delta,
+            worse: key.1 == COUNT_AT_FAILURE && delta < 0.0,
+        });
+    }
+}
+
+/// P(B > A) - P(B < A) over all pairs.
+pub fn cliffs_delta(a: &[f64], b: &[f64]) -> f64 {
+    let mut score = 0i64;
+    for x in a {
+        for y in b {
+            score += (y > x) as i64 - (y < x) as i64;
+        }
+    }
+    score as f64 / (a.len() * b.len()) as f64
+}
+
+pub fn text(c: &Comparison) -> String {
+    let mut out = String::new();
+    let list = |out: &mut String, title: &str, items: &[String]| {
+        if !items.is_empty() {
+            let _ = writeln!(out, "{title}:");
+            for i in items {
+                let _ = writeln!(out, "  {i}");
+            }
+        }
+    };
+    list(&mut out, "new crashes", &c.new_crashes);
+    list(&mut out, "fixed crashes", &c.fixed_crashes);
+    for v in &c.verdict_changes {
+        let mark = if v.worse { "WORSE" } else { "changed" };
+        let _ = writeln!(out, "{mark} {}: {} -> {}", v.cell, v.a, v.b);
+    }
+    for n in &c.numeric_changes {
+        let _ = writeln!(
+            out,
+            "{} {} {}: median {} -> {} (n {} / {}), Mann-Whitney U p = {:.3}, Cliff's delta {:+.2}",
+            if n.worse { "WORSE" } else { "changed" },
+            n.cell,
+            n.measurement,
+            n.median_a,
+            n.median_b,
+            n.n_a,
+            n.n_b,
+            n.p_value,
+            n.cliffs_delta
+        );
+    }
+    list(&mut out, "cells only in A", &c.only_in_a);
+    list(&mut out, "cells only in B", &c.only_in_b);
+    let _ = writeln!(
+        out,
+        "{} number(s) not tested (fewer than 2 repeats on a side; use --repeat)\n{}",
+        c.untested,
+        if c.worse() {
+            "verdict: WORSE"
+        } else {
+            "verdict: not worse"
+        }
+    );
+    out
+}
+
+/// The section for RUN_B's report.html.
+pub fn html(c: &Comparison, a: &Path) -> String {
+    format!(
+        "<h2>Compared with {}</h2><p>{}</p><pre>{}</pre>",
+        esc(&a.display().to_string()),
+        if c.worse() {
+            "<b>worse</b>"
+        } else {
+            "not worse"
+        },
+        esc(&text(c))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cliffs_delta_extremes() {
+        assert_eq!(cliffs_delta(&[1.0, 2.0], &[3.0, 4.0]), 1.0);
+        assert_eq!(cliffs_delta(&[3.0, 4.0], &[1.0, 2.0]), -1.0);
+        assert_eq!(cliffs_delta(&[1.0, 2.0], &[1.0, 2.0]), 0.0);
+    }
+}

@@ -1,0 +1,513 @@
+//! `report.html`: one self-contained file per run (no network needed to open it): the verdict
+//! matrix, per-scenario plots, sweep curves, the comparison with another run, the environment.
+//! Plots are SVG drawn by plotters and embedded inline.
+
+use crate::cell::CellRecord;
+use crate::host;
+use crate::sweep::{self, SweepFile};
+use anyhow::{anyhow, Context, Result};
+use plotters::prelude::*;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Console lines shown around a crash or at the end of a hang.
+const EXCERPT_LINES: usize = 40;
+/// Measurements plotted per scenario (summary.json has them all).
+const PLOTTED_MEASUREMENTS: usize = 6;
+
+/// Writes `run_dir/report.html` from the files of the run (cells, summary, sweep, compare).
+pub fn write(run_dir: &Path) -> Result<()> {
+    let html = render(run_dir)?;
+    host::write_atomic(&run_dir.join("report.html"), html.as_bytes())
+}
+
+/// Every `cells/*/result.json` of a run, sorted by cell id.
+pub fn load_records(run_dir: &Path) -> Result<Vec<CellRecord>> {
+    let cells = run_dir.join("cells");
+    let mut out = Vec::new();
+    let entries =
+        std::fs::read_dir(&cells).with_context(|| format!("reading {}", cells.display()))?;
+    for entry in entries.flatten() {
+        let path = entry.path().join("result.json");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        out.push(parse_record(&text).with_context(|| format!("parsing {}", path.display()))?);
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// A `result.json`.
+pub fn parse_record(text: &str) -> Result<CellRecord> {
+    Ok(serde_json::from_str(text)?)
+}
+
+pub fn render(run_dir: &Path) -> Result<String> {
+    let records = load_records(run_dir)?;
+    let summary: serde_json::Value = std::fs::read_to_string(run_dir.join("summary.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let mut body = String::new();
+    let title = format!(
+        "kstorm {} {}",
+        summary["suite"].as_str().unwrap_or(""),
+        summary["run_id"].as_str().unwrap_or("")
+    );
+    writeln!(body, "<h1>{}</h1>", esc(&title))?;
+    body.push_str(&headline(&summary, &records));
+    if let Ok(text) = std::fs::read_to_string(run_dir.join("compare.html")) {
+        body.push_str(&text);
+    }
+    if let Ok(text) = std::fs::read_to_string(run_dir.join("sweep.json")) {
+        let file: SweepFile = serde_json::from_str(&text).context("parsing sweep.json")?;
+        body.push_str(&sweep_section(&file)?);
+    }
+    body.push_str(&matrix(&records));
+    body.push_str(&scenario_plots(&records)?);
+    body.push_str(&environment(&summary, &records));
+    body.push_str(&cell_details(run_dir, &records));
+    Ok(format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{}</title>\
+         <style>{STYLE}</style></head><body>{body}</body></html>\n",
+        esc(&title)
+    ))
+}
+
+const STYLE: &str = "body{font-family:sans-serif;margin:1.5em;color:#222}\
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #bbb;padding:3px 8px;\
+font-size:13px;text-align:left}th{background:#eee}.pass{background:#c8f0c8}.fail{background:#ffe08a}\
+.crash{background:#ff9a9a}.hang{background:#f7b7e8}.oom{background:#ffc38a}.timeout{background:#d8c8ff}\
+.infra{background:#ccc}.notok{outline:2px solid #c00}pre{background:#f6f6f6;padding:.5em;\
+font-size:12px;overflow-x:auto;max-height:30em}a{color:#036}svg{display:block;margin:.3em 0}\
+.plots{display:flex;flex-wrap:wrap;gap:1em}";
+
+pub fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn headline(summary: &serde_json::Value, records: &[CellRecord]) -> String {
+    let ok = records.iter().filter(|r| r.as_expected).count();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in records {
+        *counts.entry(r.verdict.word()).or_default() += 1;
+    }
+    let counts: Vec<String> = counts.iter().map(|(w, n)| format!("{w} {n}")).collect();
+    let complete = if summary["complete"].as_bool() == Some(false) {
+        " (run incomplete: partial results)"
+    } else {
+        ""
+    };
+    format!(
+        "<p><b>{ok}/{} cells as expected</b>{complete}; {}</p>",
+        records.len(),
+        esc(&counts.join(", "))
+    )
+}
+
+/// One table per case and image: RAM sizes as rows, variants as columns, each cell coloured by
+/// its verdict (repeats side by side) and linking to its details.
+fn matrix(records: &[CellRecord]) -> String {
+    let mut by_case: BTreeMap<(String, String), Vec<&CellRecord>> = BTreeMap::new();
+    for r in records {
+        by_case
+            .entry((r.case.clone(), r.image.clone()))
+            .or_default()
+            .push(r);
+    }
+    let mut out = String::from("<h2>Verdicts</h2>");
+    for ((case, image), cells) in by_case {
+        let mut variants: Vec<&str> = cells.iter().map(|r| r.variant.as_str()).collect();
+        variants.sort();
+        variants.dedup();
+        let mut rams: Vec<u64> = cells.iter().map(|r| r.ram_mib).collect();
+        rams.sort();
+        rams.dedup();
+        let _ = write!(
+            out,
+            "<h3>{} on {}</h3><table><tr><th>RAM</th>",
+            esc(&case),
+            esc(&image)
+        );
+        for v in &variants {
+            let _ = write!(out, "<th>{}</th>", esc(v));
+        }
+        out.push_str("</tr>");
+        for ram in rams {
+            let _ = write!(out, "<tr><th>{ram}M</th>");
+            for v in &variants {
+                out.push_str("<td>");
+                for r in cells.iter().filter(|r| r.ram_mib == ram && r.variant == *v) {
+                    let _ = write!(
+                        out,
+                        "<a class=\"{}{}\" data-cell=\"{}\" href=\"#cell-{}\" title=\"{}\">{}</a> ",
+                        r.verdict.word(),
+                        if r.as_expected { "" } else { " notok" },
+                        esc(&r.id),
+                        esc(&r.id),
+                        esc(&r.verdict.describe()),
+                        r.verdict.word()
+                    );
+                }
+                out.push_str("</td>");
+            }
+            out.push_str("</tr>");
+        }
+        out.push_str("</table>");
+    }
+    out
+}
+
+/// Per scenario: measurements across RAM (a line per image and variant), memory over time,
+/// and the slab caches the leak check flagged.
+fn scenario_plots(records: &[CellRecord]) -> Result<String> {
+    let mut by_scenario: BTreeMap<&str, Vec<&CellRecord>> = BTreeMap::new();
+    for r in records {
+        by_scenario.entry(&r.scenario).or_default().push(r);
+    }
+    let mut out = String::from("<h2>Scenarios</h2>");
+    for (scenario, cells) in by_scenario {
+        let _ = write!(out, "<h3>{}</h3><div class=\"plots\">", esc(scenario));
+        for name in plotted_measurements(&cells) {
+            let series = across_ram(&cells, |r| measurement(r, &name));
+            if series.iter().any(|(_, p)| p.len() > 1) {
+                out.push_str(&line_chart(&name, "RAM [MiB]", &name, &series, true)?);
+            }
+        }
+        let counts = across_ram(&cells, |r| r.last_progress.map(|c| c as f64));
+        let counted = counts.iter().flat_map(|(_, p)| p).any(|(_, c)| *c > 0.0);
+        if counted && counts.iter().any(|(_, p)| p.len() > 1) {
+            out.push_str(&line_chart(
+                "count reached (last progress)",
+                "RAM [MiB]",
+                "count",
+                &counts,
+                true,
+            )?);
+        }
+        for r in &cells {
+            let series: Vec<(String, Vec<(f64, f64)>)> = r
+                .results
+                .iter()
+                .flat_map(|res| &res.series)
+                .filter(|(_, s)| s.points.len() > 1)
+                .map(|(name, s)| (format!("{name} [{}]", s.unit), s.points.clone()))
+                .collect();
+            if !series.is_empty() {
+                let title = format!("memory over time: {}", r.id);
+                out.push_str(&line_chart(&title, "time [s]", "KiB", &series, false)?);
+            }
+        }
+        out.push_str("</div>");
+        out.push_str(&leak_table(&cells));
+    }
+    Ok(out)
+}
+
+fn plotted_measurements(cells: &[&CellRecord]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for r in cells {
+        for res in &r.results {
+            for name in res.measurements.keys() {
+                let internal = name.starts_with("payload_") || name == "progress";
+                if !internal && !names.contains(name) && names.len() < PLOTTED_MEASUREMENTS {
+                    names.push(name.clone());
+                }
+            }
+        }
+    }
+    names
+}
+
+fn measurement(r: &CellRecord, name: &str) -> Option<f64> {
+    r.results
+        .iter()
+        .find_map(|res| res.measurements.get(name).map(|m| m.value))
+}
+
+/// One series per image and variant: (RAM MiB, value) for every cell that has the value.
+fn across_ram(
+    cells: &[&CellRecord],
+    value: impl Fn(&CellRecord) -> Option<f64>,
+) -> Vec<(String, Vec<(f64, f64)>)> {
+    let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for r in cells {
+        if let Some(v) = value(r) {
+            series
+                .entry(format!("{} {}", r.image, r.variant))
+                .or_default()
+                .push((r.ram_mib as f64, v));
+        }
+    }
+    for points in series.values_mut() {
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    series.into_iter().collect()
+}
+
+/// The leak check's findings: caches that kept memory after the scenario gave everything back.
+fn leak_table(cells: &[&CellRecord]) -> String {
+    let mut rows = String::new();
+    for r in cells {
+        for res in &r.results {
+            for key in [
+                "leak_suspect_caches",
+                "leak_monotonic_caches",
+                "leak_procs_left",
+            ] {
+                if let Some(v) = res.facts.get(key) {
+                    let _ = write!(
+                        rows,
+                        "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                        esc(&r.id),
+                        key,
+                        esc(v)
+                    );
+                }
+            }
+        }
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    format!("<h4>Leak-flagged caches</h4><table><tr><th>cell</th><th>finding</th><th>caches</th></tr>{rows}</table>")
+}
+
+/// A line chart as inline SVG. `points` also marks every point (few points across RAM).
+pub fn line_chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    points: bool,
+) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (560, 300)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let (x, y) = ranges(series.iter().flat_map(|(_, p)| p.iter().copied()));
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 15))
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x, y)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .draw()
+            .map_err(plot_err)?;
+        for (i, (name, pts)) in series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+                .map_err(plot_err)?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+            if points {
+                chart
+                    .draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))
+                    .map_err(plot_err)?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
+    }
+    Ok(svg)
+}
+
+fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("drawing a plot: {e:?}")
+}
+
+/// Axis ranges covering every point, padded so no point sits on the frame.
+fn ranges(
+    points: impl Iterator<Item = (f64, f64)>,
+) -> (std::ops::Range<f64>, std::ops::Range<f64>) {
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for (x, y) in points {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if x0 > x1 {
+        return (0.0..1.0, 0.0..1.0);
+    }
+    let pad = |a: f64, b: f64| {
+        let d = if b > a {
+            (b - a) * 0.08
+        } else {
+            a.abs().max(1.0) * 0.1
+        };
+        (a - d)..(b + d)
+    };
+    (pad(x0, x1), pad(y0.min(0.0), y1))
+}
+
+/// The sweep's answer per group, its survival curve (pass/fail) or count distribution.
+fn sweep_section(file: &SweepFile) -> Result<String> {
+    let mut out = format!(
+        "<h2>Breaking point: {} of {}</h2><pre>{}</pre><div class=\"plots\">",
+        esc(&file.param),
+        esc(&file.case),
+        esc(&sweep::table(file))
+    );
+    for g in &file.groups {
+        let name = format!("{} {}M {}", g.image, g.ram_mib, g.variant);
+        let observed: Vec<(f64, f64)> = g
+            .cells
+            .iter()
+            .map(|c| {
+                let o = &c.observation;
+                match g.mode {
+                    Some(sweep::search::Mode::Counting) => (o.value, o.count.unwrap_or(o.value)),
+                    _ => (o.value, if o.survived { 1.0 } else { 0.0 }),
+                }
+            })
+            .collect();
+        let chart = match (&g.mode, &g.estimate) {
+            (Some(sweep::search::Mode::Counting), _) => {
+                let counts: Vec<(f64, f64)> = observed
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, c))| ((i + 1) as f64, *c))
+                    .collect();
+                let title = format!("count at failure per repeat: {name}");
+                line_chart(&title, "repeat", "count", &[(name, counts)], true)?
+            }
+            (_, sweep::search::Estimate::Survival { fit }) => {
+                survival_chart(&name, &observed, fit)?
+            }
+            _ => continue,
+        };
+        out.push_str(&chart);
+    }
+    out.push_str("</div>");
+    Ok(out)
+}
+
+fn survival_chart(
+    name: &str,
+    observed: &[(f64, f64)],
+    fit: &sweep::stats::SurvivalFit,
+) -> Result<String> {
+    let mut series = vec![("observed (1 = survived)".to_string(), observed.to_vec())];
+    let (x, _) = ranges(observed.iter().copied());
+    if fit.survival(x.start).is_some() {
+        let curve: Vec<(f64, f64)> = (0..=100)
+            .map(|i| x.start + (x.end - x.start) * i as f64 / 100.0)
+            .filter_map(|v| fit.survival(v).map(|p| (v, p)))
+            .collect();
+        series.push(("logistic fit".into(), curve));
+    }
+    let title = format!("survival: {name}");
+    let mut sorted = series;
+    sorted[0].1.sort_by(|a, b| a.0.total_cmp(&b.0));
+    line_chart(&title, "value", "survival", &sorted, true)
+}
+
+fn environment(summary: &serde_json::Value, records: &[CellRecord]) -> String {
+    let mut rows: BTreeMap<String, String> = BTreeMap::new();
+    rows.insert(
+        "accelerator".into(),
+        format!(
+            "{} ({})",
+            summary["accel"].as_str().unwrap_or("?"),
+            summary["accel_reason"].as_str().unwrap_or("")
+        ),
+    );
+    rows.insert(
+        "profile".into(),
+        summary["profile"].as_str().unwrap_or("").into(),
+    );
+    rows.insert("host".into(), host_line());
+    rows.insert("kstorm commit".into(), git_commit());
+    for r in records {
+        for (k, v) in r.provenance.entries() {
+            rows.entry(format!("{}: {k}", r.image)).or_insert(v);
+        }
+    }
+    let mut out = String::from("<h2>Environment</h2><table>");
+    for (k, v) in rows {
+        let _ = write!(out, "<tr><th>{}</th><td>{}</td></tr>", esc(&k), esc(&v));
+    }
+    out.push_str("</table>");
+    out
+}
+
+fn host_line() -> String {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    format!(
+        "{} Linux {} ({} CPUs)",
+        read("/proc/sys/kernel/hostname"),
+        read("/proc/sys/kernel/osrelease"),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    )
+}
+
+fn git_commit() -> String {
+    duct::cmd!("git", "rev-parse", "--short=12", "HEAD")
+        .dir(host::workspace_root())
+        .stderr_null()
+        .read()
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Per cell: verdict, links to its files, and the console around the crash or before the hang.
+fn cell_details(run_dir: &Path, records: &[CellRecord]) -> String {
+    let mut out = String::from("<h2>Cells</h2>");
+    for r in records {
+        let dir = format!("cells/{}", r.id);
+        let files: Vec<String> = ["console.log", "result.json", "qemu.cmd", "qemu.stderr"]
+            .iter()
+            .filter(|f| run_dir.join(&dir).join(f).exists())
+            .map(|f| format!("<a href=\"{}/{f}\">{f}</a>", esc(&dir)))
+            .collect();
+        let _ = write!(
+            out,
+            "<h3 id=\"cell-{}\">{}</h3><p class=\"{}\">{}</p><p>{}</p><pre>{}</pre>",
+            esc(&r.id),
+            esc(&r.id),
+            r.verdict.word(),
+            esc(&r.verdict.describe()),
+            files.join(" · "),
+            esc(&excerpt(run_dir, r))
+        );
+    }
+    out
+}
+
+/// The detector's report lines for a crash; otherwise the console's last lines.
+fn excerpt(run_dir: &Path, r: &CellRecord) -> String {
+    if let Some(report) = r.reports.first() {
+        return report.lines.join("\n");
+    }
+    let log =
+        std::fs::read(run_dir.join("cells").join(&r.id).join("console.log")).unwrap_or_default();
+    let text = String::from_utf8_lossy(&log);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("KSTORM1 "))
+        .collect();
+    lines[lines.len().saturating_sub(EXCERPT_LINES)..].join("\n")
+}

@@ -1,0 +1,323 @@
+//! Answers from real runs: the HTML report (rendered in headless Chromium), shards and their
+//! merge, comparison of runs, resume after SIGINT, and a real breaking-point sweep on GNU Mach.
+//! Every cell boots a real kernel in QEMU; run with `--test-threads=1`.
+
+mod common;
+
+use kstorm::matrix::Selection;
+use kstorm::run::{self, AccelChoice, RunOptions};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn options(results: &Path, filters: &[&str]) -> RunOptions {
+    std::env::set_var("KSTORM_QUIET", "1");
+    let mut opts = RunOptions::new("default");
+    opts.selection = Selection {
+        filters: filters.iter().map(|f| f.to_string()).collect(),
+        ..Selection::default()
+    };
+    opts.results_root = results.to_path_buf();
+    opts.progress = false;
+    opts.jobs = 1;
+    opts.accel = AccelChoice::Auto;
+    opts
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The summary without what differs between two runs of the same cells: timings, run ids,
+/// and the measured numbers themselves (a rate or an uptime is never the same twice).
+fn comparable(summary: &serde_json::Value) -> serde_json::Value {
+    let cells: Vec<serde_json::Value> = summary["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let mut c = c.clone();
+            let o = c.as_object_mut().unwrap();
+            o.remove("boot_s");
+            o.remove("total_s");
+            c
+        })
+        .collect();
+    let tables: serde_json::Map<String, serde_json::Value> = summary["tables"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, t)| {
+            let rows: Vec<_> = t["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| (r["cell"].clone(), r["verdict"].clone()))
+                .collect();
+            (
+                k.clone(),
+                serde_json::json!({"columns": t["columns"], "rows": rows}),
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "suite": summary["suite"], "counts": summary["counts"], "as_expected": summary["as_expected"],
+        "cells_planned": summary["cells_planned"], "complete": summary["complete"],
+        "cells": cells, "tables": tables,
+    })
+}
+
+/// Renders `html` in headless Chromium to `png`; returns the PNG's width and height.
+fn screenshot(html: &Path, png: &Path) -> (u32, u32) {
+    // `cargo xtask test` installs it (host-packages.yaml, needs.tests).
+    kstorm::host::require_tools(&["chromium"]).expect("chromium (Debian package chromium)");
+    let profile = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("timeout")
+        .arg("120")
+        .arg("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--screenshot={}", png.display()))
+        .arg("--window-size=1280,2000")
+        .arg(format!("file://{}", html.display()))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "chromium: {status}");
+    let bytes = std::fs::read(png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+    let be = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+    // A blank page compresses to a few KB; text, tables and plots do not.
+    assert!(
+        bytes.len() > 40_000,
+        "screenshot only {} bytes",
+        bytes.len()
+    );
+    (be(16), be(20))
+}
+
+/// Report, shards, merge and compare on the default suite's smoke and panic cells on Linux
+/// (smoke at 128M and 256M, panic at 128M).
+#[test]
+fn report_shards_merge_and_compare() {
+    let tmp = tempfile::tempdir().unwrap();
+    let filters = ["smoke@linux-", "panic@linux-"];
+    let single = run::run(&options(&tmp.path().join("single"), &filters)).unwrap();
+    let ids: Vec<String> = single.records.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+
+    // The report holds every cell and its plots, and opens in a browser.
+    let html = std::fs::read_to_string(single.dir.root.join("report.html")).unwrap();
+    for id in &ids {
+        assert!(
+            html.contains(&format!("data-cell=\"{id}\"")),
+            "{id} not in the matrix"
+        );
+        assert!(
+            html.contains(&format!("id=\"cell-{id}\"")),
+            "{id} has no details"
+        );
+    }
+    assert!(html.contains("<svg"), "no plots");
+    assert!(
+        html.contains("sysrq triggered crash"),
+        "crash excerpt missing"
+    );
+    // (SVG's xmlns names a namespace; nothing may be fetched.)
+    for fetch in ["src=\"http", "href=\"http", "@import", "url(http"] {
+        assert!(
+            !html.contains(fetch),
+            "the report fetches from the network: {fetch}"
+        );
+    }
+    let png = kstorm::host::workspace_root().join("target/test-artifacts/report.png");
+    std::fs::create_dir_all(png.parent().unwrap()).unwrap();
+    let (w, h) = screenshot(&single.dir.root.join("report.html"), &png);
+    assert_eq!((w, h), (1280, 2000));
+
+    // Two shards: disjoint, together every cell, and merged equal to the single run.
+    let mut shard_dirs: Vec<PathBuf> = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
+    for index in 1..=2 {
+        let mut opts = options(&tmp.path().join(format!("shard{index}")), &filters);
+        opts.shard = Some(kstorm::shard::Shard { index, count: 2 });
+        let out = run::run(&opts).unwrap();
+        seen.extend(out.records.iter().map(|r| r.id.clone()));
+        shard_dirs.push(out.dir.root.clone());
+    }
+    seen.sort();
+    assert_eq!(seen, ids, "shards must cover every cell exactly once");
+    let merged = tmp.path().join("merged");
+    kstorm::shard::merge(&shard_dirs, &merged).unwrap();
+    let m = json(&merged.join("summary.json"));
+    let s = json(&single.dir.root.join("summary.json"));
+    assert_eq!(comparable(&m), comparable(&s));
+    let junit = std::fs::read_to_string(merged.join("junit.xml")).unwrap();
+    for id in &ids {
+        assert!(
+            junit.contains(id.as_str()),
+            "{id} not in the merged junit.xml"
+        );
+    }
+    assert!(merged.join("report.html").exists());
+
+    // Compare: the merged run is not worse than the single one; a shard without the panic
+    // cell against the single run shows the crash as new, and the verb exits 1.
+    let same = kstorm::compare::compare_dirs(&single.dir.root, &merged).unwrap();
+    assert!(!same.worse(), "{}", kstorm::compare::text(&same));
+    assert!(same.new_crashes.is_empty() && same.verdict_changes.is_empty());
+    let without_panic = shard_dirs
+        .iter()
+        .find(|d| !d.join("cells/panic@linux-128M-base").exists())
+        .expect("one shard lacks the panic cell");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .arg("compare")
+        .arg(without_panic)
+        .arg(&single.dir.root)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("new crashes:\n  kernel panic"), "{text}");
+    let report = std::fs::read_to_string(single.dir.root.join("report.html")).unwrap();
+    assert!(
+        report.contains("Compared with"),
+        "no compare section in the report"
+    );
+}
+
+/// Interrupt a real run with SIGINT while its second cell runs, resume it, and check that the
+/// finished cell was kept (not run again) and the cut one ran to its verdict.
+#[test]
+fn resume_after_sigint() {
+    let results = tempfile::tempdir().unwrap();
+    let xtask = env!("CARGO_BIN_EXE_xtask");
+    let mut child = std::process::Command::new(xtask)
+        .args([
+            "run",
+            "--filter",
+            "smoke@linux-128M",
+            "--filter",
+            "hang@linux-128M",
+        ])
+        .args(["--jobs", "1", "--results"])
+        .arg(results.path())
+        .env("KSTORM_QUIET", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let dir = results.path().join("latest");
+    let smoke = dir.join("cells/smoke@linux-128M-base");
+    let hang = dir.join("cells/hang@linux-128M-base");
+    let start = Instant::now();
+    while !(smoke.join("result.json").exists() && hang.join("console.log").exists()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "cells did not start"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "an interrupted run is an infra exit"
+    );
+    assert!(
+        hang.join("interrupted").exists(),
+        "the cut cell is not marked"
+    );
+    let first = json(&smoke.join("result.json"));
+    let log_time = std::fs::metadata(smoke.join("console.log"))
+        .unwrap()
+        .modified()
+        .unwrap();
+
+    let run_dir = std::fs::canonicalize(&dir).unwrap();
+    let status = std::process::Command::new(xtask)
+        .arg("run")
+        .arg("--resume")
+        .arg(&run_dir)
+        .env("KSTORM_QUIET", "1")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "resumed run: every cell as expected"
+    );
+    let again = json(&smoke.join("result.json"));
+    assert_eq!(
+        first["started_at"], again["started_at"],
+        "finished cell ran twice"
+    );
+    let log_again = std::fs::metadata(smoke.join("console.log"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(log_time, log_again, "finished cell's console was rewritten");
+    assert_eq!(json(&hang.join("result.json"))["verdict"], "hang");
+    assert!(!hang.join("interrupted").exists());
+    let summary = json(&run_dir.join("summary.json"));
+    assert_eq!(summary["complete"], true);
+    let ids: Vec<&str> = summary["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["hang@linux-128M-base", "smoke@linux-128M-base"]);
+    common::assert_no_qemu_mentioning(results.path());
+}
+
+/// A real sweep with small bounds: GNU Mach's task-hoard at 64M, three cells. The kernel stops
+/// at a count well below the limit, so the sweep counts; the notes measured 784-1008.
+#[test]
+fn sweep_mach_task_hoard() {
+    let results = tempfile::tempdir().unwrap();
+    let mut run = options(results.path(), &[]);
+    run.suite = "hurd-zone".into();
+    run.selection.images = Some(vec!["gnumach".into()]);
+    run.selection.ram = Some(vec!["64M".parse().unwrap()]);
+    let file = kstorm::sweep::sweep(&kstorm::sweep::SweepOptions {
+        case: "mach-task-hoard".into(),
+        param: "limit".into(),
+        variants: Vec::new(),
+        max_cells: 3,
+        max_time: Duration::from_secs(150),
+        seed: 1,
+        from: None,
+        to: None,
+        target_width: 0.1,
+        run,
+    })
+    .unwrap();
+    assert_eq!(file.groups.len(), 1);
+    let g = &file.groups[0];
+    assert_eq!(g.mode, Some(kstorm::sweep::search::Mode::Counting), "{g:?}");
+    assert!(g.cells.len() >= 2, "{g:?}");
+    let interval = g.estimate.interval().expect("an interval");
+    assert!(
+        (300.0..3000.0).contains(&interval.estimate),
+        "median {interval:?}"
+    );
+    assert!(interval.contains(interval.estimate));
+    let dir = std::fs::read_dir(results.path())
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("sweep-"))
+        .unwrap()
+        .path();
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("Breaking point") && html.contains("<svg"));
+    common::assert_no_qemu_mentioning(results.path());
+}
