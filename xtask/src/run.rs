@@ -113,12 +113,22 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
     run_cells(suite.name.as_str(), cells, opts)
 }
 
+/// What every cell of a run shares: built once, before the first cell.
+struct Shared<'a> {
+    /// The static payload, or why it did not build (every cell then says so).
+    payload: Result<std::sync::Arc<Vec<u8>>>,
+    /// Each image's prepared kernel files, or the infra verdict its cells get.
+    prepared: BTreeMap<String, Result<PreparedImage, Verdict>>,
+    accel: Accel,
+    cache: PathBuf,
+    faults: &'a crate::transport::Faults,
+}
+
 /// Runs given cells (the suite name labels the results).
 pub fn run_cells(suite_name: &str, cells: Vec<Cell>, opts: &RunOptions) -> Result<RunOutcome> {
     // Every Debian package the cells need, installed (as root) before anything is built.
     host::packages::ensure_for_cells(&cells)?;
     qemu::install_signal_handler().ok();
-    let cache = opts.cache.clone();
     let planned = cells.len();
     let (dir, finished, cells) = open_run_dir(cells, opts)?;
     eprintln!(
@@ -126,16 +136,43 @@ pub fn run_cells(suite_name: &str, cells: Vec<Cell>, opts: &RunOptions) -> Resul
         cells.len(),
         dir.root.display()
     );
+    let (shared, accel_reason) = prepare_shared(&cells, opts);
+    eprintln!("kstorm: accelerator {} ({accel_reason})", shared.accel);
+    let mut meta = RunMeta {
+        run_id: dir.id.clone(),
+        suite: suite_name.to_string(),
+        accel: shared.accel.to_string(),
+        accel_reason,
+        profile: format!("{:?}", opts.selection.profile).to_lowercase(),
+        cells_planned: planned,
+        complete: false,
+    };
+    let mut records = run_queue(cells, finished, &shared, &dir, &meta, opts);
+    records.sort_by(|a, b| a.id.cmp(&b.id));
+    meta.complete = !qemu::interrupted() && records.len() == meta.cells_planned;
+    dir.write_summary(&meta, &records)?;
+    if let Err(e) = crate::html_report::write(&dir.root) {
+        eprintln!("kstorm: writing report.html: {e:#}");
+    }
+    print_outcome(&records, &meta, &dir);
+    Ok(RunOutcome {
+        dir,
+        records,
+        complete: meta.complete,
+    })
+}
 
-    // Shared inputs. A failure here is the host's, and every cell it concerns says so.
+/// Builds the payload, prepares every image once and chooses the accelerator. A failure here
+/// is the host's, and every cell it concerns says so.
+fn prepare_shared<'a>(cells: &[Cell], opts: &'a RunOptions) -> (Shared<'a>, String) {
     let payload = crate::payload::build()
         .and_then(|p| std::fs::read(&p).with_context(|| format!("reading {}", p.display())))
         .map(std::sync::Arc::new);
     let mut prepared: BTreeMap<String, Result<PreparedImage, Verdict>> = BTreeMap::new();
-    for cell in &cells {
+    for cell in cells {
         let name = cell.image.name.0.clone();
         if !prepared.contains_key(&name) {
-            let p = images::prepare(&cell.image, &cache)
+            let p = images::prepare(&cell.image, &opts.cache)
                 .with_context(|| format!("preparing image {name}"))
                 .map_err(|e| Verdict::from_error(&e, InfraCause::ImageBuild));
             if let Err(v) = &p {
@@ -144,27 +181,35 @@ pub fn run_cells(suite_name: &str, cells: Vec<Cell>, opts: &RunOptions) -> Resul
             prepared.insert(name, p);
         }
     }
-    let (accel, accel_reason) = match &payload {
-        Ok(bytes) => choose_accel(opts.accel, &prepared, bytes, &cache),
+    let (accel, reason) = match &payload {
+        Ok(bytes) => choose_accel(opts.accel, &prepared, bytes, &opts.cache),
         Err(_) => (Accel::Tcg, "payload not built".to_string()),
     };
-    eprintln!("kstorm: accelerator {accel} ({accel_reason})");
-
-    let mut meta = RunMeta {
-        run_id: dir.id.clone(),
-        suite: suite_name.to_string(),
-        accel: accel.to_string(),
-        accel_reason,
-        profile: format!("{:?}", opts.selection.profile).to_lowercase(),
-        cells_planned: planned,
-        complete: false,
+    let shared = Shared {
+        payload,
+        prepared,
+        accel,
+        cache: opts.cache.clone(),
+        faults: &opts.faults,
     };
+    (shared, reason)
+}
+
+/// Runs the cells on `opts.jobs` workers; after each cell its result and the run's summary are
+/// written, so an interrupted run keeps what it finished.
+fn run_queue(
+    cells: Vec<Cell>,
+    finished: Vec<CellRecord>,
+    shared: &Shared<'_>,
+    dir: &RunDir,
+    meta: &RunMeta,
+    opts: &RunOptions,
+) -> Vec<CellRecord> {
     let bars = Bars::new(opts.progress, cells.len());
     let records: Mutex<Vec<CellRecord>> = Mutex::new(finished);
     let queue: Mutex<std::collections::VecDeque<Cell>> = Mutex::new(cells.into_iter().collect());
-    let jobs = opts.jobs.max(1);
     std::thread::scope(|s| {
-        for _ in 0..jobs {
+        for _ in 0..opts.jobs.max(1) {
             s.spawn(|| loop {
                 if qemu::interrupted() {
                     break;
@@ -173,65 +218,52 @@ pub fn run_cells(suite_name: &str, cells: Vec<Cell>, opts: &RunOptions) -> Resul
                     break;
                 };
                 let bar = bars.cell(&cell.id);
-                let record = run_one(
-                    &cell,
-                    &payload,
-                    &prepared,
-                    accel,
-                    &cache,
-                    &dir,
-                    &opts.faults,
-                    &|m: &str| bar.set_message(m.to_string()),
-                );
+                let record = run_one(&cell, shared, dir, &|m: &str| {
+                    bar.set_message(m.to_string())
+                });
                 bars.finish_cell(&bar, &record);
                 if let Err(e) = dir.write_cell(&record) {
                     eprintln!("kstorm: writing result of {}: {e:#}", record.id);
                 }
                 if qemu::interrupted() {
-                    if let Err(e) = crate::resume::mark_cut(&dir, &record.id) {
+                    if let Err(e) = crate::resume::mark_cut(dir, &record.id) {
                         eprintln!("kstorm: marking {} as cut: {e:#}", record.id);
                     }
                 }
                 let mut all = records.lock().unwrap();
                 all.push(record);
-                if let Err(e) = dir.write_summary(&meta, &all) {
+                if let Err(e) = dir.write_summary(meta, &all) {
                     eprintln!("kstorm: writing summary: {e:#}");
                 }
             });
         }
     });
     bars.done();
-    let mut records = records.into_inner().unwrap();
-    records.sort_by(|a, b| a.id.cmp(&b.id));
-    meta.complete = !qemu::interrupted() && records.len() == meta.cells_planned;
-    dir.write_summary(&meta, &records)?;
-    if let Err(e) = crate::html_report::write(&dir.root) {
-        eprintln!("kstorm: writing report.html: {e:#}");
-    }
-    println!("{}", report::table(&records));
+    records.into_inner().unwrap()
+}
+
+/// The verdict table, the measurement tables and the one-line summary.
+fn print_outcome(records: &[CellRecord], meta: &RunMeta, dir: &RunDir) {
+    println!("{}", report::table(records));
     println!(
         "measurements per scenario (all of them in summary.json):{}",
-        report::measurement_tables(&records)
+        report::measurement_tables(records)
     );
-    if let Some(stats) = report::repeat_stats(&records) {
+    if let Some(stats) = report::repeat_stats(records) {
         println!("count reached over repeats:\n{stats}");
     }
     let ok = records.iter().filter(|r| r.as_expected).count();
     println!(
-        "{ok}/{} cells as expected{}; accelerator {accel}; results in {}",
+        "{ok}/{} cells as expected{}; accelerator {}; results in {}",
         records.len(),
         if meta.complete {
             ""
         } else {
             " (run interrupted: partial results)"
         },
+        meta.accel,
         dir.root.display()
     );
-    Ok(RunOutcome {
-        dir,
-        records,
-        complete: meta.complete,
-    })
 }
 
 /// A new run folder, or with `--resume` the old one: its finished records and the cells left.
@@ -248,42 +280,43 @@ fn open_run_dir(
 }
 
 /// Prepares and runs one cell; every failure before QEMU starts becomes an `Infra` verdict.
-#[allow(clippy::too_many_arguments)]
 fn run_one(
     cell: &Cell,
-    payload: &Result<std::sync::Arc<Vec<u8>>>,
-    prepared: &BTreeMap<String, Result<PreparedImage, Verdict>>,
-    accel: Accel,
-    cache: &Path,
+    shared: &Shared<'_>,
     dir: &RunDir,
-    faults: &crate::transport::Faults,
     progress: &(dyn Fn(&str) + Sync),
 ) -> CellRecord {
+    let accel = shared.accel;
     let plan_json = match serde_json::to_vec(&plan_for(cell)) {
         Ok(p) => p,
         Err(e) => {
-            return CellRecord::unstarted(
-                cell,
-                accel,
-                Verdict::infra(InfraCause::Harness, format!("plan: {e}")),
-            )
+            let why = Verdict::infra(InfraCause::Harness, format!("plan: {e}"));
+            return CellRecord::unstarted(cell, accel, why);
         }
     };
-    let guest = payload.as_ref().ok().map(|p| cell::GuestFiles {
+    let guest = shared.payload.as_ref().ok().map(|p| cell::GuestFiles {
         payload: p.clone(),
         plan_json: plan_json.clone(),
     });
     let boot = (|| -> Result<images::BootArtifacts, Verdict> {
-        let payload = payload
+        let payload = shared
+            .payload
             .as_ref()
             .map_err(|e| Verdict::from_error(e, InfraCause::PayloadBuild))?;
-        let image = prepared[cell.image.name.as_str()]
+        let image = shared.prepared[cell.image.name.as_str()]
             .as_ref()
             .map_err(Clone::clone)?;
         let mut cmdline = cell.variant.cmdline.clone();
         cmdline.push(format!("kstorm.cell={}", cell.id));
-        images::cell_artifacts(image, &cell.image, &cmdline, payload, &plan_json, cache)
-            .map_err(|e| Verdict::from_error(&e, InfraCause::ImageBuild))
+        images::cell_artifacts(
+            image,
+            &cell.image,
+            &cmdline,
+            payload,
+            &plan_json,
+            &shared.cache,
+        )
+        .map_err(|e| Verdict::from_error(&e, InfraCause::ImageBuild))
     })();
     match boot {
         Ok(boot) => cell::run(
@@ -294,7 +327,7 @@ fn run_one(
                 dir: dir.cell_dir(&cell.id),
                 progress,
                 guest,
-                faults: faults.clone(),
+                faults: shared.faults.clone(),
             },
         ),
         Err(verdict) => CellRecord::unstarted(cell, accel, verdict),
