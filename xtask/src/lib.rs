@@ -20,6 +20,7 @@ pub mod bench;
 pub mod cell;
 pub mod config;
 pub mod detect;
+pub mod guest;
 pub mod host;
 pub mod images;
 pub mod list;

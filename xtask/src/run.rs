@@ -92,6 +92,9 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
     let catalog = Catalog::load(&host::workspace_root())?;
     let suite = catalog.resolve_suite(&opts.suite)?;
     let cells = matrix::expand(&suite, &catalog, &opts.selection)?;
+    // A published image that cannot be had stops the run here, in one line, before anything
+    // is built or booted.
+    images::published::ensure_all(cells.iter().map(|c| &c.image), &opts.cache)?;
     run_cells(suite.name.as_str(), cells, opts)
 }
 
@@ -231,6 +234,7 @@ fn run_one(
     let guest = payload.as_ref().ok().map(|p| cell::GuestFiles {
         payload: p.clone(),
         plan_json: plan_json.clone(),
+        job: crate::guest::driver::job_for(cell),
     });
     let boot = (|| -> Result<images::BootArtifacts, Verdict> {
         let payload = payload

@@ -19,14 +19,18 @@ pub enum Profile {
     GrubIso,
     /// A disk image booted by the firmware and the image's own boot loader.
     Disk,
+    /// kstorm's GRUB ISO booting a kernel and modules from an IDE disk (GNU/Hurd: its disk
+    /// drivers know IDE and AHCI, not virtio).
+    GrubIde,
 }
 
 impl Profile {
-    pub const ALL: [Profile; 4] = [
+    pub const ALL: [Profile; 5] = [
         Profile::Microvm,
         Profile::Pc,
         Profile::GrubIso,
         Profile::Disk,
+        Profile::GrubIde,
     ];
 
     /// The profile of a kernel booted directly on `machine`.
@@ -43,6 +47,7 @@ impl Profile {
             Profile::Pc => "pc",
             Profile::GrubIso => "grub-iso",
             Profile::Disk => "disk",
+            Profile::GrubIde => "grub-ide",
         }
     }
 
@@ -106,7 +111,8 @@ fn table() -> &'static BTreeMap<Profile, MachineProfile> {
 pub fn load(path: &std::path::Path) -> Result<BTreeMap<Profile, MachineProfile>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let (table, _): (BTreeMap<Profile, MachineProfile>, _) = crate::config::parse_yaml(path, &text)?;
+    let (table, _): (BTreeMap<Profile, MachineProfile>, _) =
+        crate::config::parse_yaml(path, &text)?;
     for p in Profile::ALL {
         if !table.contains_key(&p) {
             bail!("{}: no entry for the machine profile {p}", path.display());
