@@ -650,3 +650,219 @@ fn servers_that_grew_at_every_capture_are_flagged() {
         "/hurd/ext2fs.static -A /dev/wd0s1[5]"
     );
 }
+
+// ---- boot-flow rehearsal on a STAND-IN guest ----
+//
+// The FreeBSD and Hurd images cannot be downloaded here. These tests run the very same driver
+// (tunables and the reboot, sysctls read back, statistics captures, the portable payload) on
+// the Linux disk image (images/linux-disk.yaml) dressed up as each system: its guest recipe
+// points at small scripts that answer like FreeBSD's `vmstat -m`/`-z` and the loader's
+// tunables, or like the Hurd's `ps`/`vmstat`/`portinfo`. What is real: QEMU, the Linux kernel,
+// the serial login, the upload, the file written before the reboot and read after it, the
+// payload's fork/descriptor/socket experiments. What is a stand-in: the commands' output and
+// the compiler (a copy of the same C file built on the host).
+
+mod common;
+
+/// The stand-in's files: linux-disk's own, plus the answering scripts and the host-built agent.
+fn standin_files(dir: &Path) -> PathBuf {
+    let root = kstorm::host::workspace_root();
+    let files = dir.join("standin.d");
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(root.join("images/linux-disk.d"))
+        .arg(&files)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let bin = files.join("usr/local/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(files.join("usr/local/lib")).unwrap();
+    std::fs::create_dir_all(files.join("boot")).unwrap();
+    std::fs::write(files.join("boot/.keep"), "").unwrap();
+    let agent = files.join("usr/local/lib/kstorm-portable");
+    let st = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&agent)
+        .arg(root.join("guest-payload/portable/kstorm-portable.c"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "building the stand-in's agent on the host");
+    let script = |name: &str, text: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        let p = bin.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    script("standin-cc", STANDIN_CC);
+    script("standin-kenv", STANDIN_KENV);
+    script("vmstat", STANDIN_VMSTAT);
+    script("standin-ps", STANDIN_PS);
+    script("standin-portinfo", STANDIN_PORTINFO);
+    files
+}
+
+/// STAND-IN compiler: checks the source arrived, installs the agent built from it on the host.
+const STANDIN_CC: &str = "#!/bin/sh\n# STAND-IN for the guest's cc: $1 source, $2 output\ngrep -q kstorm-portable \"$1\" || exit 1\ncp /usr/local/lib/kstorm-portable \"$2\"\n";
+
+/// STAND-IN for `sysctl -n` of a loader tunable: the value the loader file gave at boot.
+const STANDIN_KENV: &str = "#!/bin/sh\n# STAND-IN for FreeBSD's sysctl -n: tunables from the loader file, else Linux's sysctl\nv=$(sed -n \"s/^$1=\\\"\\(.*\\)\\\"$/\\1/p\" /boot/loader.conf.local 2>/dev/null)\nif [ -n \"$v\" ]; then echo \"$v\"; else sysctl -n \"$1\"; fi\n";
+
+/// STAND-IN `vmstat -m` / `vmstat -z` in FreeBSD 14's layout; `ngtest` grows at every call,
+/// `mbuf_cluster` reports failures.
+const STANDIN_VMSTAT: &str = r#"#!/bin/sh
+# STAND-IN for FreeBSD's vmstat -m / -z
+n=$(cat /tmp/standin-vmstat 2>/dev/null || echo 0); n=$((n + 1)); echo $n > /tmp/standin-vmstat
+case "$1" in
+-m)
+  echo "         Type Use Memory Req Size(s)"
+  echo "       devbuf  1419  4216K  1650 16,32,64,128"
+  echo "       ngtest  $((n * 10))  $((n * 100))K  $((n * 12)) 1024"
+  echo "   sysctl tmp     0     2K  1903 16,32" ;;
+-z)
+  echo "ITEM                   SIZE  LIMIT     USED     FREE      REQ     FAIL SLEEP XDOMAIN"
+  echo ""
+  echo "UMA Kegs:               384,      0,     236,       4,     236,   0,   0,   0"
+  echo "mbuf_cluster:          2048,  62060,    $((1000 + n)),       2,    1016,   3,   0,   0" ;;
+esac
+"#;
+
+/// STAND-IN for the Hurd's `ps`: `/hurd/null` grows at every call.
+const STANDIN_PS: &str = r#"#!/bin/sh
+# STAND-IN for the Hurd's ps
+n=$(cat /tmp/standin-ps 2>/dev/null || echo 0); n=$((n + 1)); echo $n > /tmp/standin-ps
+echo "  PID  TH  Vmem   RSS Args"
+echo "    1   1  132M  512K /hurd/startup"
+echo "    5  12  1.2G   12M /hurd/ext2fs.static -A /dev/wd0s1"
+echo "   61   2  131M  $((n * 100))K /hurd/null"
+"#;
+
+/// STAND-IN for `portinfo -a PID`: the null server's port count grows.
+const STANDIN_PORTINFO: &str = r#"#!/bin/sh
+# STAND-IN for the Hurd's portinfo -a PID
+n=$(cat /tmp/standin-ps 2>/dev/null || echo 1)
+[ "$2" = 61 ] || n=1
+i=0; while [ $i -lt $n ]; do echo "   $((i + 1)): send (refs: 1)"; i=$((i + 1)); done
+echo "  99: receive"
+"#;
+
+/// linux-disk renamed `name`, with the stand-in's files, the serial shell, and `guest` (YAML).
+fn standin_image(dir: &Path, name: &str, guest: &str) -> kstorm::config::Image {
+    let root = kstorm::host::workspace_root();
+    let files = standin_files(dir);
+    let yaml = format!(
+        "name: {name}\ndescription: STAND-IN (Linux disk image answering like another system)\nos: linux\nsource: {{debian-kernel: {{metapackage: linux-image-amd64}}}}\nboot:\n  machine: microvm\n  cmdline: [console=ttyS0, panic=-1, loglevel=5, root=/dev/vda]\ndisk:\n  packages: [busybox-static, dropbear-bin]\n  modules: [virtio_mmio, virtio_blk, virtio_net, ext4, crc32c_generic]\n  files: {}\n  init: {}\n  users: [{{name: root, password: kstorm}}]\n  size: 64M\ntransport: {{serial-shell: {{user: root, password: kstorm}}}}\n{guest}deadlines: {{boot: 120s, heartbeat: 30s, cell: 600s}}\n",
+        files.display(),
+        root.join("images/linux-disk.init").display()
+    );
+    common::inline_image(dir, name, &yaml)
+}
+
+const SCENARIOS: &str = "cases:\n  - {name: fork-socket, scenario: fork-hold, params: {children: 16, fds: 8, fd_kind: socket, hold_ms: 1500}, expect: pass}\n  - {name: socket-churn, scenario: fd-churn, params: {procs: 2, duration_s: 2, fd_kind: socket}, expect: pass}\n  - {name: kill-slow, scenario: spawn-kill, params: {cycles: 3, batch: 4, fds: 8, kill_interval_ms: 50}, expect: pass}\n";
+
+#[test]
+fn standin_freebsd_boot_flow_tunables_reboot_stats_and_payload() {
+    let dir = tempfile::tempdir().unwrap();
+    let guest = "guest:\n  tunables: {path: /boot/loader.conf.local, reboot: [/sbin/reboot]}\n  boot_sysctls: {kernel.panic_on_oops: \"1\"}\n  sysctl_set: [sysctl, -w]\n  sysctl_get: [/usr/local/bin/standin-kenv]\n  stats:\n    - {name: malloc, command: [/usr/local/bin/vmstat, -m], format: vmstat-m}\n    - {name: zones, command: [/usr/local/bin/vmstat, -z], format: vmstat-z}\n  payload: {route: portable-c, compile: [/usr/local/bin/standin-cc, \"{src}\", \"{out}\"]}\n";
+    let image = standin_image(dir.path(), "standin-freebsd", guest);
+    let suite = format!(
+        "name: inline\ndescription: STAND-IN FreeBSD boot flow\nimages: [standin-freebsd]\nram: [256M]\nvariants:\n  - {{name: kmem, tunables: {{vm.kmem_size: 64M, kern.maxproc: \"2000\"}}}}\n{}",
+        SCENARIOS.lines().take(3).collect::<Vec<_>>().join("\n") + "\n"
+    );
+    let (records, out) = common::run_suite(&suite, vec![image]);
+    assert_eq!(records.len(), 2);
+    let console = |id: &str| {
+        std::fs::read_to_string(
+            out.path()
+                .join("results/latest/cells")
+                .join(id)
+                .join("console.log"),
+        )
+        .or_else(|_| {
+            let runs = std::fs::read_dir(out.path().join("results")).unwrap();
+            let run = runs
+                .flatten()
+                .find(|e| e.path().join("cells").is_dir())
+                .unwrap();
+            std::fs::read_to_string(run.path().join("cells").join(id).join("console.log"))
+        })
+        .unwrap_or_default()
+    };
+    for r in &records {
+        assert_eq!(
+            r.verdict,
+            kstorm::verdict::Verdict::Pass,
+            "{}: {}",
+            r.id,
+            r.verdict.describe()
+        );
+        // The tunables' reboot really happened, in the same QEMU: the kernel restarted and a
+        // login prompt came again after it.
+        let log = console(&r.id);
+        let restart = log.find("reboot: Restarting system");
+        assert!(
+            restart.is_some_and(|at| log[at..].contains("login:")),
+            "{}: no restart followed by a login on the console:\n{}",
+            r.id,
+            &log[log.len().saturating_sub(3000)..]
+        );
+        let res = &r.results[0];
+        let f = |k: &str| res.facts.get(k).cloned().unwrap_or_default();
+        assert_eq!(f("payload.route"), "portable-c");
+        // Written before the reboot, read back after it.
+        assert_eq!(f("tunable.kern.maxproc.asked"), "2000");
+        assert_eq!(f("tunable.kern.maxproc.reported"), "2000");
+        assert_eq!(f("tunable.vm.kmem_size.reported"), "64M");
+        assert_eq!(f("sysctl.kernel.panic_on_oops.reported"), "1");
+        assert!(
+            f("stats.malloc.monotonic").contains("ngtest"),
+            "{:?}",
+            res.facts
+        );
+        assert!(
+            f("stats.malloc.grew_most").starts_with("ngtest memuse +"),
+            "{:?}",
+            res.facts
+        );
+        assert_eq!(f("stats.zones.failures"), "mbuf_cluster=3");
+        let caps: usize = f("stats.malloc.captures").parse().unwrap();
+        assert!(caps >= 3, "before, during, after: {caps}");
+    }
+    let fork = records.iter().find(|r| r.case == "fork-socket").unwrap();
+    assert_eq!(fork.results[0].measurements["children"].value, 16.0);
+    let churn = records.iter().find(|r| r.case == "socket-churn").unwrap();
+    assert!(churn.results[0].measurements["ops"].value > 0.0);
+}
+
+#[test]
+fn standin_hurd_boot_flow_servers_and_ports_that_grew() {
+    let dir = tempfile::tempdir().unwrap();
+    let guest = "guest:\n  stats:\n    - {name: servers, command: [/usr/local/bin/standin-ps], format: hurd-ps}\n    - {name: ports, command: [/usr/local/bin/standin-portinfo, -a, \"{pid}\"], format: portinfo, per_server: true}\n  payload: {route: portable-c, compile: [/usr/local/bin/standin-cc, \"{src}\", \"{out}\"]}\n";
+    let image = standin_image(dir.path(), "standin-hurd", guest);
+    let suite = format!(
+        "name: inline\ndescription: STAND-IN Hurd boot flow\nimages: [standin-hurd]\nram: [256M]\ncases:\n  - {{name: kill-fast, scenario: spawn-kill, params: {{cycles: 4, batch: 8, fds: 16, kill_interval_ms: 0}}, expect: pass}}\n"
+    );
+    let (records, _out) = common::run_suite(&suite, vec![image]);
+    let r = common::only(records);
+    assert_eq!(
+        r.verdict,
+        kstorm::verdict::Verdict::Pass,
+        "{}",
+        r.verdict.describe()
+    );
+    let res = &r.results[0];
+    let f = |k: &str| res.facts.get(k).cloned().unwrap_or_default();
+    assert_eq!(f("payload.route"), "portable-c");
+    assert_eq!(
+        f("stats.servers.monotonic"),
+        "/hurd/null[61]",
+        "{:?}",
+        res.facts
+    );
+    assert!(
+        f("stats.ports.monotonic").contains("/hurd/null[61]"),
+        "{:?}",
+        res.facts
+    );
+    assert!(res.measurements["spawned"].value >= 8.0);
+}
