@@ -5,17 +5,7 @@
 use super::vmstat::Sample;
 use std::collections::BTreeMap;
 
-/// `12M`, `1.5M`, `640K`, `4096` → bytes.
-fn size(token: &str) -> Option<u64> {
-    let (num, mult) = match token.as_bytes().last()? {
-        b'K' | b'k' => (&token[..token.len() - 1], 1u64 << 10),
-        b'M' | b'm' => (&token[..token.len() - 1], 1 << 20),
-        b'G' | b'g' => (&token[..token.len() - 1], 1 << 30),
-        _ => (token, 1),
-    };
-    let n: f64 = num.parse().ok()?;
-    (n >= 0.0).then(|| (n * mult as f64).round() as u64)
-}
+use super::size_bytes as size;
 
 /// The header names of `ps` columns across formats, mapped to one key.
 fn ps_column(name: &str) -> String {

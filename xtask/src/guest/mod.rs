@@ -107,3 +107,15 @@ pub struct GuestJob {
     pub tunables: BTreeMap<String, String>,
     pub sysctls: BTreeMap<String, String>,
 }
+
+/// `12M`, `1.5M`, `640K`, `4096` (as `ps` and `vmstat` print them) → bytes.
+pub(crate) fn size_bytes(token: &str) -> Option<u64> {
+    let (num, mult) = match token.as_bytes().last()? {
+        b'K' | b'k' => (&token[..token.len() - 1], 1u64 << 10),
+        b'M' | b'm' => (&token[..token.len() - 1], 1 << 20),
+        b'G' | b'g' => (&token[..token.len() - 1], 1 << 30),
+        _ => (token, 1),
+    };
+    let n: f64 = num.parse().ok()?;
+    (n >= 0.0 && n.is_finite()).then(|| (n * mult as f64).round() as u64)
+}

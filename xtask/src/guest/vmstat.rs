@@ -33,13 +33,7 @@ fn canonical(column: &str) -> String {
 
 /// `30161K` → bytes; `-` (no high-water mark kept) → `None`.
 fn amount(token: &str) -> Option<u64> {
-    let (digits, mult) = match token.as_bytes().last()? {
-        b'K' | b'k' => (&token[..token.len() - 1], 1 << 10),
-        b'M' | b'm' => (&token[..token.len() - 1], 1 << 20),
-        b'G' | b'g' => (&token[..token.len() - 1], 1 << 30),
-        _ => (token, 1),
-    };
-    digits.parse::<u64>().ok().map(|n| n * mult)
+    super::size_bytes(token)
 }
 
 fn is_amount(token: &str) -> bool {
