@@ -840,7 +840,7 @@ fn standin_hurd_boot_flow_servers_and_ports_that_grew() {
     let guest = "guest:\n  stats:\n    - {name: servers, command: [/usr/local/bin/standin-ps], format: hurd-ps}\n    - {name: ports, command: [/usr/local/bin/standin-portinfo, -a, \"{pid}\"], format: portinfo, per_server: true}\n  payload: {route: portable-c, compile: [/usr/local/bin/standin-cc, \"{src}\", \"{out}\"]}\n";
     let image = standin_image(dir.path(), "standin-hurd", guest);
     let suite = "name: inline\ndescription: STAND-IN Hurd boot flow\nimages: [standin-hurd]\nram: [256M]\ncases:\n  - {name: kill-fast, scenario: spawn-kill, params: {cycles: 4, batch: 8, fds: 16, kill_interval_ms: 0}, expect: pass}\n";
-    let (records, _out) = common::run_suite(&suite, vec![image]);
+    let (records, _out) = common::run_suite(suite, vec![image]);
     let r = common::only(records);
     assert_eq!(
         r.verdict,
