@@ -308,6 +308,7 @@ pub fn transport(upload_mb: usize) -> Result<()> {
                 dir: out.path().join(kind.to_string()),
                 progress: &|_| {},
                 guest: Some(cell::GuestFiles {
+                    job: None,
                     payload: payload.clone(),
                     plan_json,
                 }),

@@ -108,6 +108,10 @@ pub struct Image {
         deserialize_with = "one_or_many_transports"
     )]
     pub transport: Vec<TransportSpec>,
+    /// The guest's own steps (login prompts, tunables, statistics, the payload's route) for
+    /// images that are not Linux: data read by `guest::driver`.
+    #[serde(default)]
+    pub guest: Option<crate::guest::GuestRecipe>,
 }
 
 impl Image {
@@ -295,6 +299,54 @@ pub enum Source {
         package: String,
         patch_syscall_trap: bool,
     },
+    /// A whole disk image published on the web (FreeBSD's CI images, Debian GNU/Hurd's), which
+    /// boots through the firmware; see `images::published`.
+    PublishedDisk(PublishedDisk),
+}
+
+/// Where a published disk image is and how it is pinned: a SHA-256 written in the recipe, or
+/// a SHA-512 read from the published sums at the first download and kept in a lock file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishedDisk {
+    pub url: String,
+    pub format: ArchiveFormat,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// The published `SHA512SUMS` beside the image (with `lock`, instead of `sha256`).
+    #[serde(default)]
+    pub sha512_sums: Option<String>,
+    /// The lock file, relative to `images/`, that pins the SHA-512 found at the first download.
+    #[serde(default)]
+    pub lock: Option<PathBuf>,
+    /// How the image boots: through its own boot loader, or through kstorm's GRUB with the
+    /// kernel swapped and the image's own modules (GNU/Hurd).
+    #[serde(default)]
+    pub boot: Option<PublishedBoot>,
+}
+
+/// How a downloaded image is packed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum ArchiveFormat {
+    #[serde(rename = "raw.xz")]
+    RawXz,
+    /// A tar archive holding one disk image.
+    #[serde(rename = "tar.xz")]
+    TarXz,
+    #[serde(rename = "raw")]
+    Raw,
+}
+
+/// kstorm's own GRUB menu for an image whose kernel it swaps (see `images::published`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishedBoot {
+    /// The GRUB device of the image's root, e.g. `(hd0,msdos1)`.
+    pub root: String,
+    /// The kernel inside the image, e.g. `/boot/gnumach-1.8-amd64.gz`.
+    pub kernel: String,
+    /// The image's own module lines, as GRUB takes them (`/hurd/ext2fs.static ...`).
+    pub modules: Vec<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -376,6 +428,7 @@ fn default_variants() -> Vec<Variant> {
         name: Name("base".into()),
         cmdline: Vec::new(),
         sysctl: BTreeMap::new(),
+        tunables: BTreeMap::new(),
     }]
 }
 
@@ -390,6 +443,10 @@ pub struct Variant {
     /// sysctls the payload sets before the scenarios (`vm.overcommit_memory: 2`).
     #[serde(default)]
     pub sysctl: BTreeMap<String, String>,
+    /// Boot-loader tunables (FreeBSD's `/boot/loader.conf`: `vm.kmem_size: 64M`), set before
+    /// the measured boot by the image's `guest:` recipe.
+    #[serde(default)]
+    pub tunables: BTreeMap<String, String>,
 }
 
 /// One scenario with its parameters and what it is expected to end in.
@@ -624,14 +681,18 @@ pub fn load_image(path: &Path) -> Result<Image, UsageError> {
             ),
         ));
     }
+    if let Source::PublishedDisk(p) = &image.source {
+        crate::images::published::check(p).map_err(|(field, m)| origin.error(field, m))?;
+    }
+    let own_init = image.disk.is_some() || matches!(image.source, Source::PublishedDisk(_));
     let needs_disk = image.transport.iter().any(|t| *t != TransportSpec::Pid1);
-    if needs_disk && image.disk.is_none() {
+    if needs_disk && !own_init {
         return Err(origin.error(
             "transport",
             "ssh and serial-shell need an image that boots its own init (a `disk:` recipe)",
         ));
     }
-    if image.disk.is_some() && image.transport.contains(&TransportSpec::Pid1) {
+    if own_init && image.transport.contains(&TransportSpec::Pid1) {
         return Err(origin.error(
             "transport",
             "a disk image boots its own init; pid1 does not apply",

@@ -21,6 +21,7 @@ pub mod cell;
 pub mod compare;
 pub mod config;
 pub mod detect;
+pub mod guest;
 pub mod host;
 pub mod html_report;
 pub mod images;

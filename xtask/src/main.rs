@@ -34,6 +34,9 @@ enum Verb {
     Compare { a: PathBuf, b: PathBuf },
     /// Build the guest payload and prepare the images, without booting anything.
     Build(BuildArgs),
+    /// Download a published disk image (FreeBSD, GNU/Hurd) ahead of time, or take one brought in
+    /// by hand with --from; verify its hash and unpack it into the cache.
+    Fetch(FetchArgs),
     /// Benchmarks (figures as ratios against a baseline measured in the same run).
     Bench(BenchArgs),
     /// Scan saved console logs for crashes, hangs and OOM kills.
@@ -173,6 +176,16 @@ struct BuildArgs {
 }
 
 #[derive(Args)]
+struct FetchArgs {
+    /// An image of images/ whose source is `published-disk`.
+    #[arg(long)]
+    image: String,
+    /// The image's file, downloaded elsewhere (its hash is checked all the same).
+    #[arg(long)]
+    from: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct BenchArgs {
     #[command(subcommand)]
     which: BenchWhich,
@@ -228,6 +241,11 @@ fn main() -> ExitCode {
         Verb::Report(a) => report(write_report(a)),
         Verb::Compare { a, b } => compare(&a, &b),
         Verb::Build(a) => report(kstorm::run::build(&a.suite)),
+        Verb::Fetch(a) => report(kstorm::images::published::fetch_verb(
+            &a.image,
+            a.from.as_deref(),
+            &host::cache_dir(),
+        )),
         Verb::Bench(a) => match a.which {
             BenchWhich::Boot { rounds } => report(bench::boot(rounds)),
             BenchWhich::Detect => report(bench::detect()),

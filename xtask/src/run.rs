@@ -101,6 +101,9 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
     let catalog = Catalog::load(&host::workspace_root())?;
     let suite = catalog.resolve_suite(&opts.suite)?;
     let mut cells = matrix::expand(&suite, &catalog, &opts.selection)?;
+    // A published image that cannot be had stops the run here, in one line, before anything
+    // is built or booted.
+    images::published::ensure_all(cells.iter().map(|c| &c.image), &opts.cache)?;
     if let Some(shard) = opts.shard {
         cells = shard.select(cells);
         eprintln!(
@@ -297,6 +300,7 @@ fn run_one(
     let guest = shared.payload.as_ref().ok().map(|p| cell::GuestFiles {
         payload: p.clone(),
         plan_json: plan_json.clone(),
+        job: crate::guest::driver::job_for(cell),
     });
     let boot = (|| -> Result<images::BootArtifacts, Verdict> {
         let payload = shared

@@ -315,13 +315,20 @@ fn drive(
                 n as f64 / 1e6 / t0.elapsed().as_secs_f64(),
             ));
         }
-        transport::run_plan(
-            t.as_mut(),
-            &guest.payload,
-            &guest.plan_json,
-            serial,
-            &mut |line| send(CellEvent::Line(line.to_string())),
-        )
+        let on_line = &mut |line: &str| send(CellEvent::Line(line.to_string()));
+        match &guest.job {
+            Some(job) => {
+                let budget = boot_deadline.saturating_duration_since(Instant::now());
+                crate::guest::driver::run(t.as_mut(), job, &guest.plan_json, budget, on_line)
+            }
+            None => transport::run_plan(
+                t.as_mut(),
+                &guest.payload,
+                &guest.plan_json,
+                serial,
+                on_line,
+            ),
+        }
     });
     send(CellEvent::TransportEnded {
         end,

@@ -121,6 +121,8 @@ pub struct CellEnv<'a> {
 pub struct GuestFiles {
     pub payload: Arc<Vec<u8>>,
     pub plan_json: Vec<u8>,
+    /// A non-Linux guest: its recipe's steps replace the Linux payload (`guest::driver`).
+    pub job: Option<Arc<crate::guest::GuestJob>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -204,6 +206,11 @@ fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Re
     std::fs::create_dir_all(&env.dir).with_context(|| format!("creating {}", env.dir.display()))?;
     let mut spec = QemuSpec::new(env.boot.clone(), cell.ram.mib(), env.accel);
     spec.name = Some(env.dir.display().to_string());
+    spec.guest_reboots = env
+        .guest
+        .as_ref()
+        .and_then(|g| g.job.as_ref())
+        .is_some_and(|j| !j.tunables.is_empty());
     if let Some(base) = &env.boot.disk_base {
         // The base image is shared and never written: the guest writes to an overlay.
         let overlay = env.dir.join("disk.qcow2");

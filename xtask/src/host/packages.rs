@@ -85,6 +85,7 @@ fn source_kind(source: &Source) -> &'static str {
         Source::DebianKernel { .. } => "debian-kernel",
         Source::DownloadedKernel { .. } => "downloaded-kernel",
         Source::DebianGnumach { .. } => "debian-gnumach",
+        Source::PublishedDisk(_) => "published-disk",
     }
 }
 

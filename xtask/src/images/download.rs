@@ -9,9 +9,57 @@ use anyhow::{Context, Result};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+/// The hash a download must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Digest<'a> {
+    Sha256(&'a str),
+    Sha512(&'a str),
+}
+
+impl<'a> Digest<'a> {
+    fn name(self) -> &'static str {
+        match self {
+            Digest::Sha256(_) => "SHA-256",
+            Digest::Sha512(_) => "SHA-512",
+        }
+    }
+
+    fn expected(self) -> &'a str {
+        match self {
+            Digest::Sha256(h) | Digest::Sha512(h) => h,
+        }
+    }
+
+    /// This kind of hash of `path`, hex.
+    pub fn of_file(self, path: &Path) -> Result<String> {
+        match self {
+            Digest::Sha256(_) => host::sha256_file(path),
+            Digest::Sha512(_) => {
+                use sha2::Digest as _;
+                let mut f = std::fs::File::open(path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                let mut h = sha2::Sha512::new();
+                std::io::copy(&mut f, &mut h)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                Ok(hex::encode(h.finalize()))
+            }
+        }
+    }
+
+    /// True when `path` has this hash.
+    pub fn matches(self, path: &Path) -> Result<bool> {
+        Ok(self.of_file(path)?.eq_ignore_ascii_case(self.expected()))
+    }
+}
+
 /// Downloads `url` to `dest` unless `dest` already has the hash `sha256`; returns `dest`.
 pub fn fetch(url: &str, sha256: &str, dest: &Path) -> Result<PathBuf> {
-    if dest.exists() && host::sha256_file(dest)?.eq_ignore_ascii_case(sha256) {
+    fetch_checked(url, Digest::Sha256(sha256), dest)
+}
+
+/// Downloads `url` to `dest` unless `dest` already has `digest`; returns `dest`.
+pub fn fetch_checked(url: &str, digest: Digest<'_>, dest: &Path) -> Result<PathBuf> {
+    if dest.exists() && digest.matches(dest)? {
         return Ok(dest.to_path_buf());
     }
     let dir = dest
@@ -45,6 +93,9 @@ pub fn fetch(url: &str, sha256: &str, dest: &Path) -> Result<PathBuf> {
     })?;
     // 206: the server resumed where we stopped; 200: it sent everything again.
     let append = have > 0 && response.status() == 206;
+    if append {
+        check_content_range(url, response.header("Content-Range"), have, &part)?;
+    }
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -68,15 +119,41 @@ pub fn fetch(url: &str, sha256: &str, dest: &Path) -> Result<PathBuf> {
     }
     file.sync_all()?;
     drop(file);
-    let actual = host::sha256_file(&part)?;
-    if !actual.eq_ignore_ascii_case(sha256) {
+    let actual = digest.of_file(&part)?;
+    if !actual.eq_ignore_ascii_case(digest.expected()) {
         std::fs::remove_file(&part).ok();
         return Err(InfraError::new(
             InfraCause::Download,
-            format!("{url}: SHA-256 mismatch: expected {sha256}, got {actual}"),
+            format!(
+                "{url}: {} mismatch: expected {}, got {actual}",
+                digest.name(),
+                digest.expected()
+            ),
         )
         .into());
     }
     std::fs::rename(&part, dest)?;
     Ok(dest.to_path_buf())
+}
+
+/// A 206 answer must resume exactly where the partial file ends (`bytes START-END/TOTAL`);
+/// anything else would splice the wrong bytes in. The partial file is dropped then, so the
+/// next attempt starts over.
+fn check_content_range(url: &str, header: Option<&str>, have: u64, part: &Path) -> Result<()> {
+    let start = header
+        .and_then(|h| h.trim().strip_prefix("bytes "))
+        .and_then(|r| r.split('-').next())
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    if start == Some(have) {
+        return Ok(());
+    }
+    std::fs::remove_file(part).ok();
+    Err(InfraError::new(
+        InfraCause::Download,
+        format!(
+            "{url}: asked to resume at byte {have}, the server answered Content-Range {:?}; the partial file was dropped (run again to start over)",
+            header.unwrap_or("(none)")
+        ),
+    )
+    .into())
 }

@@ -70,15 +70,26 @@ pub fn build_iso(
 ) -> Result<PathBuf> {
     let kernel_bytes =
         std::fs::read(kernel).with_context(|| format!("reading {}", kernel.display()))?;
-    let module_bytes = match module {
-        Some(m) => std::fs::read(m).with_context(|| format!("reading {}", m.display()))?,
-        None => Vec::new(),
-    };
-    let key = CacheKey::new()
-        .part(&kernel_bytes)
-        .part(&module_bytes)
-        .part(cfg)
-        .hex();
+    let mut files = vec![("kernel", kernel_bytes)];
+    if let Some(m) = module {
+        let bytes = std::fs::read(m).with_context(|| format!("reading {}", m.display()))?;
+        files.push(("module", bytes));
+    }
+    iso_of(&files, cfg, cache_dir)
+}
+
+/// An ISO holding only `cfg`: a menu that boots files from the guest's own disk.
+pub fn build_cfg_iso(cfg: &str, cache_dir: &Path) -> Result<PathBuf> {
+    iso_of(&[], cfg, cache_dir)
+}
+
+/// The ISO with `files` under `/boot/` and `cfg` as its `grub.cfg`, cached by their hash.
+fn iso_of(files: &[(&str, Vec<u8>)], cfg: &str, cache_dir: &Path) -> Result<PathBuf> {
+    let mut key = CacheKey::new();
+    for (name, bytes) in files {
+        key = key.part(name.as_bytes()).part(bytes);
+    }
+    let key = key.part(cfg).hex();
     let dir = cache_dir.join("gnumach").join("iso");
     let iso = dir.join(format!("{key}.iso"));
     if iso.exists() {
@@ -88,9 +99,8 @@ pub fn build_iso(
     let tree = tempfile::tempdir_in(&dir)?;
     let boot = tree.path().join("boot");
     std::fs::create_dir_all(boot.join("grub"))?;
-    std::fs::write(boot.join("kernel"), &kernel_bytes)?;
-    if module.is_some() {
-        std::fs::write(boot.join("module"), &module_bytes)?;
+    for (name, bytes) in files {
+        std::fs::write(boot.join(name), bytes)?;
     }
     std::fs::write(boot.join("grub").join("grub.cfg"), cfg)?;
     let tmp_iso = tree.path().join("out.iso");

@@ -10,6 +10,7 @@ pub mod initramfs;
 pub mod linux;
 pub mod mach_task;
 pub mod provenance;
+pub mod published;
 
 pub use provenance::{Provenance, SourceKind};
 
@@ -45,6 +46,8 @@ pub enum PreparedImage {
     Mach(mach_task::MachPrepared),
     /// A Linux kernel with a root filesystem that boots its own init.
     LinuxDisk(linux::LinuxKernel, disk::DiskImage),
+    /// A whole published disk image (FreeBSD, GNU/Hurd) that boots its own loader and init.
+    Published(published::PreparedDisk),
 }
 
 impl PreparedImage {
@@ -56,6 +59,13 @@ impl PreparedImage {
                 .provenance()
                 .with("disk.hash", d.hash.clone())
                 .with("disk.packages", d.packages.join(" ")),
+            PreparedImage::Published(d) => Provenance {
+                source: SourceKind::Download,
+                origin: d.url.clone(),
+                sha256: d.pin.strip_prefix("sha256:").unwrap_or_default().into(),
+                ..Provenance::default()
+            }
+            .with("disk.pin", d.pin.clone()),
         }
     }
 }
@@ -82,6 +92,11 @@ pub fn prepare(image: &Image, cache: &Path) -> Result<PreparedImage> {
                 *patch_syscall_trap,
                 cache,
             )?));
+        }
+        Source::PublishedDisk(p) => {
+            let images_dir = crate::host::workspace_root().join("images");
+            let disk = published::prepare(image.name.as_str(), p, &images_dir, cache)?;
+            return Ok(PreparedImage::Published(disk));
         }
     };
     match &image.disk {
@@ -111,6 +126,9 @@ pub fn cell_artifacts(
         PreparedImage::LinuxDisk(k, d) => (k, Some(d)),
         PreparedImage::Mach(mach) => {
             return mach_artifacts(mach, image, extra_cmdline, plan_json, cache)
+        }
+        PreparedImage::Published(d) => {
+            return published_artifacts(prepared, d, image, extra_cmdline, cache)
         }
     };
     // A disk image boots its own init; the payload and plan travel over the transport.
@@ -161,6 +179,40 @@ fn mach_artifacts(
         cdrom: Some(boot.cdrom),
         disk_base: None,
         provenance: boot.provenance,
+    })
+}
+
+/// A published disk boots through the firmware and its own loader: only the base to overlay.
+/// An image whose kernel kstorm boots itself (GNU/Hurd) gets kstorm's GRUB menu on a CD, the
+/// kernel and modules read from the disk.
+fn published_artifacts(
+    prepared: &PreparedImage,
+    d: &published::PreparedDisk,
+    image: &Image,
+    extra_cmdline: &[String],
+    cache: &Path,
+) -> Result<BootArtifacts> {
+    let mut provenance = prepared.provenance();
+    let grub = match &image.source {
+        Source::PublishedDisk(p) => p.boot.as_ref(),
+        _ => None,
+    };
+    let (profile, cdrom) = match grub {
+        None => (Profile::Disk, None),
+        Some(boot) => {
+            let menu = published::grub_menu(boot, &kernel_command_line(image, extra_cmdline))?;
+            (Profile::GrubIde, Some(grub::build_cfg_iso(&menu, cache)?))
+        }
+    };
+    provenance.boot = Some(format!("{} on {profile}", d.base.display()));
+    Ok(BootArtifacts {
+        profile,
+        kernel: None,
+        initrd: None,
+        cmdline: Vec::new(),
+        cdrom,
+        disk_base: Some(d.base.clone()),
+        provenance,
     })
 }
 

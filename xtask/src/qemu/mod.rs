@@ -59,6 +59,9 @@ pub struct QemuSpec {
     pub disk: Option<PathBuf>,
     /// User networking, with this one forward (the ssh transport).
     pub forward: Option<Forward>,
+    /// The guest reboots once on purpose (boot-loader tunables): QEMU resets it instead of
+    /// exiting (no `-no-reboot`). A panic still ends the cell through the detector.
+    pub guest_reboots: bool,
 }
 
 impl QemuSpec {
@@ -72,6 +75,7 @@ impl QemuSpec {
             name: None,
             disk: None,
             forward: None,
+            guest_reboots: false,
         }
     }
 
@@ -93,13 +97,10 @@ impl QemuSpec {
             // ',' separates QEMU sub-options; it can't appear in the value.
             a.pair("-name", &name.replace(',', "_"));
         }
-        a.words(&[
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ]);
+        a.words(&["-nodefaults", "-no-user-config", "-display", "none"]);
+        if !self.guest_reboots {
+            a.words(&["-no-reboot"]);
+        }
         match self.accel {
             Accel::Kvm => a.words(&["-accel", "kvm", "-cpu", "host"]),
             Accel::Tcg => a.words(&["-accel", "tcg"]),

@@ -19,14 +19,18 @@ pub enum Profile {
     GrubIso,
     /// A disk image booted by the firmware and the image's own boot loader.
     Disk,
+    /// kstorm's GRUB ISO booting a kernel and modules from an IDE disk (GNU/Hurd: its disk
+    /// drivers know IDE and AHCI, not virtio).
+    GrubIde,
 }
 
 impl Profile {
-    pub const ALL: [Profile; 4] = [
+    pub const ALL: [Profile; 5] = [
         Profile::Microvm,
         Profile::Pc,
         Profile::GrubIso,
         Profile::Disk,
+        Profile::GrubIde,
     ];
 
     /// The profile of a kernel booted directly on `machine`.
@@ -43,6 +47,7 @@ impl Profile {
             Profile::Pc => "pc",
             Profile::GrubIso => "grub-iso",
             Profile::Disk => "disk",
+            Profile::GrubIde => "grub-ide",
         }
     }
 
