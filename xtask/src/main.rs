@@ -128,6 +128,12 @@ enum BenchWhich {
         #[arg(long, default_value_t = 7)]
         boots: usize,
     },
+    /// Simulated bisections: how often the bisect-run rule lands on the right commit, and
+    /// its runs per step, against a fixed 10 runs per commit.
+    Bisect {
+        #[arg(long, default_value_t = 10_000)]
+        bisections: usize,
+    },
     /// ssh and serial shell on linux-disk: time to the first command and upload rate, against
     /// the PID-1 path booting the same kernel.
     Transport {
@@ -165,6 +171,7 @@ fn main() -> ExitCode {
             BenchWhich::Transport { upload_mb } => report(bench::transport(upload_mb)),
             BenchWhich::Scenarios => report(bench::scenarios()),
             BenchWhich::Mach { boots } => report(bench::mach(boots)),
+            BenchWhich::Bisect { bisections } => report(kstorm::bisect::sim::bench(bisections)),
         },
         Verb::Scan(a) => kstorm::detect::scan::run(&a),
         Verb::Test { cargo_args } => test(&cargo_args),
