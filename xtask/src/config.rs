@@ -295,6 +295,9 @@ pub enum Source {
         package: String,
         patch_syscall_trap: bool,
     },
+    /// A kernel on the user's disk: a vmlinux, a bzImage, a Linux build tree or a GNU Mach
+    /// kernel (see `images/local.rs`). Also what `run --kernel PATH` puts in place.
+    LocalKernel { path: PathBuf },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,6 +25,9 @@ enum Verb {
     /// Print the cells a selection would run, with their parameters and deadlines; boots
     /// nothing (a bad suite or parameter is reported as `run` would, exit 2).
     List(SelectArgs),
+    /// One `git bisect run` step on one cell under a sequential rule: exit 0 good, 1 bad,
+    /// 125 skip (see README, "Bisecting a regression").
+    BisectRun(kstorm::bisect::run::BisectArgs),
     /// Build the guest payload and prepare the images, without booting anything.
     Build(BuildArgs),
     /// Benchmarks (figures as ratios against a baseline measured in the same run).
@@ -94,6 +97,10 @@ struct RunArgs {
     /// Exit 125 on infra failures, so `git bisect run` skips the commit instead of blaming it.
     #[arg(long)]
     bisect: bool,
+    /// Boot this kernel (a vmlinux, a bzImage, a Linux build tree, a GNU Mach kernel) in place
+    /// of the image's.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
     /// Where results go (default: results/ in the workspace).
     #[arg(long)]
     results: Option<PathBuf>,
@@ -164,6 +171,7 @@ fn main() -> ExitCode {
                 Err(e) => error_exit(&e, false),
             }
         }
+        Verb::BisectRun(a) => kstorm::bisect::run::bisect_run(&a),
         Verb::Build(a) => report(kstorm::run::build(&a.suite)),
         Verb::Bench(a) => match a.which {
             BenchWhich::Boot { rounds } => report(bench::boot(rounds)),
@@ -188,6 +196,7 @@ fn run(a: RunArgs) -> i32 {
         opts.jobs = j;
     }
     opts.accel = a.accel;
+    opts.kernel = a.kernel;
     if let Some(r) = a.results {
         opts.results_root = r;
     }

@@ -39,6 +39,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Test-only fault injection into the transports; empty in real runs.
     pub faults: crate::transport::Faults,
+    /// `--kernel PATH`: this kernel in place of each image's.
+    pub kernel: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -52,6 +54,7 @@ impl RunOptions {
             cache: host::cache_dir(),
             progress: true,
             faults: Default::default(),
+            kernel: None,
         }
     }
 }
@@ -92,6 +95,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
     let catalog = Catalog::load(&host::workspace_root())?;
     let suite = catalog.resolve_suite(&opts.suite)?;
     let cells = matrix::expand(&suite, &catalog, &opts.selection)?;
+    let cells = images::local::apply(cells, opts.kernel.as_deref())?;
     run_cells(suite.name.as_str(), cells, opts)
 }
 

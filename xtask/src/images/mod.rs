@@ -8,6 +8,7 @@ pub mod gnumach;
 pub mod grub;
 pub mod initramfs;
 pub mod linux;
+pub mod local;
 pub mod mach_task;
 pub mod provenance;
 
@@ -73,6 +74,18 @@ pub fn prepare(image: &Image, cache: &Path) -> Result<PreparedImage> {
         Source::DownloadedKernel { url, sha256 } => {
             linux::LinuxKernel::from_url(url, sha256, cache)?
         }
+        Source::LocalKernel { path } => match local::inspect(path, "local-kernel.path")? {
+            local::LocalKind::Linux { vmlinux, bzimage } => local::linux(path, vmlinux, bzimage)?,
+            local::LocalKind::Mach { path: p, gzipped } => {
+                let kernel = local::mach(&p, gzipped, cache)?;
+                let bootstrap =
+                    mach_task::build_bootstrap(&cache.join("gnumach").join("bootstrap"))?;
+                return Ok(PreparedImage::Mach(mach_task::MachPrepared {
+                    kernel,
+                    bootstrap,
+                }));
+            }
+        },
         Source::DebianGnumach {
             package,
             patch_syscall_trap,
