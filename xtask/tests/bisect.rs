@@ -206,8 +206,8 @@ fn a_kernel_that_boots_to_nothing_is_skipped() {
     common::assert_no_qemu_mentioning(dir.path());
 }
 
-/// Eight commits: good, good, kernel path missing (skip), good, the provoked panic (first
-/// bad), then bad ones. `git bisect run` must name the panic's.
+/// Eight commits: good ones, one whose kernel path does not exist (skip), the provoked panic
+/// (first bad), then bad ones. `git bisect run` must name the panic's.
 #[test]
 fn git_bisect_run_names_the_commit_that_panics() {
     let started = std::time::Instant::now();
@@ -225,24 +225,26 @@ fn git_bisect_run_names_the_commit_that_panics() {
     // payload survives), not in the panic the memory-pressure suite saw: the bad commit
     // switches the case to the provoked panic instead.
     let unlimited = demo_suite("panic", "{}", "60s");
+    // git tests the middle commit first (c3 of c1..c6): that is the one without a kernel.
     let mut shas = vec![
         commit(&repo, &limited(16), &vmlinux, "c0: tmpfs limited to 16M"),
         commit(&repo, &limited(12), &vmlinux, "c1: 12M"),
+        commit(&repo, &limited(10), &vmlinux, "c2: 10M"),
         commit(
             &repo,
-            &limited(12),
+            &limited(10),
             &missing,
-            "c2: kernel path that does not exist",
+            "c3: kernel path that does not exist",
         ),
-        commit(&repo, &limited(8), &vmlinux, "c3: 8M, kernel back"),
+        commit(&repo, &limited(8), &vmlinux, "c4: 8M, kernel back"),
         commit(
             &repo,
             &unlimited,
             &vmlinux,
-            "c4: the case panics the kernel",
+            "c5: the case panics the kernel",
         ),
     ];
-    for i in 5..8 {
+    for i in 6..8 {
         let text = format!("{unlimited}# c{i}\n");
         shas.push(commit(&repo, &text, &vmlinux, &format!("c{i}: comment")));
     }
@@ -260,9 +262,9 @@ fn git_bisect_run_names_the_commit_that_panics() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        stdout.contains(&format!("{} is the first bad commit", shas[4])),
-        "expected c4 = {}",
-        shas[4]
+        stdout.contains(&format!("{} is the first bad commit", shas[5])),
+        "expected c5 = {}",
+        shas[5]
     );
     let log_dir = std::fs::read_dir(&results)
         .unwrap()
@@ -280,9 +282,9 @@ fn git_bisect_run_names_the_commit_that_panics() {
     assert!(decisions.contains(&"bad"), "{decisions:?}");
     let title = log["title"].as_str().unwrap_or_default();
     assert!(title.contains("sysrq triggered crash"), "{log}");
-    for s in steps.iter().filter(|s| s["commit"] == shas[2].as_str()) {
-        assert_eq!(s["decision"], "skip", "{s}");
-    }
+    let skipped: Vec<_> = steps.iter().filter(|s| s["decision"] == "skip").collect();
+    assert_eq!(skipped.len(), 1, "{decisions:?}");
+    assert_eq!(skipped[0]["commit"], shas[3].as_str());
     eprintln!(
         "bisection: {} steps {decisions:?}, {:.0}s wall",
         steps.len(),
