@@ -298,6 +298,20 @@ pub enum Source {
     /// A kernel on the user's disk: a vmlinux, a bzImage, a Linux build tree or a GNU Mach
     /// kernel (see `images/local.rs`). Also what `run --kernel PATH` puts in place.
     LocalKernel { path: PathBuf },
+    /// A Linux source tree built out of tree into the cache (see `images/kernel_tree.rs`):
+    /// `base` is `tinyconfig`, `defconfig` or a `.config` file; `config` lists fragments merged
+    /// over it (relative paths are relative to `images/`).
+    KernelTree {
+        path: PathBuf,
+        #[serde(default = "default_kernel_base")]
+        base: String,
+        #[serde(default)]
+        config: Vec<PathBuf>,
+    },
+}
+
+fn default_kernel_base() -> String {
+    "tinyconfig".into()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -27,9 +27,16 @@ pub struct BisectArgs {
     /// The kernel to boot in place of the image's (resolved at each commit).
     #[arg(long)]
     pub kernel: Option<PathBuf>,
-    /// A built Linux tree whose kernel to boot; its HEAD names the step.
+    /// A Linux source tree to build (out of tree, into the cache) and boot; its HEAD names the
+    /// step. A build failure skips the commit.
     #[arg(long, conflicts_with = "kernel")]
     pub kernel_tree: Option<PathBuf>,
+    /// The tree's base configuration: tinyconfig, defconfig or a .config file.
+    #[arg(long, default_value = "tinyconfig")]
+    pub base: String,
+    /// Config fragments merged over the base (default: images/kconfig/kstorm.config).
+    #[arg(long = "config")]
+    pub fragments: Vec<PathBuf>,
     /// Attempts per commit, retries included (default: twice the clean runs needed, plus 10).
     #[arg(long)]
     pub max_runs: Option<u32>,
@@ -94,8 +101,7 @@ pub fn bisect_run(a: &BisectArgs) -> i32 {
         None => println!("target crash: the first crash seen (give --title to name it)"),
     }
     let started = Instant::now();
-    let kernel = a.kernel.clone().or(a.kernel_tree.clone());
-    let (decision, tally, runs) = match select_cell(a, kernel.as_deref()) {
+    let (decision, tally, runs) = match select_cell(a) {
         Ok(cell) => {
             let dir = root.join(&commit);
             let known = title.is_some();
@@ -147,7 +153,7 @@ pub fn bisect_run(a: &BisectArgs) -> i32 {
 
 /// The one cell of this commit's suite, with the kernel in place. Any error here is the
 /// commit's (its suite, its kernel path), so the caller skips the commit.
-fn select_cell(a: &BisectArgs, kernel: Option<&Path>) -> anyhow::Result<Cell> {
+fn select_cell(a: &BisectArgs) -> anyhow::Result<Cell> {
     let catalog = Catalog::load(&host::workspace_root())?;
     let suite = catalog.resolve_suite(&a.suite)?;
     let sel = Selection {
@@ -155,7 +161,25 @@ fn select_cell(a: &BisectArgs, kernel: Option<&Path>) -> anyhow::Result<Cell> {
         ..Selection::default()
     };
     let cells = matrix::expand(&suite, &catalog, &sel)?;
-    let mut cells = crate::images::local::apply(cells, kernel)?;
+    let mut cells = crate::images::local::apply(cells, a.kernel.as_deref())?;
+    if let Some(tree) = &a.kernel_tree {
+        let default = host::workspace_root().join("images/kconfig/kstorm.config");
+        let config = match a.fragments.is_empty() {
+            true => vec![default],
+            false => a
+                .fragments
+                .iter()
+                .map(|f| std::path::absolute(f).unwrap_or(f.clone()))
+                .collect(),
+        };
+        for c in &mut cells {
+            c.image.source = crate::config::Source::KernelTree {
+                path: std::path::absolute(tree)?,
+                base: a.base.clone(),
+                config: config.clone(),
+            };
+        }
+    }
     match cells.len() {
         1 => Ok(cells.remove(0)),
         n => anyhow::bail!("--filter {:?} selects {n} cells, not one", a.filter),
@@ -255,4 +279,46 @@ fn bisection_id(repo: &Path) -> String {
                 .to_string()
         });
     crate::images::gnumach::sha256_hex(key.as_bytes())[..12].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::Kind;
+
+    fn crash(title: &str) -> Verdict {
+        Verdict::Crash {
+            kind: Kind::Panic,
+            title: title.into(),
+        }
+    }
+
+    #[test]
+    fn only_the_same_crash_blames() {
+        let mut title = None;
+        // No title yet: the first crash becomes the target.
+        assert_eq!(
+            classify(&crash("kernel panic: A"), true, &mut title),
+            RunClass::Target
+        );
+        assert_eq!(title.as_deref(), Some("kernel panic: A"));
+        assert_eq!(
+            classify(&crash("kernel panic: A"), true, &mut title),
+            RunClass::Target
+        );
+        assert_eq!(
+            classify(&crash("BUG: B"), true, &mut title),
+            RunClass::OtherCrash
+        );
+        assert_eq!(classify(&Verdict::Pass, true, &mut title), RunClass::Clean);
+        let silent = Verdict::Hang {
+            last_progress: None,
+            scenario: None,
+        };
+        assert_eq!(classify(&silent, false, &mut title), RunClass::BootFailure);
+        let build = Verdict::infra(InfraCause::ImageBuild, "make failed");
+        assert_eq!(classify(&build, false, &mut title), RunClass::BuildFailure);
+        let qemu = Verdict::infra(InfraCause::QemuStart, "x");
+        assert_eq!(classify(&qemu, false, &mut title), RunClass::Infra);
+    }
 }

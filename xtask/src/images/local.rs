@@ -270,8 +270,19 @@ pub fn apply(
         }
     }
     for c in &cells {
-        if let Source::LocalKernel { path } = &c.image.source {
-            inspect(path, &format!("image {}: local-kernel.path", c.image.name))?;
+        match &c.image.source {
+            Source::LocalKernel { path } => {
+                inspect(path, &format!("image {}: local-kernel.path", c.image.name))?;
+            }
+            Source::KernelTree { path, .. } if !path.join("Makefile").is_file() => {
+                let field = format!("image {}: kernel-tree.path", c.image.name);
+                return Err(usage(
+                    path,
+                    &field,
+                    "not a kernel source tree (no Makefile)",
+                ));
+            }
+            _ => {}
         }
     }
     Ok(cells)

@@ -7,6 +7,7 @@ pub mod download;
 pub mod gnumach;
 pub mod grub;
 pub mod initramfs;
+pub mod kernel_tree;
 pub mod linux;
 pub mod local;
 pub mod mach_task;
@@ -73,6 +74,15 @@ pub fn prepare(image: &Image, cache: &Path) -> Result<PreparedImage> {
         }
         Source::DownloadedKernel { url, sha256 } => {
             linux::LinuxKernel::from_url(url, sha256, cache)?
+        }
+        Source::KernelTree { path, base, config } => {
+            let images_dir = crate::host::workspace_root().join("images");
+            let spec = kernel_tree::TreeSpec {
+                path: path.clone(),
+                base: base.clone(),
+                fragments: config.iter().map(|f| images_dir.join(f)).collect(),
+            };
+            kernel_tree::build(&spec, cache)?
         }
         Source::LocalKernel { path } => match local::inspect(path, "local-kernel.path")? {
             local::LocalKind::Linux { vmlinux, bzimage } => local::linux(path, vmlinux, bzimage)?,
