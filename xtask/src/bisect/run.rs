@@ -284,17 +284,14 @@ fn bisection_id(repo: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::Kind;
-
-    fn crash(title: &str) -> Verdict {
-        Verdict::Crash {
-            kind: Kind::Panic,
-            title: title.into(),
-        }
-    }
 
     #[test]
     fn only_the_same_crash_blames() {
+        let kind = crate::detect::Kind::Panic;
+        let crash = |t: &str| Verdict::Crash {
+            kind,
+            title: t.into(),
+        };
         let mut title = None;
         // No title yet: the first crash becomes the target.
         assert_eq!(
