@@ -104,6 +104,7 @@ pub fn build(spec: &TreeSpec, cache: &Path) -> Result<LinuxKernel> {
     let config_hash = sha(format!("{base_text}\n{fragments}").as_bytes());
     let key = sha(format!("{commit}\n{config_hash}\n{}", sha(diff.as_bytes())).as_bytes());
     let out = cache.join("kernel-tree").join(&key[..16]);
+    let _lock = crate::host::CacheLock::acquire(cache, &format!("kernel-tree-{}", &key[..16]))?;
     let vmlinux = out.join("vmlinux");
     let bzimage = out.join("arch/x86/boot/bzImage");
     if !(vmlinux.exists() && bzimage.exists()) {

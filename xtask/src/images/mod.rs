@@ -67,7 +67,11 @@ pub fn prepare(image: &Image, cache: &Path) -> Result<PreparedImage> {
     // Cells, test threads and whole runs may prepare images at once on a fresh cache, and
     // different images share kernels (linux and linux-pc unpack the same package): one prepares
     // while the others wait, then find it done.
-    let _lock = crate::host::CacheLock::acquire(cache, "prepare-images")?;
+    // A kernel build takes many minutes: it holds a lock of its own (per build), not this one.
+    let _lock = match image.source {
+        Source::KernelTree { .. } => None,
+        _ => Some(crate::host::CacheLock::acquire(cache, "prepare-images")?),
+    };
     let kernel = match &image.source {
         Source::DebianKernel { metapackage } => {
             linux::LinuxKernel::from_debian(metapackage, cache)?
