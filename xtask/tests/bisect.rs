@@ -292,3 +292,41 @@ fn git_bisect_run_names_the_commit_that_panics() {
     );
     common::assert_no_qemu_mentioning(dir.path());
 }
+
+/// `source: {local-kernel: {path}}` in an image file: the kernel is prepared from the path,
+/// and inside a git work tree the provenance names the commit and `git describe`.
+#[test]
+fn local_kernel_image_source_records_git_identity() {
+    let (vmlinux, _) = debian_kernel();
+    let dir = tempfile::tempdir().unwrap();
+    git(dir.path(), &["init", "-q"]);
+    std::fs::copy(&vmlinux, dir.path().join("vmlinux")).unwrap();
+    git(dir.path(), &["add", "vmlinux"]);
+    git(dir.path(), &["commit", "-qm", "a kernel"]);
+    let yaml = format!(
+        "name: mine\ndescription: d\nos: linux\nsource: {{local-kernel: {{path: {}}}}}\n\
+         boot: {{machine: microvm}}\n",
+        dir.path().display()
+    );
+    let image = common::inline_image(dir.path(), "mine", &yaml);
+    let cache = kstorm::host::cache_dir();
+    let prepared = images::prepare(&image, &cache).unwrap();
+    let p = prepared.provenance();
+    assert_eq!(p.source, SourceKind::LocalFile);
+    assert_eq!(
+        p.extra["git.commit"],
+        git(dir.path(), &["rev-parse", "HEAD"])
+    );
+    assert!(!p.extra["git.describe"].ends_with("-dirty"), "{p:?}");
+    // A change to a tracked file makes the tree dirty, and the provenance says so.
+    std::fs::write(dir.path().join("vmlinux"), std::fs::read(&vmlinux).unwrap()).unwrap();
+    git(dir.path(), &["add", "mine.yaml"]);
+    git(dir.path(), &["commit", "-qm", "the image"]);
+    std::fs::write(dir.path().join("mine.yaml"), format!("{yaml}# edited\n")).unwrap();
+    let dirty = images::prepare(&image, &cache).unwrap().provenance();
+    assert!(dirty.extra["git.describe"].ends_with("-dirty"), "{dirty:?}");
+    match prepared {
+        PreparedImage::Linux(k) => assert!(k.vmlinux.unwrap().ends_with("vmlinux")),
+        other => panic!("{other:?}"),
+    }
+}
