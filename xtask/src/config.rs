@@ -302,6 +302,23 @@ pub enum Source {
     /// A whole disk image published on the web (FreeBSD's CI images, Debian GNU/Hurd's), which
     /// boots through the firmware; see `images::published`.
     PublishedDisk(PublishedDisk),
+    /// A kernel on the user's disk: a vmlinux, a bzImage, a Linux build tree or a GNU Mach
+    /// kernel (see `images/local.rs`). Also what `run --kernel PATH` puts in place.
+    LocalKernel { path: PathBuf },
+    /// A Linux source tree built out of tree into the cache (see `images/kernel_tree.rs`):
+    /// `base` is `tinyconfig`, `defconfig` or a `.config` file; `config` lists fragments merged
+    /// over it (relative paths are relative to `images/`).
+    KernelTree {
+        path: PathBuf,
+        #[serde(default = "default_kernel_base")]
+        base: String,
+        #[serde(default)]
+        config: Vec<PathBuf>,
+    },
+}
+
+fn default_kernel_base() -> String {
+    "tinyconfig".into()
 }
 
 /// Where a published disk image is and how it is pinned: a SHA-256 written in the recipe, or

@@ -14,9 +14,11 @@
 //! - [`verdict`]: the verdict type and expected-vs-actual;
 //! - [`report`]: results on disk (atomic), JUnit, the summary table;
 //! - [`transport`]: ssh and serial-shell access to guests that boot their own init;
+//! - [`bisect`]: the `bisect-run` verb: one `git bisect run` step under a sequential rule;
 //! - [`run`]: the `run` verb: the whole matrix, in parallel, with progress bars.
 
 pub mod bench;
+pub mod bisect;
 pub mod cell;
 pub mod compare;
 pub mod config;

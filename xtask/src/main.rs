@@ -32,6 +32,9 @@ enum Verb {
     /// Compare two runs: new and fixed crashes, verdict changes, numbers beyond noise
     /// (exit 1 when B is worse).
     Compare { a: PathBuf, b: PathBuf },
+    /// One `git bisect run` step on one cell under a sequential rule: exit 0 good, 1 bad,
+    /// 125 skip (see README, "Bisecting a regression").
+    BisectRun(kstorm::bisect::run::BisectArgs),
     /// Build the guest payload and prepare the images, without booting anything.
     Build(BuildArgs),
     /// Download a published disk image (FreeBSD, GNU/Hurd) ahead of time, or take one brought in
@@ -104,6 +107,10 @@ struct RunArgs {
     /// Exit 125 on infra failures, so `git bisect run` skips the commit instead of blaming it.
     #[arg(long)]
     bisect: bool,
+    /// Boot this kernel (a vmlinux, a bzImage, a Linux build tree, a GNU Mach kernel) in place
+    /// of the image's.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
     /// Where results go (default: results/ in the workspace).
     #[arg(long)]
     results: Option<PathBuf>,
@@ -207,6 +214,12 @@ enum BenchWhich {
         #[arg(long, default_value_t = 7)]
         boots: usize,
     },
+    /// Simulated bisections: how often the bisect-run rule lands on the right commit, and
+    /// its runs per step, against a fixed 10 runs per commit.
+    Bisect {
+        #[arg(long, default_value_t = 10_000)]
+        bisections: usize,
+    },
     /// ssh and serial shell on linux-disk: time to the first command and upload rate, against
     /// the PID-1 path booting the same kernel.
     Transport {
@@ -240,6 +253,7 @@ fn main() -> ExitCode {
         Verb::Sweep(a) => report(sweep(a)),
         Verb::Report(a) => report(write_report(a)),
         Verb::Compare { a, b } => compare(&a, &b),
+        Verb::BisectRun(a) => kstorm::bisect::run::bisect_run(&a),
         Verb::Build(a) => report(kstorm::run::build(&a.suite)),
         Verb::Fetch(a) => report(kstorm::images::published::fetch_verb(
             &a.image,
@@ -252,6 +266,7 @@ fn main() -> ExitCode {
             BenchWhich::Transport { upload_mb } => report(bench::transport(upload_mb)),
             BenchWhich::Scenarios => report(bench::scenarios()),
             BenchWhich::Mach { boots } => report(bench::mach(boots)),
+            BenchWhich::Bisect { bisections } => report(kstorm::bisect::sim::bench(bisections)),
         },
         Verb::Scan(a) => kstorm::detect::scan::run(&a),
         Verb::Test { cargo_args } => test(&cargo_args),
@@ -284,6 +299,7 @@ fn run_with(a: RunArgs) -> i32 {
         opts.jobs = j;
     }
     opts.accel = a.accel;
+    opts.kernel = a.kernel;
     if let Some(r) = a.results {
         opts.results_root = r;
     }

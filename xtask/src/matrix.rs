@@ -8,7 +8,7 @@
 //! is a [`UsageError`] before anything is built or booted.
 
 use crate::config::{
-    Case, Catalog, Deadlines, Image, Name, RamSize, Source, Suite, TransportKind, TransportSpec,
+    Case, Catalog, Deadlines, Image, Name, RamSize, Suite, TransportKind, TransportSpec,
     UsageError, Variant,
 };
 use kstorm_payload::params::{self, ParamError, RawParams};
@@ -181,8 +181,8 @@ pub fn resolve_params(
     scenario: &str,
     params: &RawParams,
 ) -> Result<serde_json::Value, ParamError> {
-    match image.source {
-        Source::DebianGnumach { .. } => params::mach::resolve(scenario, params),
+    match image.os {
+        crate::detect::Os::Mach => params::mach::resolve(scenario, params),
         _ => params::resolve(scenario, params),
     }
 }

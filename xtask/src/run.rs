@@ -45,6 +45,8 @@ pub struct RunOptions {
     pub resume: Option<PathBuf>,
     /// The command line, kept in `run.json` so `--resume` expands the same matrix.
     pub request: Vec<String>,
+    /// `--kernel PATH`: this kernel in place of each image's.
+    pub kernel: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -61,6 +63,7 @@ impl RunOptions {
             shard: None,
             resume: None,
             request: Vec::new(),
+            kernel: None,
         }
     }
 }
@@ -100,7 +103,8 @@ impl RunOutcome {
 pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
     let catalog = Catalog::load(&host::workspace_root())?;
     let suite = catalog.resolve_suite(&opts.suite)?;
-    let mut cells = matrix::expand(&suite, &catalog, &opts.selection)?;
+    let cells = matrix::expand(&suite, &catalog, &opts.selection)?;
+    let mut cells = images::local::apply(cells, opts.kernel.as_deref())?;
     // A published image that cannot be had stops the run here, in one line, before anything
     // is built or booted.
     images::published::ensure_all(cells.iter().map(|c| &c.image), &opts.cache)?;

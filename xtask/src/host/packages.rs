@@ -86,6 +86,8 @@ fn source_kind(source: &Source) -> &'static str {
         Source::DownloadedKernel { .. } => "downloaded-kernel",
         Source::DebianGnumach { .. } => "debian-gnumach",
         Source::PublishedDisk(_) => "published-disk",
+        Source::LocalKernel { .. } => "local-kernel",
+        Source::KernelTree { .. } => "kernel-tree",
     }
 }
 

@@ -35,11 +35,16 @@ pub struct MachKernel {
     pub image_sha256: String,
     /// SHA-256 of the patched image and the file offset of the patched bytes, when patched.
     pub patched: Option<(String, u64)>,
+    /// Provenance of a kernel from the user's disk (`local-kernel`, `--kernel`).
+    pub local: Option<super::provenance::Provenance>,
 }
 
 impl MachKernel {
     /// What goes into a result's provenance.
     pub fn provenance(&self) -> super::provenance::Provenance {
+        if let Some(local) = &self.local {
+            return local.clone();
+        }
         let (kernel_sha256, patch) = match &self.patched {
             Some((sha, offset)) => (
                 sha.clone(),
@@ -172,6 +177,7 @@ pub fn prepare_kernel(package: &str, patch: bool, cache_dir: &Path) -> Result<Ma
         deb_sha256: rec.sha256,
         image_sha256: image_sha256.clone(),
         patched: None,
+        local: None,
     };
     if patch {
         let out = kernels.join(format!("{image_sha256}.syscall-trap-patched.elf"));

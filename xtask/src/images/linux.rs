@@ -21,10 +21,16 @@ pub struct LinuxKernel {
     pub vmlinux: Option<PathBuf>,
     /// Root of the unpacked package (modules live under `lib/modules`), for disk images.
     pub unpacked: Option<PathBuf>,
+    /// Provenance of a kernel from the user's disk (`local-kernel`, `--kernel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<Provenance>,
 }
 
 impl LinuxKernel {
     pub fn provenance(&self) -> Provenance {
+        if let Some(local) = &self.local {
+            return local.clone();
+        }
         let source = if self.origin.starts_with("debian:") {
             SourceKind::DebianPackage
         } else {
@@ -70,6 +76,7 @@ impl LinuxKernel {
             bzimage,
             vmlinux,
             unpacked: Some(root),
+            local: None,
         };
         host::write_atomic(&stamp, serde_json::to_string_pretty(&kernel)?.as_bytes())?;
         Ok(kernel)
@@ -87,6 +94,7 @@ impl LinuxKernel {
             bzimage,
             vmlinux,
             unpacked: None,
+            local: None,
         })
     }
 }

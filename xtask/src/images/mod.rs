@@ -7,7 +7,9 @@ pub mod download;
 pub mod gnumach;
 pub mod grub;
 pub mod initramfs;
+pub mod kernel_tree;
 pub mod linux;
+pub mod local;
 pub mod mach_task;
 pub mod provenance;
 pub mod published;
@@ -75,7 +77,11 @@ pub fn prepare(image: &Image, cache: &Path) -> Result<PreparedImage> {
     // Cells, test threads and whole runs may prepare images at once on a fresh cache, and
     // different images share kernels (linux and linux-pc unpack the same package): one prepares
     // while the others wait, then find it done.
-    let _lock = crate::host::CacheLock::acquire(cache, "prepare-images")?;
+    // A kernel build takes many minutes: it holds a lock of its own (per build), not this one.
+    let _lock = match image.source {
+        Source::KernelTree { .. } => None,
+        _ => Some(crate::host::CacheLock::acquire(cache, "prepare-images")?),
+    };
     let kernel = match &image.source {
         Source::DebianKernel { metapackage } => {
             linux::LinuxKernel::from_debian(metapackage, cache)?
@@ -83,6 +89,27 @@ pub fn prepare(image: &Image, cache: &Path) -> Result<PreparedImage> {
         Source::DownloadedKernel { url, sha256 } => {
             linux::LinuxKernel::from_url(url, sha256, cache)?
         }
+        Source::KernelTree { path, base, config } => {
+            let images_dir = crate::host::workspace_root().join("images");
+            let spec = kernel_tree::TreeSpec {
+                path: path.clone(),
+                base: base.clone(),
+                fragments: config.iter().map(|f| images_dir.join(f)).collect(),
+            };
+            kernel_tree::build(&spec, cache)?
+        }
+        Source::LocalKernel { path } => match local::inspect(path, "local-kernel.path")? {
+            local::LocalKind::Linux { vmlinux, bzimage } => local::linux(path, vmlinux, bzimage)?,
+            local::LocalKind::Mach { path: p, gzipped } => {
+                let kernel = local::mach(&p, gzipped, cache)?;
+                let bootstrap =
+                    mach_task::build_bootstrap(&cache.join("gnumach").join("bootstrap"))?;
+                return Ok(PreparedImage::Mach(mach_task::MachPrepared {
+                    kernel,
+                    bootstrap,
+                }));
+            }
+        },
         Source::DebianGnumach {
             package,
             patch_syscall_trap,
