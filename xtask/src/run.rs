@@ -178,14 +178,14 @@ fn prepare_shared<'a>(cells: &[Cell], opts: &'a RunOptions) -> (Shared<'a>, Stri
     let mut prepared: BTreeMap<String, Result<PreparedImage, Verdict>> = BTreeMap::new();
     for cell in cells {
         let name = cell.image.name.0.clone();
-        if !prepared.contains_key(&name) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = prepared.entry(name) {
             let p = images::prepare(&cell.image, &opts.cache)
-                .with_context(|| format!("preparing image {name}"))
+                .with_context(|| format!("preparing image {}", slot.key()))
                 .map_err(|e| Verdict::from_error(&e, InfraCause::ImageBuild));
             if let Err(v) = &p {
                 eprintln!("kstorm: {}", v.describe());
             }
-            prepared.insert(name, p);
+            slot.insert(p);
         }
     }
     let (accel, reason) = match &payload {
@@ -446,8 +446,7 @@ fn probe_kvm(image: &PreparedImage, payload: &[u8], cache: &Path) -> (bool, Stri
                 std::fs::read_to_string(dir.path().join("qemu.stderr")).unwrap_or_default();
             let why = stderr
                 .lines()
-                .filter(|l| !l.contains("info:"))
-                .last()
+                .rfind(|l| !l.contains("info:"))
                 .map(str::to_string)
                 .unwrap_or_else(|| v.describe());
             (

@@ -72,10 +72,7 @@ fn same_suite_passes_over_ssh_and_serial_with_the_same_shape() {
         // The base image is never written: each cell booted its own overlay.
         assert!(r.provenance.extra.contains_key("disk.hash"));
     }
-    let channels: Vec<_> = records
-        .iter()
-        .map(|r| r.frames.channel.clone().unwrap())
-        .collect();
+    let channels: Vec<_> = records.iter().map(|r| r.frames.channel.unwrap()).collect();
     assert_eq!(channels, vec![FrameChannel::Serial, FrameChannel::Ssh]);
     // Same shape as the PID-1 path: the same record fields, the transport's stats added.
     let a = serde_json::to_value(&records[0]).unwrap();
