@@ -523,18 +523,9 @@ fn fixture(name: &str) -> String {
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-/// The seed's text (`shared/seeds/001_*.txt` beside the workspace), when it is there.
+/// The allocator statistics the seed incident quotes (docs/incidents.md, FreeBSD), as data.
 fn seed_001() -> Option<String> {
-    let root = kstorm::host::workspace_root();
-    let dir = root
-        .ancestors()
-        .map(|a| a.join("shared/seeds"))
-        .find(|d| d.is_dir())?;
-    let entry = std::fs::read_dir(&dir)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .find(|e| e.file_name().to_string_lossy().starts_with("001_"))?;
-    std::fs::read_to_string(entry.path()).ok()
+    Some(fixture("seed-001-vmstat.txt"))
 }
 
 #[test]

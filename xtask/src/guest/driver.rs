@@ -164,7 +164,7 @@ fn set_and_read_back(
         words.push(name.clone());
         let (rc, out) = capture::run_words(t, &words)?;
         let reported = if rc == 0 {
-            out.join(" ").trim().to_string()
+            reported_value(&out)
         } else {
             format!("(not reported: status {rc})")
         };
@@ -172,6 +172,33 @@ fn set_and_read_back(
         facts.insert(format!("{kind}.{name}.reported"), reported);
     }
     Ok(facts)
+}
+
+/// The value a `sysctl -n` printed. The serial shell shares its line with the kernel's console,
+/// so kernel messages can land among the output: the value is the last line that is not one.
+fn reported_value(out: &[String]) -> String {
+    let kernel_line = regex::Regex::new(r"^\s*\[\s*\d+\.\d+\]").expect("a valid pattern");
+    out.iter()
+        .map(|l| l.trim())
+        .rfind(|l| !l.is_empty() && !kernel_line.is_match(l))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[cfg(test)]
+mod reported_value_tests {
+    #[test]
+    fn kernel_messages_among_the_output_are_not_the_value() {
+        let out: Vec<String> = [
+            "[    5.540497] clocksource: timekeeping watchdog on CPU0: Marking clocksource 'tsc' as unstable",
+            "2000",
+            "[    5.549617] clocksource: Not enough CPUs to check clocksource 'tsc'.",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(super::reported_value(&out), "2000");
+        assert_eq!(super::reported_value(&["64M".to_string()]), "64M");
+    }
 }
 
 /// Uploads the agent's source and compiles it in the guest; the binary's path.
