@@ -68,14 +68,6 @@ pub fn fetch_checked(url: &str, digest: Digest<'_>, dest: &Path) -> Result<PathB
     std::fs::create_dir_all(dir)?;
     let part = dest.with_extension("part");
     let have = part.metadata().map(|m| m.len()).unwrap_or(0);
-    eprintln!(
-        "downloading {url}{}",
-        if have > 0 {
-            format!(" (resuming at {have} bytes)")
-        } else {
-            String::new()
-        }
-    );
     // Bound each connect and each read, not the whole transfer: disk images take minutes.
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(std::time::Duration::from_secs(30))
@@ -91,6 +83,15 @@ pub fn fetch_checked(url: &str, digest: Digest<'_>, dest: &Path) -> Result<PathB
             format!("download of {url} failed: {e}"),
         )
     })?;
+    // Said once the server answered: an unreachable one gets the caller's one-line error only.
+    eprintln!(
+        "downloading {url}{}",
+        if have > 0 {
+            format!(" (resuming at {have} bytes)")
+        } else {
+            String::new()
+        }
+    );
     // 206: the server resumed where we stopped; 200: it sent everything again.
     let append = have > 0 && response.status() == 206;
     if append {
