@@ -160,9 +160,12 @@ impl Backend {
     fn on_exit(&mut self) -> CellEvent {
         self.exited = true;
         let status = self.qemu.wait_for(Duration::from_secs(5));
-        if let Some(t) = self.results_thread.take() {
-            // QEMU's exit closes the socket: the reader ends at once.
-            let _ = t.join();
+        if status.is_some() {
+            if let Some(t) = self.results_thread.take() {
+                // QEMU's exit closed the socket: the reader ends at once. (A QEMU that did not
+                // exit is killed by `stop`, which joins the reader then.)
+                let _ = t.join();
+            }
         }
         while let Ok(msg) = self.rx.try_recv() {
             if let Msg::Event(e) = msg {

@@ -177,7 +177,9 @@ fn set_and_read_back(
 /// The value a `sysctl -n` printed. The serial shell shares its line with the kernel's console,
 /// so kernel messages can land among the output: the value is the last line that is not one.
 fn reported_value(out: &[String]) -> String {
-    let kernel_line = regex::Regex::new(r"^\s*\[\s*\d+\.\d+\]").expect("a valid pattern");
+    static KERNEL_LINE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let kernel_line = KERNEL_LINE
+        .get_or_init(|| regex::Regex::new(r"^\s*\[\s*\d+\.\d+\]").expect("a valid pattern"));
     out.iter()
         .map(|l| l.trim())
         .rfind(|l| !l.is_empty() && !kernel_line.is_match(l))

@@ -14,7 +14,6 @@
 //! in the guest.
 
 use base64::Engine;
-use sha2::Digest;
 
 /// Raw bytes per upload chunk: 32 KiB is about 44 KiB of base64, small enough for the guest
 /// tty's buffers (the harness waits for each chunk's checksum before sending the next).
@@ -76,9 +75,7 @@ pub fn classify<'a>(line: &'a str, nonce: &str) -> Line<'a> {
 }
 
 /// SHA-256, hex.
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(sha2::Sha256::digest(data))
-}
+pub use crate::host::sha256_hex;
 
 /// The script that writes one base64 chunk to `path` in the guest and prints its SHA-256.
 pub fn upload_chunk_script(path: &str, chunk: &[u8]) -> String {
