@@ -38,3 +38,4 @@ pub mod shard;
 pub mod sweep;
 pub mod transport;
 pub mod verdict;
+pub mod verify;

@@ -27,6 +27,9 @@ enum Verb {
     List(SelectArgs),
     /// Find where a case stops surviving as one parameter grows, per RAM size and variant.
     Sweep(SweepArgs),
+    /// Run every suite's full matrix (all images, RAM sizes, variants) and list the cells that
+    /// are not as expected, with their reason (tens of minutes under TCG; not for CI).
+    VerifySuites(VerifyArgs),
     /// Write a run's report.html, or merge shard runs into one run (--merge DIR...).
     Report(ReportArgs),
     /// Compare two runs: new and fixed crashes, verdict changes, numbers beyond noise
@@ -164,6 +167,23 @@ struct SweepArgs {
 }
 
 #[derive(Args)]
+struct VerifyArgs {
+    /// Only these suites (repeatable; default: every suite of suites/).
+    #[arg(long = "suite")]
+    suites: Vec<String>,
+    /// Run every cell N times, to tell a flaky expectation from a steady one.
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
+    #[arg(long)]
+    jobs: Option<usize>,
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    accel: AccelChoice,
+    /// Where results go (default: results/ in the workspace).
+    #[arg(long)]
+    results: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct ReportArgs {
     /// The run folder (default: results/latest).
     run_dir: Option<PathBuf>,
@@ -251,6 +271,7 @@ fn main() -> ExitCode {
             }
         }
         Verb::Sweep(a) => report(sweep(a)),
+        Verb::VerifySuites(a) => verify_suites(a),
         Verb::Report(a) => report(write_report(a)),
         Verb::Compare { a, b } => compare(&a, &b),
         Verb::BisectRun(a) => kstorm::bisect::run::bisect_run(&a),
@@ -359,6 +380,26 @@ fn sweep(a: SweepArgs) -> anyhow::Result<()> {
         run,
     })
     .map(|_| ())
+}
+
+fn verify_suites(a: VerifyArgs) -> i32 {
+    let mut run = RunOptions::new("default");
+    run.accel = a.accel;
+    if let Some(j) = a.jobs {
+        run.jobs = j;
+    }
+    if let Some(r) = a.results {
+        run.results_root = r;
+    }
+    let opts = kstorm::verify::VerifyOptions {
+        suites: a.suites,
+        repeat: a.repeat,
+        run,
+    };
+    match kstorm::verify::verify(&opts) {
+        Ok(v) => v.exit_code(),
+        Err(e) => error_exit(&e, false),
+    }
 }
 
 fn write_report(a: ReportArgs) -> anyhow::Result<()> {

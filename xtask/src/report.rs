@@ -148,7 +148,7 @@ impl<'a> Summary<'a> {
     }
 }
 
-fn expected_text(r: &CellRecord) -> String {
+pub(crate) fn expected_text(r: &CellRecord) -> String {
     let word = serde_json::to_value(r.expect)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
@@ -256,7 +256,7 @@ pub fn table(records: &[CellRecord]) -> String {
 }
 
 /// Left-aligned columns, two spaces apart.
-fn text_table(header: &[String], rows: &[Vec<String>]) -> String {
+pub(crate) fn text_table(header: &[String], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, c) in widths.iter_mut().zip(row) {
