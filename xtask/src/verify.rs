@@ -11,7 +11,7 @@ use crate::config::Catalog;
 use crate::host;
 use crate::matrix::{self, Selection};
 use crate::run::{self, RunOptions};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -99,7 +99,11 @@ pub fn verify(opts: &VerifyOptions) -> Result<Verification> {
         let cells = matrix::expand(&suite, &catalog, &selection)?;
         planned.push((suite.name.0.clone(), cells));
     }
-    let root = crate::report::RunDir::create_prefixed(&opts.run.results_root, "verify-")?.root;
+    let root = opts.run.results_root.join(format!(
+        "verify-{}",
+        chrono::Local::now().format("%Y%m%d-%H%M%S")
+    ));
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let mut verification = Verification {
         kernel: Vec::new(),
         suites: Vec::new(),
