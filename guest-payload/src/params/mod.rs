@@ -434,8 +434,32 @@ pub struct TmpfsFill {
     pub spares: u32,
     pub dir: String,
     pub deadline_s: f64,
+    /// Leak check: the longest wait for memory to settle before each sample.
+    pub leak_settle_ms: u64,
+    /// Leak check: obtainable memory (free, per-CPU free lists, page cache, reclaimable slab)
+    /// that may be missing once the files are gone, KiB. MemAvailable is not judged: it moves
+    /// with the watermarks (`vm.min_free_kbytes`).
+    pub leak_max_missing_kib: u64,
+    /// Test only: a leak provoked on purpose, so tests can see the check catch it.
+    pub test_provoke_leak: ProvokedLeak,
+    /// Test only: how much `mlocked` pins, MiB.
+    pub test_provoke_mib: u64,
 }
 impl Check for TmpfsFill {}
+
+/// Test only: how `tmpfs-fill` holds memory past the removal of its files, on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProvokedLeak {
+    #[default]
+    None,
+    /// The scenario keeps every file open while they are removed and the tmpfs detached:
+    /// their pages stay in Shmem until the "after" sample is taken.
+    HeldOpen,
+    /// The scenario pins `test_provoke_mib` of anonymous memory with mlock and stays alive
+    /// over the "after" sample.
+    Mlocked,
+}
 
 impl Default for TmpfsFill {
     fn default() -> Self {
@@ -447,6 +471,10 @@ impl Default for TmpfsFill {
             spares: 2,
             dir: "/tmp/kstorm-tmpfs".into(),
             deadline_s: 60.0,
+            leak_settle_ms: LEAK_SETTLE_MS,
+            leak_max_missing_kib: 2048,
+            test_provoke_leak: ProvokedLeak::None,
+            test_provoke_mib: 8,
         }
     }
 }
