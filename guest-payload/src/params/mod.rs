@@ -432,6 +432,10 @@ pub struct TmpfsFill {
     /// Processes with a lower adj than the writer, that the OOM killer takes after it
     /// (unlimited phase): how many kills happen before memory comes back.
     pub spares: u32,
+    /// The writer's oom_score_adj. 1000 makes it the OOM killer's first victim; -1000 makes
+    /// it unkillable, so a full unlimited tmpfs leaves the kernel nothing to kill but the
+    /// spares (and then nothing at all).
+    pub writer_oom_score_adj: i32,
     pub dir: String,
     pub deadline_s: f64,
     /// Leak check: the longest wait for memory to settle before each sample.
@@ -445,7 +449,17 @@ pub struct TmpfsFill {
     /// Test only: how much `mlocked` pins, MiB.
     pub test_provoke_mib: u64,
 }
-impl Check for TmpfsFill {}
+impl Check for TmpfsFill {
+    fn check(&self) -> Result<(), ParamError> {
+        if !(-1000..=1000).contains(&self.writer_oom_score_adj) {
+            return Err(ParamError::field(
+                "writer_oom_score_adj",
+                format!("{} is not in -1000..=1000", self.writer_oom_score_adj),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// Test only: how `tmpfs-fill` holds memory past the removal of its files, on purpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -469,6 +483,7 @@ impl Default for TmpfsFill {
             cap_pct: 150,
             file_mib: 4,
             spares: 2,
+            writer_oom_score_adj: 1000,
             dir: "/tmp/kstorm-tmpfs".into(),
             deadline_s: 60.0,
             leak_settle_ms: LEAK_SETTLE_MS,

@@ -119,7 +119,7 @@ fn run_phase(
     Ok(())
 }
 
-/// Processes with a lower adj than the writer, for the OOM killer to take after it.
+/// Killable bystanders (adj 500): the OOM killer takes them after a killable writer, or first.
 fn start_spares(n: u32) -> Vec<i32> {
     (0..n)
         .filter_map(|_| {
@@ -152,11 +152,12 @@ fn stop_spares(spares: &[i32]) -> usize {
 fn fill(p: &Params, cap_mib: u64, end: f64, ctx: &Ctx) -> Result<Fill, RunError> {
     let (rr, rw) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
     let (dir, file_mib, progress) = (p.dir.clone(), p.file_mib.max(1), ctx.progress);
+    let adj = p.writer_oom_score_adj;
     let w = rw.as_fd();
     let t0 = sys::now();
     let writer = sys::fork_run(move || {
         sys::linux_set_name("tmpfs-writer");
-        let _ = sys::linux_set_oom_score_adj(1000);
+        let _ = sys::linux_set_oom_score_adj(adj);
         let chunk = vec![0x6bu8; sys::MIB];
         let mut written = 0u64;
         let mut i = 0;
