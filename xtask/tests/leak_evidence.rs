@@ -51,7 +51,16 @@ fn evidence<'a>(records: &'a [CellRecord], case: &str) -> (&'a ScenarioResult, &
 
 #[test]
 fn leaks_show_in_the_evidence_and_non_leaks_do_not() {
-    let (records, _dir) = run_suite(SUITE, vec![]);
+    let (live, dir) = run_suite(SUITE, vec![]);
+    // The evidence reaches the cells' result.json: judge what was written, not what was held.
+    let run_dir = std::fs::read_dir(dir.path().join("results"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("summary.json").exists())
+        .expect("a run folder");
+    let records = kstorm::html_report::load_records(&run_dir).expect("results load");
+    assert_eq!(records.len(), live.len());
 
     // 16 MiB in tmpfs and back: Shmem rose by the fill and fell back, and nothing obtainable
     // is missing, whatever MemAvailable says under vm.min_free_kbytes=8192.
@@ -105,4 +114,18 @@ fn leaks_show_in_the_evidence_and_non_leaks_do_not() {
     assert!(e.process_held_kib >= most_of(12), "{}", e.summary());
     assert!(e.missing_kib >= most_of(12), "{}", e.summary());
     assert!(e.kernel_held_kib < 2048, "{}", e.summary());
+
+    // The run's output and its report name the leaking cells and where the memory went.
+    let text = kstorm::report::leak_evidence(&records).expect("leaks listed");
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        text.contains("held-open@linux-128M-base: ") && text.contains("Shmem +"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mlocked@linux-128M-base: ") && text.contains("Mlocked +"),
+        "{text}"
+    );
+    let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
+    assert!(html.contains("did not come back") && html.contains("per-CPU free lists"));
 }

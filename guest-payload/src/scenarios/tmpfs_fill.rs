@@ -62,14 +62,7 @@ fn run_phase(
     let provoked = provoke(p);
     // Remove the files, unmount, and see the memory come back.
     let t_rm = sys::now();
-    let removed = std::fs::read_dir(&p.dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| std::fs::remove_file(e.path()).is_ok())
-                .count()
-        })
-        .unwrap_or(0);
-    let umounted = sys::linux_umount(&p.dir);
+    let (removed, umounted) = remove_all(&p.dir);
     let (after, settle) = settled_sample(ctx.in_guest, p.leak_settle_ms);
     let recovery_time = sys::now() - t_rm;
     drop(provoked);
@@ -87,12 +80,10 @@ fn run_phase(
     r.num(key("progress_written"), ctx.progress.get() as f64, "MiB");
     ctx.progress.set(0);
     r.num(key("fill_time"), fill.elapsed, "s");
-    let avail = |s: &kstorm_payload::memory_evidence::MemSample| {
-        s.meminfo.get("MemAvailable").copied().unwrap_or(0) as f64
-    };
-    r.num(key("mem_available_before"), avail(&before), "KiB");
-    r.num(key("mem_available_full"), avail(&full), "KiB");
-    r.num(key("mem_available_after"), avail(&after), "KiB");
+    for (stage, s) in [("before", &before), ("full", &full), ("after", &after)] {
+        let avail = s.meminfo.get("MemAvailable").copied().unwrap_or(0);
+        r.num(key(&format!("mem_available_{stage}")), avail as f64, "KiB");
+    }
     r.num(key("missing"), evidence.missing_kib as f64, "KiB");
     r.num(key("recovery_time"), recovery_time, "s");
     r.num(key("files_removed"), removed as f64, "count");
@@ -117,6 +108,18 @@ fn run_phase(
         ));
     }
     Ok(())
+}
+
+/// Removes every file in `dir` (how many) and unmounts it.
+fn remove_all(dir: &str) -> (usize, std::io::Result<()>) {
+    let removed = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| std::fs::remove_file(e.path()).is_ok())
+                .count()
+        })
+        .unwrap_or(0);
+    (removed, sys::linux_umount(dir))
 }
 
 /// Killable bystanders (adj 500): the OOM killer takes them after a killable writer, or first.
