@@ -586,6 +586,13 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("adjs"), "{e}");
         let e = resolve("overcommit", &raw(json!({"modes": [0, 3]}))).unwrap_err();
         assert_eq!(e.to_string(), "modes: 3 is not 0, 1 or 2");
+        let e = resolve("tmpfs-fill", &raw(json!({"writer_oom_score_adj": 1001}))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "writer_oom_score_adj: 1001 is not in -1000..=1000"
+        );
+        let e = resolve("tmpfs-fill", &raw(json!({"test_provoke_leak": "leaky"}))).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("test_provoke_leak"), "{e}");
         let e = resolve("forkhold", &RawParams::new()).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("scenario"));
         assert!(e.message.contains("fork-hold"), "{e}");
