@@ -17,6 +17,7 @@
 //! The format is simple enough to produce from freestanding C (the GNU Mach bootstrap task
 //! speaks it too).
 
+use crate::memory_evidence::MemoryEvidence;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -69,6 +70,9 @@ pub struct ScenarioResult {
     /// Time series, e.g. memory use over time.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub series: BTreeMap<String, Series>,
+    /// The memory accounting behind each leak decision the scenario made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<MemoryEvidence>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,6 +213,7 @@ mod tests {
             measurements,
             facts: BTreeMap::new(),
             series: BTreeMap::new(),
+            evidence: Vec::new(),
         })
     }
 

@@ -8,6 +8,7 @@
 
 pub mod frame;
 pub mod kmem;
+pub mod memory_evidence;
 pub mod params;
 pub mod plan;
 pub mod stats;

@@ -135,6 +135,7 @@ impl<'a> Runner<'a> {
             measurements: report.measurements,
             facts,
             series,
+            evidence: report.evidence,
         }));
     }
 

@@ -272,10 +272,45 @@ fn leak_table(cells: &[&CellRecord]) -> String {
             }
         }
     }
+    rows.push_str(&evidence_rows(cells));
     if rows.is_empty() {
         return String::new();
     }
-    format!("<h4>Leak-flagged caches</h4><table><tr><th>cell</th><th>finding</th><th>caches</th></tr>{rows}</table>")
+    format!("<h4>Leak-flagged caches and memory evidence</h4><table><tr><th>cell</th><th>finding</th><th>caches</th></tr>{rows}</table>")
+}
+
+/// A row per leak decision's evidence: its summary, and the amounts before, at the peak and
+/// after in a folded table.
+fn evidence_rows(cells: &[&CellRecord]) -> String {
+    let mut rows = String::new();
+    for r in cells {
+        for e in r.results.iter().flat_map(|res| &res.evidence) {
+            let mut amounts = String::new();
+            for a in e.fields.iter().chain(&e.top_slabs) {
+                let peak = a.peak_kib.map(|p| p.to_string()).unwrap_or_default();
+                let _ = write!(
+                    amounts,
+                    "<tr><td>{}</td><td>{}</td><td>{peak}</td><td>{}</td><td>{:+}</td></tr>",
+                    esc(&a.name),
+                    a.before_kib,
+                    a.after_kib,
+                    a.delta_kib()
+                );
+            }
+            let finding = if e.leaked {
+                "did not come back"
+            } else {
+                "memory evidence"
+            };
+            let _ = write!(
+                rows,
+                "<tr><td>{}</td><td>{finding}</td><td>{}<details><summary>amounts (KiB)</summary><table><tr><th></th><th>before</th><th>peak</th><th>after</th><th>change</th></tr>{amounts}</table></details></td></tr>",
+                esc(&r.id),
+                esc(&e.summary()),
+            );
+        }
+    }
+    rows
 }
 
 /// A line chart as inline SVG. `points` also marks every point (few points across RAM).

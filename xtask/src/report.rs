@@ -339,6 +339,20 @@ pub fn measurement_tables(records: &[CellRecord]) -> String {
     out
 }
 
+/// One line per leak decision that found memory not come back: the cell and its evidence.
+pub fn leak_evidence(records: &[CellRecord]) -> Option<String> {
+    let lines: Vec<String> = records
+        .iter()
+        .flat_map(|r| {
+            r.results
+                .iter()
+                .flat_map(|res| res.evidence.iter().filter(|e| e.leaked))
+                .map(|e| format!("{}: {}", r.id, e.summary()))
+        })
+        .collect();
+    (!lines.is_empty()).then(|| lines.join("\n"))
+}
+
 /// With `--repeat`: per cell, min / median / max of the count reached over its repeats (how
 /// stochastic the failure point is) and the verdicts seen.
 pub fn repeat_stats(records: &[CellRecord]) -> Option<String> {

@@ -256,6 +256,9 @@ fn print_outcome(records: &[CellRecord], meta: &RunMeta, dir: &RunDir) {
         "measurements per scenario (all of them in summary.json):{}",
         report::measurement_tables(records)
     );
+    if let Some(evidence) = report::leak_evidence(records) {
+        println!("memory that did not come back, with its evidence:\n{evidence}");
+    }
     if let Some(stats) = report::repeat_stats(records) {
         println!("count reached over repeats:\n{stats}");
     }

@@ -432,10 +432,48 @@ pub struct TmpfsFill {
     /// Processes with a lower adj than the writer, that the OOM killer takes after it
     /// (unlimited phase): how many kills happen before memory comes back.
     pub spares: u32,
+    /// The writer's oom_score_adj. 1000 makes it the OOM killer's first victim; -1000 makes
+    /// it unkillable, so a full unlimited tmpfs leaves the kernel nothing to kill but the
+    /// spares (and then nothing at all).
+    pub writer_oom_score_adj: i32,
     pub dir: String,
     pub deadline_s: f64,
+    /// Leak check: the longest wait for memory to settle before each sample.
+    pub leak_settle_ms: u64,
+    /// Leak check: obtainable memory (free, per-CPU free lists, page cache, reclaimable slab)
+    /// that may be missing once the files are gone, KiB. MemAvailable is not judged: it moves
+    /// with the watermarks (`vm.min_free_kbytes`).
+    pub leak_max_missing_kib: u64,
+    /// Test only: a leak provoked on purpose, so tests can see the check catch it.
+    pub test_provoke_leak: ProvokedLeak,
+    /// Test only: how much `mlocked` pins, MiB.
+    pub test_provoke_mib: u64,
 }
-impl Check for TmpfsFill {}
+impl Check for TmpfsFill {
+    fn check(&self) -> Result<(), ParamError> {
+        if !(-1000..=1000).contains(&self.writer_oom_score_adj) {
+            return Err(ParamError::field(
+                "writer_oom_score_adj",
+                format!("{} is not in -1000..=1000", self.writer_oom_score_adj),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Test only: how `tmpfs-fill` holds memory past the removal of its files, on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProvokedLeak {
+    #[default]
+    None,
+    /// The scenario keeps every file open while they are removed and the tmpfs detached:
+    /// their pages stay in Shmem until the "after" sample is taken.
+    HeldOpen,
+    /// The scenario pins `test_provoke_mib` of anonymous memory with mlock and stays alive
+    /// over the "after" sample.
+    Mlocked,
+}
 
 impl Default for TmpfsFill {
     fn default() -> Self {
@@ -445,8 +483,13 @@ impl Default for TmpfsFill {
             cap_pct: 150,
             file_mib: 4,
             spares: 2,
+            writer_oom_score_adj: 1000,
             dir: "/tmp/kstorm-tmpfs".into(),
             deadline_s: 60.0,
+            leak_settle_ms: LEAK_SETTLE_MS,
+            leak_max_missing_kib: 2048,
+            test_provoke_leak: ProvokedLeak::None,
+            test_provoke_mib: 8,
         }
     }
 }
@@ -543,6 +586,13 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("adjs"), "{e}");
         let e = resolve("overcommit", &raw(json!({"modes": [0, 3]}))).unwrap_err();
         assert_eq!(e.to_string(), "modes: 3 is not 0, 1 or 2");
+        let e = resolve("tmpfs-fill", &raw(json!({"writer_oom_score_adj": 1001}))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "writer_oom_score_adj: 1001 is not in -1000..=1000"
+        );
+        let e = resolve("tmpfs-fill", &raw(json!({"test_provoke_leak": "leaky"}))).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("test_provoke_leak"), "{e}");
         let e = resolve("forkhold", &RawParams::new()).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("scenario"));
         assert!(e.message.contains("fork-hold"), "{e}");

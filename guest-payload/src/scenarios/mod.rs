@@ -9,6 +9,7 @@
 use crate::progress::Progress;
 use crate::sys;
 use kstorm_payload::frame::{Measurement, Series};
+use kstorm_payload::memory_evidence::MemoryEvidence;
 use kstorm_payload::params::{self, Check};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -50,6 +51,7 @@ pub struct Report {
     pub measurements: BTreeMap<String, Measurement>,
     pub facts: BTreeMap<String, String>,
     pub series: BTreeMap<String, Series>,
+    pub evidence: Vec<MemoryEvidence>,
 }
 
 impl Report {

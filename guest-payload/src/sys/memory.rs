@@ -2,7 +2,7 @@
 //! Views into a mapping borrow it, so none outlives the `munmap` of its drop.
 
 use nix::errno::Errno;
-use nix::sys::mman::{mmap, mmap_anonymous, msync, munmap, MapFlags, MsFlags, ProtFlags};
+use nix::sys::mman::{mlock, mmap, mmap_anonymous, msync, munmap, MapFlags, MsFlags, ProtFlags};
 use std::io;
 use std::num::NonZeroUsize;
 use std::os::fd::BorrowedFd;
@@ -75,6 +75,13 @@ impl Mapping {
             }
         }
         sum
+    }
+
+    /// Pins every page of the mapping in memory (mlock): the kernel can neither swap nor
+    /// reclaim it while the mapping lives.
+    pub fn lock(&self) -> io::Result<()> {
+        // SAFETY: ptr..ptr+len is this live mapping; mlock changes no memory.
+        Ok(unsafe { mlock(self.ptr.cast(), self.len) }?)
     }
 
     /// The mapping as bytes, for plain writes into it.

@@ -125,6 +125,7 @@ fn result(s: &str, outcome: Outcome) -> Message {
         measurements: Default::default(),
         facts: Default::default(),
         series: Default::default(),
+        evidence: Vec::new(),
     })
 }
 

@@ -262,6 +262,7 @@ fn run_scenario(
         measurements: BTreeMap::new(),
         facts: BTreeMap::new(),
         series: BTreeMap::new(),
+        evidence: Vec::new(),
     };
     let args = match agent_args(spec) {
         Ok(a) => a,
