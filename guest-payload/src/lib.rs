@@ -11,3 +11,4 @@ pub mod kmem;
 pub mod params;
 pub mod plan;
 pub mod stats;
+pub mod stress_ng;
