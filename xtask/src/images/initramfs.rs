@@ -1,6 +1,7 @@
 //! The initramfs kstorm boots Linux with: a newc cpio archive holding the static guest payload
 //! as `/init`, the cell's plan as `/kstorm/plan.json`, `/dev/console` (the kernel opens it
-//! before running `/init`) and empty mount points. Cached by content hash.
+//! before running `/init`), empty mount points, and the tools the cell's cases run (stress-ng
+//! and its libraries, only for cells that need them). Cached by content hash.
 //!
 //! [`write_newc`] is kstorm's one cpio writer (disk images' boot initramfs uses it too).
 
@@ -29,25 +30,33 @@ pub enum Entry<'a> {
     },
 }
 
-/// Writes the archive for `init` (the payload's bytes) and `plan` (JSON) under `cache`, named
-/// by the hash of both; returns its path. An archive that already exists is reused.
-pub fn build(cache: &Path, init: &[u8], plan_json: &[u8]) -> Result<PathBuf> {
-    let hash = host::CacheKey::new().part(init).part(plan_json).hex();
+/// An executable the archive carries besides the payload: its path (relative) and bytes.
+pub type ExtraFile = (String, Vec<u8>);
+
+/// Writes the archive for `init` (the payload's bytes), `plan` (JSON) and `extra` files under
+/// `cache`, named by the hash of all; returns its path. An archive that exists is reused.
+pub fn build(cache: &Path, init: &[u8], plan_json: &[u8], extra: &[ExtraFile]) -> Result<PathBuf> {
+    let hash = extra
+        .iter()
+        .fold(host::CacheKey::new().part(init).part(plan_json), |k, (name, data)| {
+            k.part(name).part(data)
+        })
+        .hex();
     let path = cache
         .join("initramfs")
         .join(format!("{}.cpio", &hash[..32]));
     if path.exists() {
         return Ok(path);
     }
-    let bytes = archive(init, plan_json)?;
+    let bytes = archive(init, plan_json, extra)?;
     host::write_atomic(&path, &bytes)
         .with_context(|| format!("writing initramfs {}", path.display()))?;
     Ok(path)
 }
 
 /// The archive's bytes.
-pub fn archive(init: &[u8], plan_json: &[u8]) -> Result<Vec<u8>> {
-    let entries = [
+pub fn archive(init: &[u8], plan_json: &[u8], extra: &[ExtraFile]) -> Result<Vec<u8>> {
+    let mut entries = vec![
         Entry::Dir("dev"),
         CONSOLE,
         Entry::Dir("proc"),
@@ -65,7 +74,29 @@ pub fn archive(init: &[u8], plan_json: &[u8]) -> Result<Vec<u8>> {
             data: init,
         },
     ];
+    // The kernel's unpacker creates no parent folders: each comes first, once.
+    let dirs = parent_dirs(extra.iter().map(|(name, _)| name.as_str()));
+    entries.extend(dirs.iter().map(|d| Entry::Dir(d)));
+    entries.extend(extra.iter().map(|(name, data)| Entry::File {
+        name,
+        mode: FILE_EXEC,
+        data,
+    }));
     write_newc(&entries)
+}
+
+/// Every folder above `names` (`a`, `a/b` for `a/b/c`), parents first, without repeats.
+fn parent_dirs<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut dirs = std::collections::BTreeSet::new();
+    for name in names {
+        let mut at = 0;
+        while let Some(i) = name[at..].find('/') {
+            dirs.insert(name[..at + i].to_string());
+            at += i + 1;
+        }
+    }
+    // Sorted order puts every folder after its parent.
+    dirs.into_iter().collect()
 }
 
 /// The `/dev/console` entry every initramfs needs: the kernel opens it before running `/init`.
@@ -151,20 +182,26 @@ mod tests {
 
     #[test]
     fn archive_reads_back_with_its_entries() {
-        let bytes = archive(b"\x7fELF-payload", b"{\"cell\":\"c\"}").unwrap();
+        let extra = [("usr/bin/tool".to_string(), b"elf".to_vec())];
+        let bytes = archive(b"\x7fELF-payload", b"{\"cell\":\"c\"}", &extra).unwrap();
         let seen = read_back(&bytes);
         assert!(seen.contains(&("dev/console".into(), CHAR_DEV, 5, 0)));
         assert!(seen.contains(&("init".into(), FILE_EXEC, 0, 12)));
         assert!(seen.contains(&("kstorm/plan.json".into(), FILE, 0, 12)));
+        let names: Vec<&str> = seen.iter().map(|e| e.0.as_str()).collect();
+        let (usr, bin, tool) = ["usr", "usr/bin", "usr/bin/tool"]
+            .map(|n| names.iter().position(|&m| m == n).unwrap())
+            .into();
+        assert!(usr < bin && bin < tool, "{names:?}");
         assert_eq!(bytes.len() % 4, 0);
     }
 
     #[test]
     fn cache_key_is_content() {
         let dir = tempfile::tempdir().unwrap();
-        let a = build(dir.path(), b"init", b"plan-a").unwrap();
-        let b = build(dir.path(), b"init", b"plan-b").unwrap();
-        let a2 = build(dir.path(), b"init", b"plan-a").unwrap();
+        let a = build(dir.path(), b"init", b"plan-a", &[]).unwrap();
+        let b = build(dir.path(), b"init", b"plan-b", &[]).unwrap();
+        let a2 = build(dir.path(), b"init", b"plan-a", &[]).unwrap();
         assert_ne!(a, b);
         assert_eq!(a, a2);
     }
