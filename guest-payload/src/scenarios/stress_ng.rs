@@ -96,7 +96,18 @@ fn spawn(args: &[String], log: OwnedFd) -> std::io::Result<i32> {
             return 126;
         }
         let _ = nix::unistd::chdir(WORK_DIR);
-        let _ = nix::unistd::execv(&words[0], &words);
+        let mut err = nix::errno::Errno::UnknownErrno;
+        // Right after boot the kernel may still hold the file it unpacked from the initramfs
+        // open for writing (its final close is deferred): ETXTBSY for a moment.
+        for _ in 0..50 {
+            err = nix::unistd::execv(&words[0], &words).unwrap_err();
+            if err != nix::errno::Errno::ETXTBSY {
+                break;
+            }
+            sys::sleep_secs(0.1);
+        }
+        // Standard error is the log, which the result keeps.
+        eprintln!("kstorm-payload: exec {}: {err}", stress_ng::BINARY);
         127
     })
 }

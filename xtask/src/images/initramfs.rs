@@ -1,7 +1,11 @@
 //! The initramfs kstorm boots Linux with: a newc cpio archive holding the static guest payload
 //! as `/init`, the cell's plan as `/kstorm/plan.json`, `/dev/console` (the kernel opens it
-//! before running `/init`), empty mount points, and the tools the cell's cases run (stress-ng
-//! and its libraries, only for cells that need them). Cached by content hash.
+//! before running `/init`) and empty mount points. Cached by content hash.
+//!
+//! The tools a cell's cases run (stress-ng and its libraries, only for cells that need them)
+//! come as a second, gzip-compressed archive appended to the first: the kernel unpacks each
+//! archive of the sequence in turn, and the compressed one keeps the peak memory of unpacking
+//! low (the loaded image and the unpacked files are both in RAM until the image is freed).
 //!
 //! [`write_newc`] is kstorm's one cpio writer (disk images' boot initramfs uses it too).
 
@@ -30,17 +34,17 @@ pub enum Entry<'a> {
     },
 }
 
-/// An executable the archive carries besides the payload: its path (relative) and bytes.
+/// An executable a tools archive carries: its path (relative) and bytes.
 pub type ExtraFile = (String, Vec<u8>);
 
-/// Writes the archive for `init` (the payload's bytes), `plan` (JSON) and `extra` files under
-/// `cache`, named by the hash of all; returns its path. An archive that exists is reused.
-pub fn build(cache: &Path, init: &[u8], plan_json: &[u8], extra: &[ExtraFile]) -> Result<PathBuf> {
-    let hash = extra
-        .iter()
-        .fold(host::CacheKey::new().part(init).part(plan_json), |k, (name, data)| {
-            k.part(name).part(data)
-        })
+/// Writes the archive for `init` (the payload's bytes) and `plan` (JSON), followed by
+/// `appended` (a [`tools_archive`], or nothing), under `cache`, named by the hash of all;
+/// returns its path. An archive that exists is reused.
+pub fn build(cache: &Path, init: &[u8], plan_json: &[u8], appended: &[u8]) -> Result<PathBuf> {
+    let hash = host::CacheKey::new()
+        .part(init)
+        .part(plan_json)
+        .part(appended)
         .hex();
     let path = cache
         .join("initramfs")
@@ -48,15 +52,16 @@ pub fn build(cache: &Path, init: &[u8], plan_json: &[u8], extra: &[ExtraFile]) -
     if path.exists() {
         return Ok(path);
     }
-    let bytes = archive(init, plan_json, extra)?;
+    let mut bytes = archive(init, plan_json)?;
+    bytes.extend_from_slice(appended);
     host::write_atomic(&path, &bytes)
         .with_context(|| format!("writing initramfs {}", path.display()))?;
     Ok(path)
 }
 
 /// The archive's bytes.
-pub fn archive(init: &[u8], plan_json: &[u8], extra: &[ExtraFile]) -> Result<Vec<u8>> {
-    let mut entries = vec![
+pub fn archive(init: &[u8], plan_json: &[u8]) -> Result<Vec<u8>> {
+    let entries = [
         Entry::Dir("dev"),
         CONSOLE,
         Entry::Dir("proc"),
@@ -74,15 +79,23 @@ pub fn archive(init: &[u8], plan_json: &[u8], extra: &[ExtraFile]) -> Result<Vec
             data: init,
         },
     ];
+    write_newc(&entries)
+}
+
+/// A gzip-compressed archive of executables, with their folders, to append to [`archive`].
+pub fn tools_archive(files: &[ExtraFile]) -> Result<Vec<u8>> {
     // The kernel's unpacker creates no parent folders: each comes first, once.
-    let dirs = parent_dirs(extra.iter().map(|(name, _)| name.as_str()));
-    entries.extend(dirs.iter().map(|d| Entry::Dir(d)));
-    entries.extend(extra.iter().map(|(name, data)| Entry::File {
+    let dirs = parent_dirs(files.iter().map(|(name, _)| name.as_str()));
+    let mut entries: Vec<Entry> = dirs.iter().map(|d| Entry::Dir(d)).collect();
+    entries.extend(files.iter().map(|(name, data)| Entry::File {
         name,
         mode: FILE_EXEC,
         data,
     }));
-    write_newc(&entries)
+    let cpio = write_newc(&entries)?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&cpio)?;
+    Ok(gz.finish()?)
 }
 
 /// Every folder above `names` (`a`, `a/b` for `a/b/c`), parents first, without repeats.
@@ -182,26 +195,30 @@ mod tests {
 
     #[test]
     fn archive_reads_back_with_its_entries() {
-        let extra = [("usr/bin/tool".to_string(), b"elf".to_vec())];
-        let bytes = archive(b"\x7fELF-payload", b"{\"cell\":\"c\"}", &extra).unwrap();
+        let bytes = archive(b"\x7fELF-payload", b"{\"cell\":\"c\"}").unwrap();
         let seen = read_back(&bytes);
         assert!(seen.contains(&("dev/console".into(), CHAR_DEV, 5, 0)));
         assert!(seen.contains(&("init".into(), FILE_EXEC, 0, 12)));
         assert!(seen.contains(&("kstorm/plan.json".into(), FILE, 0, 12)));
-        let names: Vec<&str> = seen.iter().map(|e| e.0.as_str()).collect();
-        let (usr, bin, tool) = ["usr", "usr/bin", "usr/bin/tool"]
-            .map(|n| names.iter().position(|&m| m == n).unwrap())
-            .into();
-        assert!(usr < bin && bin < tool, "{names:?}");
         assert_eq!(bytes.len() % 4, 0);
+    }
+
+    #[test]
+    fn tools_come_compressed_after_their_folders() {
+        let files = [("usr/bin/tool".to_string(), b"elf".to_vec())];
+        let gz = tools_archive(&files).unwrap();
+        let mut cpio = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut cpio).unwrap();
+        let names: Vec<String> = read_back(&cpio).into_iter().map(|e| e.0).collect();
+        assert_eq!(names, ["usr", "usr/bin", "usr/bin/tool"]);
     }
 
     #[test]
     fn cache_key_is_content() {
         let dir = tempfile::tempdir().unwrap();
-        let a = build(dir.path(), b"init", b"plan-a", &[]).unwrap();
-        let b = build(dir.path(), b"init", b"plan-b", &[]).unwrap();
-        let a2 = build(dir.path(), b"init", b"plan-a", &[]).unwrap();
+        let a = build(dir.path(), b"init", b"plan-a", b"").unwrap();
+        let b = build(dir.path(), b"init", b"plan-b", b"").unwrap();
+        let a2 = build(dir.path(), b"init", b"plan-a", b"").unwrap();
         assert_ne!(a, b);
         assert_eq!(a, a2);
     }

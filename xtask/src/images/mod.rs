@@ -166,7 +166,7 @@ pub fn cell_artifacts(
         None => {
             let tools = guest_tools(plan_json, cache)?;
             provenance.extra.extend(tools.provenance);
-            initramfs::build(cache, payload, plan_json, &tools.files)?
+            initramfs::build(cache, payload, plan_json, &tools.archive)?
         }
     };
     // The fast path needs the PVH-bootable vmlinux; without it, boot the bzImage on pc.
@@ -193,7 +193,8 @@ pub fn cell_artifacts(
 /// The tools a cell's plan runs that the initramfs must carry, and their provenance.
 #[derive(Default)]
 struct GuestTools {
-    files: Vec<initramfs::ExtraFile>,
+    /// A compressed archive to append to the cell's initramfs.
+    archive: Vec<u8>,
     provenance: std::collections::BTreeMap<String, String>,
 }
 
@@ -206,7 +207,8 @@ fn guest_tools(plan_json: &[u8], cache: &Path) -> Result<GuestTools> {
     }
     let bundle = stress_ng::prepare(cache)?;
     Ok(GuestTools {
-        files: bundle.read()?,
+        archive: std::fs::read(&bundle.archive)
+            .with_context(|| format!("reading {}", bundle.archive.display()))?,
         provenance: bundle.provenance,
     })
 }

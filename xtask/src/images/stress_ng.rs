@@ -38,20 +38,8 @@ pub struct Bundle {
     pub files: BTreeMap<String, PathBuf>,
     /// `stress-ng.version`, `stress-ng.package`, `stress-ng.libraries`.
     pub provenance: BTreeMap<String, String>,
-}
-
-impl Bundle {
-    /// Every file's guest path and bytes, for the initramfs.
-    pub fn read(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        self.files
-            .iter()
-            .map(|(guest, host)| {
-                let data =
-                    std::fs::read(host).with_context(|| format!("reading {}", host.display()))?;
-                Ok((guest.clone(), data))
-            })
-            .collect()
-    }
+    /// The files as a compressed archive to append to a cell's initramfs.
+    pub archive: PathBuf,
 }
 
 /// The bundle of Debian's current stress-ng, built once per package hash.
@@ -64,7 +52,7 @@ pub fn prepare(cache: &Path) -> Result<Bundle> {
     if let Some(b) = std::fs::read(&manifest)
         .ok()
         .and_then(|b| serde_json::from_slice::<Bundle>(&b).ok())
-        .filter(|b| b.files.values().all(|p| p.exists()))
+        .filter(|b| b.archive.exists() && b.files.values().all(|p| p.exists()))
     {
         return Ok(b);
     }
@@ -91,9 +79,17 @@ pub fn prepare(cache: &Path) -> Result<Bundle> {
         ),
     ]);
     provenance.insert("stress-ng.files".into(), r.files.len().to_string());
+    let files = r
+        .files
+        .iter()
+        .map(|(guest, host)| Ok((guest.clone(), std::fs::read(host)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let archive = dir.join("tools.cpio.gz");
+    host::write_atomic(&archive, &super::initramfs::tools_archive(&files)?)?;
     let bundle = Bundle {
         files: r.files,
         provenance,
+        archive,
     };
     host::write_atomic(&manifest, &serde_json::to_vec_pretty(&bundle)?)?;
     Ok(bundle)
