@@ -99,6 +99,16 @@ pub fn measurements(yaml: &str) -> Result<BTreeMap<String, Measurement>, String>
     Ok(out)
 }
 
+/// The stressors asked for that have no entry in the YAML's `metrics`: stress-ng skips a
+/// stressor it cannot run here (as root, without a kernel feature) and may still exit 0.
+pub fn missing_stressors(p: &StressNg, measurements: &BTreeMap<String, Measurement>) -> Vec<String> {
+    p.stressors
+        .keys()
+        .filter(|s| !measurements.contains_key(&format!("{s}.bogo-ops")))
+        .cloned()
+        .collect()
+}
+
 /// stress-ng's version as its YAML's `system-info` reports it.
 pub fn version(yaml: &str) -> Option<String> {
     let doc: serde_json::Value = serde_saphyr::from_str(yaml).ok()?;
@@ -133,6 +143,7 @@ mod tests {
             timeout_s: 30,
             extra: vec!["--mmap-bytes".into(), "64M".into()],
             deadline_s: None,
+            uid: None,
         };
         let a = args(&p, "/tmp/m.yaml", "/tmp");
         assert_eq!(&a[..4], ["--fork", "4", "--mmap", "2"]);

@@ -25,6 +25,9 @@ pub struct StressNg {
     /// kstorm's bound on the whole run; the payload kills stress-ng after it (default: the
     /// timeout plus 30 s, for stressors that are slow to stop on a machine short of memory).
     pub deadline_s: Option<f64>,
+    /// Run stress-ng as this user and group id instead of root (the `exec` stressor refuses
+    /// to run as root).
+    pub uid: Option<u32>,
 }
 
 impl Default for StressNg {
@@ -34,6 +37,7 @@ impl Default for StressNg {
             timeout_s: 5,
             extra: Vec::new(),
             deadline_s: None,
+            uid: None,
         }
     }
 }

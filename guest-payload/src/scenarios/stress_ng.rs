@@ -11,11 +11,13 @@ use nix::fcntl::OFlag;
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
 
-const YAML: &str = "/tmp/kstorm-stress-ng.yaml";
+const YAML: &str = "/tmp/kstorm-stress-ng/metrics.yaml";
 const LOG: &str = "/tmp/kstorm-stress-ng.log";
 const WORK_DIR: &str = "/tmp/kstorm-stress-ng";
 /// The raw YAML and log kept in the result, at most this much of each.
 const KEEP_BYTES: usize = 16 * 1024;
+/// How the forked child says in the log that stress-ng never started.
+const EXEC_FAILED: &str = "kstorm-payload: exec";
 
 pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
     let dl = deadline(ctx, p.deadline());
@@ -28,15 +30,23 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
         return Ok(r);
     }
     sys::mkdir_p(WORK_DIR).map_err(|e| format!("creating {WORK_DIR}: {e}"))?;
+    // Another uid must be able to write its files there.
+    std::fs::set_permissions(WORK_DIR, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
+        .map_err(|e| format!("chmod {WORK_DIR}: {e}"))?;
     let _ = std::fs::remove_file(YAML);
     let args = stress_ng::args(&p, YAML, WORK_DIR);
     r.fact("stress_ng_args", args.join(" "));
     let log = sys::open(LOG, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC)
         .map_err(|e| format!("opening {LOG}: {e}"))?;
-    let pid = spawn(&args, log).map_err(|e| format!("starting stress-ng: {e}"))?;
+    let pid = spawn(&args, log, p.uid).map_err(|e| format!("starting stress-ng: {e}"))?;
     let exit = wait_until(pid, &dl);
-    if let Ok(text) = std::fs::read_to_string(LOG) {
-        r.fact("stress_ng_log", tail(&text, KEEP_BYTES));
+    let log = std::fs::read_to_string(LOG).unwrap_or_default();
+    r.fact("stress_ng_log", tail(&log, KEEP_BYTES));
+    if let Some(line) = log.lines().find(|l| l.starts_with(EXEC_FAILED)) {
+        // ETXTBSY here means the kernel never finished writing the file: the console says
+        // "Initramfs unpacking failed" (too little memory to unpack the tools).
+        r.infra(format!("stress-ng did not start: {line}"));
+        return Ok(r);
     }
     let Some(exit) = exit else {
         r.fail(format!(
@@ -51,6 +61,14 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
     match exit {
         sys::Exit::Code(code) => judge_code(&mut r, code),
         sys::Exit::Signal(s) => r.fail(format!("stress-ng itself was killed by {}", s.as_str())),
+    }
+    let missing = stress_ng::missing_stressors(&p, &r.measurements);
+    if r.failure.is_none() && !missing.is_empty() {
+        r.infra(format!(
+            "stressor {} did not run (stress-ng: {})",
+            missing.join(", "),
+            last_complaint(&log)
+        ));
     }
     Ok(r)
 }
@@ -86,7 +104,7 @@ fn record_metrics(r: &mut Report) {
 
 /// Starts stress-ng in this process group (so the supervisor's kill reaches its stressors),
 /// standard output and error to `log`, working in [`WORK_DIR`].
-fn spawn(args: &[String], log: OwnedFd) -> std::io::Result<i32> {
+fn spawn(args: &[String], log: OwnedFd, uid: Option<u32>) -> std::io::Result<i32> {
     let words: Vec<CString> = std::iter::once(stress_ng::BINARY)
         .chain(args.iter().map(String::as_str))
         .map(|w| CString::new(w).map_err(|_| std::io::ErrorKind::InvalidInput))
@@ -96,18 +114,15 @@ fn spawn(args: &[String], log: OwnedFd) -> std::io::Result<i32> {
             return 126;
         }
         let _ = nix::unistd::chdir(WORK_DIR);
-        let mut err = nix::errno::Errno::UnknownErrno;
-        // Right after boot the kernel may still hold the file it unpacked from the initramfs
-        // open for writing (its final close is deferred): ETXTBSY for a moment.
-        for _ in 0..50 {
-            err = nix::unistd::execv(&words[0], &words).unwrap_err();
-            if err != nix::errno::Errno::ETXTBSY {
-                break;
+        if let Some(id) = uid {
+            if let Err(e) = sys::drop_root_to(id) {
+                eprintln!("{EXEC_FAILED}: switching to uid {id}: {e}");
+                return 127;
             }
-            sys::sleep_secs(0.1);
         }
+        let err = nix::unistd::execv(&words[0], &words).unwrap_err();
         // Standard error is the log, which the result keeps.
-        eprintln!("kstorm-payload: exec {}: {err}", stress_ng::BINARY);
+        eprintln!("{EXEC_FAILED} {}: {err}", stress_ng::BINARY);
         127
     })
 }
@@ -127,6 +142,15 @@ fn wait_until(pid: i32, dl: &sys::Deadline) -> Option<sys::Exit> {
         }
         sys::sleep_secs(dl.remaining().clamp(0.0, 0.2));
     }
+}
+
+/// The log line that says why, for a stressor that did not run.
+fn last_complaint(log: &str) -> &str {
+    log.lines()
+        .filter(|l| l.contains("skipping") || l.contains("error:") || l.contains("not supported"))
+        .next()
+        .unwrap_or("no reason in its log")
+        .trim()
 }
 
 /// The last `max` bytes of `text`, cut at a character boundary.
