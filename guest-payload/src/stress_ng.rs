@@ -101,7 +101,10 @@ pub fn measurements(yaml: &str) -> Result<BTreeMap<String, Measurement>, String>
 
 /// The stressors asked for that have no entry in the YAML's `metrics`: stress-ng skips a
 /// stressor it cannot run here (as root, without a kernel feature) and may still exit 0.
-pub fn missing_stressors(p: &StressNg, measurements: &BTreeMap<String, Measurement>) -> Vec<String> {
+pub fn missing_stressors(
+    p: &StressNg,
+    measurements: &BTreeMap<String, Measurement>,
+) -> Vec<String> {
     p.stressors
         .keys()
         .filter(|s| !measurements.contains_key(&format!("{s}.bogo-ops")))

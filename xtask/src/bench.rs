@@ -416,9 +416,10 @@ pub fn stress_ng(rounds: usize) -> Result<()> {
     for i in 0..rounds.max(1) {
         for (cell, times) in [(&plain, &mut without_s), (&with_tools, &mut with_s)] {
             let rec = run_pid1_cell(&b, cell, out.path().join(format!("{}-{i}", cell.id)))?;
-            let boot = rec.timings.boot_s.with_context(|| {
-                format!("{}: no hello ({})", cell.id, rec.verdict.describe())
-            })?;
+            let boot = rec
+                .timings
+                .boot_s
+                .with_context(|| format!("{}: no hello ({})", cell.id, rec.verdict.describe()))?;
             eprintln!("round {}: {} boot {boot:.3}s", i + 1, cell.id);
             times.push(boot);
         }

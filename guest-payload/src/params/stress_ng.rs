@@ -10,7 +10,15 @@ use std::collections::BTreeMap;
 /// Options kstorm sets itself: the metrics file it reads, the bound it waits for, and
 /// `--oomable` (root's stressors are unkillable otherwise).
 const RESERVED: &[&str] = &[
-    "--yaml", "-Y", "--timeout", "-t", "--oomable", "--metrics", "--log-file", "--job", "-j",
+    "--yaml",
+    "-Y",
+    "--timeout",
+    "-t",
+    "--oomable",
+    "--metrics",
+    "--log-file",
+    "--job",
+    "-j",
 ];
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -102,7 +110,10 @@ mod tests {
             (json!({"stressors": {"--fork": 1}}), "stressors.--fork"),
             (json!({"stressors": {"fork": -1}}), "stressors.fork"),
             (json!({"timeout_s": 0}), "timeout_s"),
-            (json!({"extra": ["--mmap-bytes", "1M", "--yaml=/x"]}), "extra[2]"),
+            (
+                json!({"extra": ["--mmap-bytes", "1M", "--yaml=/x"]}),
+                "extra[2]",
+            ),
             (json!({"timeout_s": 30, "deadline_s": 10}), "deadline_s"),
             (json!({"stresors": {"fork": 1}}), "stresors"),
         ];

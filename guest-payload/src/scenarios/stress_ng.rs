@@ -31,9 +31,16 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
     }
     sys::mkdir_p(WORK_DIR).map_err(|e| format!("creating {WORK_DIR}: {e}"))?;
     // Another uid must be able to write its files there.
-    std::fs::set_permissions(WORK_DIR, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
-        .map_err(|e| format!("chmod {WORK_DIR}: {e}"))?;
+    std::fs::set_permissions(
+        WORK_DIR,
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .map_err(|e| format!("chmod {WORK_DIR}: {e}"))?;
     let _ = std::fs::remove_file(YAML);
+    // Socket stressors connect over loopback.
+    if let Err(e) = sys::linux_loopback_up() {
+        r.fact("loopback", format!("could not bring lo up: {e}"));
+    }
     let args = stress_ng::args(&p, YAML, WORK_DIR);
     r.fact("stress_ng_args", args.join(" "));
     let log = sys::open(LOG, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC)
@@ -61,6 +68,16 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
     match exit {
         sys::Exit::Code(code) => judge_code(&mut r, code),
         sys::Exit::Signal(s) => r.fail(format!("stress-ng itself was killed by {}", s.as_str())),
+    }
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARNING")).collect();
+    if !warnings.is_empty() {
+        r.fact("stress_ng_warnings", warnings.join("\n"));
+    }
+    // A stressor may report a failure (`fail:`) and stress-ng still exit 0.
+    if let Some(line) = log.lines().find(|l| l.starts_with("stress-ng: fail:")) {
+        if r.failure.is_none() {
+            r.fail(format!("stress-ng logged a failure: {}", line.trim()));
+        }
     }
     let missing = stress_ng::missing_stressors(&p, &r.measurements);
     if r.failure.is_none() && !missing.is_empty() {
@@ -147,8 +164,7 @@ fn wait_until(pid: i32, dl: &sys::Deadline) -> Option<sys::Exit> {
 /// The log line that says why, for a stressor that did not run.
 fn last_complaint(log: &str) -> &str {
     log.lines()
-        .filter(|l| l.contains("skipping") || l.contains("error:") || l.contains("not supported"))
-        .next()
+        .find(|l| l.contains("skipping") || l.contains("error:") || l.contains("not supported"))
         .unwrap_or("no reason in its log")
         .trim()
 }

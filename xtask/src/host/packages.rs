@@ -71,7 +71,8 @@ impl Uses {
             uses.sources.insert(source_kind(&cell.image.source).into());
             uses.disk |= cell.image.disk.is_some();
             uses.transports.insert(cell.transport.kind().to_string());
-            uses.scenarios.insert(cell.case.scenario.as_str().to_string());
+            uses.scenarios
+                .insert(cell.case.scenario.as_str().to_string());
         }
         uses
     }

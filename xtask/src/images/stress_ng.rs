@@ -155,9 +155,8 @@ impl Resolver<'_> {
 
     /// The file named `soname` in `package` or one of its hard dependencies, and its package.
     fn find_library(&mut self, soname: &str, package: &str) -> Result<(PathBuf, String)> {
-        let deps = debian::depends(package, self.cache).map_err(|e| {
-            image_error(format!("dependencies of {package}: {e:#}"))
-        })?;
+        let deps = debian::depends(package, self.cache)
+            .map_err(|e| image_error(format!("dependencies of {package}: {e:#}")))?;
         let mut candidates = vec![package.to_string()];
         candidates.extend(disk::parse_hard_depends(&deps));
         let mut seen = BTreeSet::new();
@@ -201,7 +200,9 @@ pub fn elf_needs(data: &[u8]) -> Result<ElfNeeds> {
     for entry in &table {
         if entry.tag == object::elf::DT_NEEDED {
             let name = table.string(entry)?;
-            needs.libraries.push(String::from_utf8_lossy(name).into_owned());
+            needs
+                .libraries
+                .push(String::from_utf8_lossy(name).into_owned());
         }
     }
     Ok(needs)
@@ -260,7 +261,11 @@ fn parse_version(out: &str) -> (String, String) {
     let line = out.lines().next().unwrap_or_default();
     let rest = line.split("version ").nth(1).unwrap_or(line);
     let (version, paren) = rest.split_once(" (").unwrap_or((rest, ""));
-    let toolchain = paren.split(',').next().unwrap_or_default().trim_end_matches(')');
+    let toolchain = paren
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches(')');
     (version.trim().to_string(), format!("toolchain {toolchain}"))
 }
 
@@ -280,7 +285,10 @@ mod tests {
             needs.interpreter.as_deref(),
             Some("/lib64/ld-linux-x86-64.so.2")
         );
-        assert!(needs.libraries.iter().any(|l| l == "libc.so.6"), "{needs:?}");
+        assert!(
+            needs.libraries.iter().any(|l| l == "libc.so.6"),
+            "{needs:?}"
+        );
     }
 
     #[test]
