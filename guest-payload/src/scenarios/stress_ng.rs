@@ -69,25 +69,30 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
         sys::Exit::Code(code) => judge_code(&mut r, code),
         sys::Exit::Signal(s) => r.fail(format!("stress-ng itself was killed by {}", s.as_str())),
     }
+    judge_log(&mut r, &p, &log);
+    Ok(r)
+}
+
+/// What the exit status does not say: a stressor that reported a failure (`fail:`) or did
+/// not run at all (skipped) while stress-ng still exited 0.
+fn judge_log(r: &mut Report, p: &Params, log: &str) {
     let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARNING")).collect();
     if !warnings.is_empty() {
         r.fact("stress_ng_warnings", warnings.join("\n"));
     }
-    // A stressor may report a failure (`fail:`) and stress-ng still exit 0.
     if let Some(line) = log.lines().find(|l| l.starts_with("stress-ng: fail:")) {
         if r.failure.is_none() {
             r.fail(format!("stress-ng logged a failure: {}", line.trim()));
         }
     }
-    let missing = stress_ng::missing_stressors(&p, &r.measurements);
+    let missing = stress_ng::missing_stressors(p, &r.measurements);
     if r.failure.is_none() && !missing.is_empty() {
         r.infra(format!(
             "stressor {} did not run (stress-ng: {})",
             missing.join(", "),
-            last_complaint(&log)
+            last_complaint(log)
         ));
     }
-    Ok(r)
 }
 
 fn judge_code(r: &mut Report, code: i32) {
