@@ -82,6 +82,9 @@ pub enum Outcome {
     Pass,
     /// The scenario's own checks failed (wrong errno, wrong OOM victim, ...).
     Fail,
+    /// The scenario could not do its work for reasons outside the kernel (a tool it runs
+    /// lacked resources or support): the cell is infra.
+    Infra,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

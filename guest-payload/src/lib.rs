@@ -12,3 +12,4 @@ pub mod memory_evidence;
 pub mod params;
 pub mod plan;
 pub mod stats;
+pub mod stress_ng;

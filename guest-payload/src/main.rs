@@ -22,7 +22,8 @@ const USAGE: &str = "usage: kstorm-payload --plan FILE [--disposable]
   --check-plan FILE
                  check scenario names and parameters of a plan without running it
   --disposable   this machine is a throwaway guest: allow the scenarios that harm it
-                 (panic, oom, tmpfs-fill, overcommit, cgroup-limit) and kernel-wide settings";
+                 (panic, oom, tmpfs-fill, overcommit, cgroup-limit, stress-ng) and kernel-wide
+                 settings";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

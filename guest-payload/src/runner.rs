@@ -232,9 +232,10 @@ impl<'a> Runner<'a> {
         while sys::reap_any().is_some() {}
         let wall = sys::now() - t_start;
         let (outcome, error, mut report) = match serde_json::from_slice::<ChildMessage>(&text) {
-            Ok(ChildMessage::Report(r)) => match &r.failure {
-                Some(f) => (Outcome::Fail, Some(f.clone()), r),
-                None => (Outcome::Pass, r.stop_error.clone(), r),
+            Ok(ChildMessage::Report(r)) => match (&r.failure, &r.infra) {
+                (Some(f), _) => (Outcome::Fail, Some(f.clone()), r),
+                (None, Some(i)) => (Outcome::Infra, Some(i.clone()), r),
+                (None, None) => (Outcome::Pass, r.stop_error.clone(), r),
             },
             Ok(ChildMessage::Error(e)) => (Outcome::Fail, Some(e), Report::default()),
             Ok(ChildMessage::Panic(p)) => (

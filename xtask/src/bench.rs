@@ -402,6 +402,37 @@ cases:
     Ok(())
 }
 
+/// QEMU start to the payload's hello at 256M, for a smoke cell (no tools) and a stress-ng cell
+/// (stress-ng and its libraries appended to the initramfs), alternating: medians and ratio.
+pub fn stress_ng(rounds: usize) -> Result<()> {
+    let b = linux_bench()?;
+    let plain = smoke_cell(&b.image)?;
+    let mut with_tools = plain.clone();
+    with_tools.id = "bench-stress-ng".into();
+    with_tools.case.scenario = crate::config::Name("stress-ng".into());
+    with_tools.params = serde_json::from_str(r#"{"stressors": {"fork": 1}, "timeout_s": 1}"#)?;
+    let out = tempfile::tempdir()?;
+    let (mut without_s, mut with_s) = (Vec::new(), Vec::new());
+    for i in 0..rounds.max(1) {
+        for (cell, times) in [(&plain, &mut without_s), (&with_tools, &mut with_s)] {
+            let rec = run_pid1_cell(&b, cell, out.path().join(format!("{}-{i}", cell.id)))?;
+            let boot = rec
+                .timings
+                .boot_s
+                .with_context(|| format!("{}: no hello ({})", cell.id, rec.verdict.describe()))?;
+            eprintln!("round {}: {} boot {boot:.3}s", i + 1, cell.id);
+            times.push(boot);
+        }
+    }
+    let (a, c) = (median(without_s), median(with_s));
+    println!(
+        "bench stress-ng ({rounds} rounds, {}): boot to payload start without stress-ng {a:.3}s, with {c:.3}s, ratio {:.2}",
+        b.accel,
+        c / a
+    );
+    Ok(())
+}
+
 /// Runs `program` with no input or output and times it from spawn to exit; it must succeed
 /// within two minutes.
 fn time_quiet(program: &str, args: &[std::ffi::OsString]) -> Result<f64> {

@@ -227,6 +227,11 @@ enum BenchWhich {
     },
     /// Every scenario once at 256M: wall time and the payload's own overhead.
     Scenarios,
+    /// Boot to payload start with and without stress-ng in the initramfs: medians and ratio.
+    StressNg {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Detector throughput on a 100 MB clean log vs a memchr line count, and live latencies.
     Detect,
     /// GNU Mach: QEMU start to the bootstrap task's first frame (median; target <= 1.5 s).
@@ -286,6 +291,7 @@ fn main() -> ExitCode {
             BenchWhich::Detect => report(bench::detect()),
             BenchWhich::Transport { upload_mb } => report(bench::transport(upload_mb)),
             BenchWhich::Scenarios => report(bench::scenarios()),
+            BenchWhich::StressNg { rounds } => report(bench::stress_ng(rounds)),
             BenchWhich::Mach { boots } => report(bench::mach(boots)),
             BenchWhich::Bisect { bisections } => report(kstorm::bisect::sim::bench(bisections)),
         },

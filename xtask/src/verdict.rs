@@ -52,6 +52,9 @@ pub enum InfraCause {
     Interrupted,
     /// kstorm itself failed (writing results, a bug).
     Harness,
+    /// A tool the payload runs in the guest (stress-ng) could not run its load there: out of
+    /// resources, not implemented, bad options.
+    GuestTool,
 }
 
 impl InfraCause {
@@ -65,6 +68,7 @@ impl InfraCause {
             InfraCause::Transport => "transport",
             InfraCause::Interrupted => "interrupted",
             InfraCause::Harness => "harness",
+            InfraCause::GuestTool => "guest tool",
         }
     }
 }

@@ -8,6 +8,9 @@
 //! bootstrap task.
 
 pub mod mach;
+mod stress_ng;
+
+pub use stress_ng::StressNg;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -104,6 +107,7 @@ payload_scenarios! {
     "tmpfs-fill" => TmpfsFill,
     "overcommit" => Overcommit,
     "cgroup-limit" => CgroupLimit,
+    "stress-ng" => StressNg,
 }
 
 fn to_json<P: Serialize>(p: P) -> Result<serde_json::Value, ParamError> {

@@ -30,6 +30,7 @@ mod overcommit;
 mod rlimits;
 mod smoke;
 mod spawn_kill;
+mod stress_ng;
 mod tmpfs_fill;
 
 pub use copies::copy_main;
@@ -46,6 +47,10 @@ pub struct Ctx<'a> {
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub failure: Option<String>,
+    /// Set when the scenario could not do its work for reasons outside the kernel (a tool
+    /// it runs lacked resources or support): the cell is infra, never pass or fail.
+    #[serde(default)]
+    pub infra: Option<String>,
     /// The error that stopped growth (EAGAIN, EMFILE...) when that is a finding, not a failure.
     pub stop_error: Option<String>,
     pub measurements: BTreeMap<String, Measurement>,
@@ -82,6 +87,11 @@ impl Report {
             Some(prev) => format!("{prev}; {why}"),
             None => why,
         });
+    }
+
+    /// Records why the scenario could not do its work (the first reason is kept).
+    pub fn infra(&mut self, why: impl Into<String>) {
+        self.infra.get_or_insert_with(|| why.into());
     }
 
     /// Adds p50/p99/max/n of `samples` (milliseconds) as `<prefix>_p50` etc.
@@ -143,6 +153,7 @@ pub const ALL: &[Scenario] = &[
     scenario!("tmpfs-fill", true, tmpfs_fill),
     scenario!("overcommit", true, overcommit),
     scenario!("cgroup-limit", true, cgroup_limit),
+    scenario!("stress-ng", true, stress_ng),
 ];
 
 pub fn find(name: &str) -> Option<&'static Scenario> {

@@ -10,9 +10,9 @@ mod pipe;
 mod process;
 
 pub use linux::{
-    linux_clocksource, linux_meminfo, linux_meminfo_field, linux_mount, linux_process_count,
-    linux_set_child_subreaper, linux_set_name, linux_set_oom_score_adj, linux_umount,
-    oom_killed_pid, LinuxKmsg,
+    linux_clocksource, linux_loopback_up, linux_meminfo, linux_meminfo_field, linux_mount,
+    linux_process_count, linux_set_child_subreaper, linux_set_name, linux_set_oom_score_adj,
+    linux_umount, oom_killed_pid, LinuxKmsg,
 };
 pub use memory::Mapping;
 pub use nix::errno::Errno;

@@ -47,16 +47,28 @@ pub fn verdict(ending: &Ending, seen: &Observed, total_s: f64, qemu_stderr: &str
     }
 }
 
-/// A scenario whose own checks failed, once the payload finished.
+/// A scenario whose own checks failed, or that could not do its work (infra), once the
+/// payload finished.
 fn finished(seen: &Observed) -> Option<Verdict> {
-    let failed = seen.results.iter().find(|r| r.outcome == Outcome::Fail)?;
-    Some(Verdict::Fail {
-        reason: format!(
+    let with = |outcome| seen.results.iter().find(|r| r.outcome == outcome);
+    if let Some(failed) = with(Outcome::Fail) {
+        return Some(Verdict::Fail {
+            reason: format!(
+                "{}: {}",
+                failed.scenario,
+                failed.error.as_deref().unwrap_or("scenario checks failed")
+            ),
+        });
+    }
+    let infra = with(Outcome::Infra)?;
+    Some(Verdict::infra(
+        InfraCause::GuestTool,
+        format!(
             "{}: {}",
-            failed.scenario,
-            failed.error.as_deref().unwrap_or("scenario checks failed")
+            infra.scenario,
+            infra.error.as_deref().unwrap_or("could not run")
         ),
-    })
+    ))
 }
 
 fn transport_lost(end: &Result<i32, TransportError>, console_answered: bool) -> Verdict {

@@ -45,6 +45,9 @@ struct Needs {
     source: BTreeMap<String, Vec<String>>,
     disk: Vec<String>,
     transport: BTreeMap<String, Vec<String>>,
+    /// By the case's scenario (a tool the payload runs in the guest, fetched from Debian).
+    #[serde(default)]
+    scenario: BTreeMap<String, Vec<String>>,
     /// Only `cargo xtask test` (`Uses::everything`): what the test suite itself runs.
     #[serde(default)]
     tests: Vec<String>,
@@ -56,6 +59,7 @@ pub struct Uses {
     pub sources: BTreeSet<String>,
     pub disk: bool,
     pub transports: BTreeSet<String>,
+    pub scenarios: BTreeSet<String>,
     /// Everything in the table (`cargo xtask test`).
     pub everything: bool,
 }
@@ -67,6 +71,8 @@ impl Uses {
             uses.sources.insert(source_kind(&cell.image.source).into());
             uses.disk |= cell.image.disk.is_some();
             uses.transports.insert(cell.transport.kind().to_string());
+            uses.scenarios
+                .insert(cell.case.scenario.as_str().to_string());
         }
         uses
     }
@@ -131,7 +137,8 @@ impl Table {
             .iter()
             .chain(needs.source.values().flatten())
             .chain(&needs.disk)
-            .chain(needs.transport.values().flatten());
+            .chain(needs.transport.values().flatten())
+            .chain(needs.scenario.values().flatten());
         for tool in all {
             if !table.tools.contains_key(tool) {
                 bail!("{TABLE_FILE}: needs: tool {tool} is not under tools:");
@@ -170,6 +177,7 @@ impl Table {
             out.push(need("disk images".into(), &n.disk));
         }
         out.extend(by_kind(&n.transport, &uses.transports, "transport"));
+        out.extend(by_kind(&n.scenario, &uses.scenarios, "scenario"));
         if uses.everything {
             out.push(need("the tests".into(), &n.tests));
         }

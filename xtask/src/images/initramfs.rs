@@ -2,6 +2,11 @@
 //! as `/init`, the cell's plan as `/kstorm/plan.json`, `/dev/console` (the kernel opens it
 //! before running `/init`) and empty mount points. Cached by content hash.
 //!
+//! The tools a cell's cases run (stress-ng and its libraries, only for cells that need them)
+//! come as a second, gzip-compressed archive appended to the first: the kernel unpacks each
+//! archive of the sequence in turn, and the compressed one keeps the peak memory of unpacking
+//! low (the loaded image and the unpacked files are both in RAM until the image is freed).
+//!
 //! [`write_newc`] is kstorm's one cpio writer (disk images' boot initramfs uses it too).
 
 use crate::host;
@@ -29,17 +34,26 @@ pub enum Entry<'a> {
     },
 }
 
-/// Writes the archive for `init` (the payload's bytes) and `plan` (JSON) under `cache`, named
-/// by the hash of both; returns its path. An archive that already exists is reused.
-pub fn build(cache: &Path, init: &[u8], plan_json: &[u8]) -> Result<PathBuf> {
-    let hash = host::CacheKey::new().part(init).part(plan_json).hex();
+/// An executable a tools archive carries: its path (relative) and bytes.
+pub type ExtraFile = (String, Vec<u8>);
+
+/// Writes the archive for `init` (the payload's bytes) and `plan` (JSON), followed by
+/// `appended` (a [`tools_archive`], or nothing), under `cache`, named by the hash of all;
+/// returns its path. An archive that exists is reused.
+pub fn build(cache: &Path, init: &[u8], plan_json: &[u8], appended: &[u8]) -> Result<PathBuf> {
+    let hash = host::CacheKey::new()
+        .part(init)
+        .part(plan_json)
+        .part(appended)
+        .hex();
     let path = cache
         .join("initramfs")
         .join(format!("{}.cpio", &hash[..32]));
     if path.exists() {
         return Ok(path);
     }
-    let bytes = archive(init, plan_json)?;
+    let mut bytes = archive(init, plan_json)?;
+    bytes.extend_from_slice(appended);
     host::write_atomic(&path, &bytes)
         .with_context(|| format!("writing initramfs {}", path.display()))?;
     Ok(path)
@@ -66,6 +80,36 @@ pub fn archive(init: &[u8], plan_json: &[u8]) -> Result<Vec<u8>> {
         },
     ];
     write_newc(&entries)
+}
+
+/// A gzip-compressed archive of executables, with their folders, to append to [`archive`].
+pub fn tools_archive(files: &[ExtraFile]) -> Result<Vec<u8>> {
+    // The kernel's unpacker creates no parent folders: each comes first, once.
+    let dirs = parent_dirs(files.iter().map(|(name, _)| name.as_str()));
+    let mut entries: Vec<Entry> = dirs.iter().map(|d| Entry::Dir(d)).collect();
+    entries.extend(files.iter().map(|(name, data)| Entry::File {
+        name,
+        mode: FILE_EXEC,
+        data,
+    }));
+    let cpio = write_newc(&entries)?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&cpio)?;
+    Ok(gz.finish()?)
+}
+
+/// Every folder above `names` (`a`, `a/b` for `a/b/c`), parents first, without repeats.
+fn parent_dirs<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut dirs = std::collections::BTreeSet::new();
+    for name in names {
+        let mut at = 0;
+        while let Some(i) = name[at..].find('/') {
+            dirs.insert(name[..at + i].to_string());
+            at += i + 1;
+        }
+    }
+    // Sorted order puts every folder after its parent.
+    dirs.into_iter().collect()
 }
 
 /// The `/dev/console` entry every initramfs needs: the kernel opens it before running `/init`.
@@ -160,11 +204,21 @@ mod tests {
     }
 
     #[test]
+    fn tools_come_compressed_after_their_folders() {
+        let files = [("usr/bin/tool".to_string(), b"elf".to_vec())];
+        let gz = tools_archive(&files).unwrap();
+        let mut cpio = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut cpio).unwrap();
+        let names: Vec<String> = read_back(&cpio).into_iter().map(|e| e.0).collect();
+        assert_eq!(names, ["usr", "usr/bin", "usr/bin/tool"]);
+    }
+
+    #[test]
     fn cache_key_is_content() {
         let dir = tempfile::tempdir().unwrap();
-        let a = build(dir.path(), b"init", b"plan-a").unwrap();
-        let b = build(dir.path(), b"init", b"plan-b").unwrap();
-        let a2 = build(dir.path(), b"init", b"plan-a").unwrap();
+        let a = build(dir.path(), b"init", b"plan-a", b"").unwrap();
+        let b = build(dir.path(), b"init", b"plan-b", b"").unwrap();
+        let a2 = build(dir.path(), b"init", b"plan-a", b"").unwrap();
         assert_ne!(a, b);
         assert_eq!(a, a2);
     }

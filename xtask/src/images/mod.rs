@@ -13,6 +13,7 @@ pub mod local;
 pub mod mach_task;
 pub mod provenance;
 pub mod published;
+pub mod stress_ng;
 
 pub use provenance::{Provenance, SourceKind};
 
@@ -158,12 +159,16 @@ pub fn cell_artifacts(
             return published_artifacts(prepared, d, image, extra_cmdline, cache)
         }
     };
+    let mut provenance = prepared.provenance();
     // A disk image boots its own init; the payload and plan travel over the transport.
     let initrd = match disk {
         Some(d) => d.initrd.clone(),
-        None => initramfs::build(cache, payload, plan_json)?,
+        None => {
+            let tools = guest_tools(plan_json, cache)?;
+            provenance.extra.extend(tools.provenance);
+            initramfs::build(cache, payload, plan_json, &tools.archive)?
+        }
     };
-    let mut provenance = prepared.provenance();
     // The fast path needs the PVH-bootable vmlinux; without it, boot the bzImage on pc.
     let (profile, kernel_file) = match (image.boot.machine, &kernel.vmlinux) {
         (Machine::Microvm, Some(vmlinux)) => (Profile::Microvm, vmlinux.clone()),
@@ -182,6 +187,29 @@ pub fn cell_artifacts(
         cdrom: None,
         disk_base: disk.map(|d| d.base.clone()),
         provenance,
+    })
+}
+
+/// The tools a cell's plan runs that the initramfs must carry, and their provenance.
+#[derive(Default)]
+struct GuestTools {
+    /// A compressed archive to append to the cell's initramfs.
+    archive: Vec<u8>,
+    provenance: std::collections::BTreeMap<String, String>,
+}
+
+/// stress-ng when a case of the plan runs it; nothing otherwise (other cells do not pay).
+fn guest_tools(plan_json: &[u8], cache: &Path) -> Result<GuestTools> {
+    let plan: kstorm_payload::plan::Plan =
+        serde_json::from_slice(plan_json).context("reading back the cell's plan")?;
+    if !plan.scenarios.iter().any(|s| s.name == "stress-ng") {
+        return Ok(GuestTools::default());
+    }
+    let bundle = stress_ng::prepare(cache)?;
+    Ok(GuestTools {
+        archive: std::fs::read(&bundle.archive)
+            .with_context(|| format!("reading {}", bundle.archive.display()))?,
+        provenance: bundle.provenance,
     })
 }
 

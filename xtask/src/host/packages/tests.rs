@@ -307,3 +307,26 @@ fn the_hosts_policy_parses() {
     assert!(dpkg.installed.is_some(), "{text}");
     assert!(!dpkg.from_archives.is_empty(), "{text}");
 }
+
+#[test]
+fn stress_ng_cells_need_the_tools_that_fetch_it() {
+    let table = Table::builtin();
+    let catalog = Catalog::load(&crate::host::workspace_root()).unwrap();
+    let suite = catalog.suite("stress").unwrap();
+    let stress_cells = matrix::expand(suite, &catalog, &Selection::default()).unwrap();
+    let uses = Uses::of_cells(&stress_cells);
+    assert!(uses.scenarios.contains("stress-ng"), "{uses:?}");
+    let needs = table.needs(&uses);
+    let need = needs
+        .iter()
+        .find(|n| n.label == "scenario stress-ng")
+        .unwrap_or_else(|| panic!("{needs:?}"));
+    for tool in ["apt-get", "apt-cache", "dpkg-deb"] {
+        assert!(need.tools.iter().any(|t| t == tool), "{tool} in {need:?}");
+    }
+    let default = Uses::of_cells(&cells(&["linux"], None));
+    assert!(!table
+        .needs(&default)
+        .iter()
+        .any(|n| n.label.starts_with("scenario")));
+}
