@@ -48,6 +48,9 @@ struct Needs {
     /// Only `cargo xtask test` (`Uses::everything`): what the test suite itself runs.
     #[serde(default)]
     tests: Vec<String>,
+    /// Only the named `cargo xtask bench ...` (`Uses::bench`).
+    #[serde(default)]
+    bench: BTreeMap<String, Vec<String>>,
 }
 
 /// What a selection of cells uses, in the terms of the table's `needs:`.
@@ -56,8 +59,10 @@ pub struct Uses {
     pub sources: BTreeSet<String>,
     pub disk: bool,
     pub transports: BTreeSet<String>,
-    /// Everything in the table (`cargo xtask test`).
+    /// Everything in the table but the benches (`cargo xtask test`).
     pub everything: bool,
+    /// The benches of `needs.bench` that run.
+    pub benches: BTreeSet<String>,
 }
 
 impl Uses {
@@ -172,6 +177,9 @@ impl Table {
         out.extend(by_kind(&n.transport, &uses.transports, "transport"));
         if uses.everything {
             out.push(need("the tests".into(), &n.tests));
+        }
+        for (bench, tools) in n.bench.iter().filter(|(b, _)| uses.benches.contains(*b)) {
+            out.push(need(format!("bench {bench}"), tools));
         }
         out.retain(|need| !need.tools.is_empty());
         out
@@ -461,6 +469,14 @@ pub fn ensure_for_cells(cells: &[Cell]) -> Result<()> {
 /// Makes sure the host has everything the table knows of (`cargo xtask test`).
 pub fn ensure_for_tests() -> Result<()> {
     ensure(&Uses::everything())
+}
+
+/// Makes sure the host has what `cargo xtask bench NAME` needs (`needs.bench.NAME`).
+pub fn ensure_for_bench(name: &str) -> Result<()> {
+    ensure(&Uses {
+        benches: [name.to_string()].into(),
+        ..Uses::default()
+    })
 }
 
 fn ensure(uses: &Uses) -> Result<()> {
