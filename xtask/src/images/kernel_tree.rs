@@ -336,6 +336,35 @@ mod tests {
     }
 
     #[test]
+    fn the_seed_is_the_newest_finished_build_of_the_same_tree_and_config() {
+        let builds = tempfile::tempdir().unwrap();
+        let record = |name: &str, tree: &str, config: &str, finished: f64| {
+            let dir = builds.path().join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            let r = BuildRecord {
+                dir: dir.clone(),
+                tree: tree.into(),
+                commit: name.into(),
+                config_hash: config.into(),
+                seeded_from: None,
+                build_s: 1.0,
+                finished_unix: finished,
+                cached: false,
+            };
+            std::fs::write(dir.join(RECORD), serde_json::to_string(&r).unwrap()).unwrap();
+        };
+        record("old", "/src/linux", "c1", 100.0);
+        record("new", "/src/linux", "c1", 200.0);
+        record("other-config", "/src/linux", "c2", 300.0);
+        record("other-tree", "/src/elsewhere", "c1", 400.0);
+        // A build that never finished has no record and is never a seed.
+        std::fs::create_dir_all(builds.path().join("unfinished")).unwrap();
+        let seed = newest_seed(builds.path(), Path::new("/src/linux"), "c1").unwrap();
+        assert_eq!(seed.commit, "new");
+        assert!(newest_seed(builds.path(), Path::new("/src/linux"), "c3").is_none());
+    }
+
+    #[test]
     fn the_shipped_fragment_parses() {
         let path = crate::host::workspace_root().join("images/kconfig/kstorm.config");
         let opts = parse_config(&std::fs::read_to_string(path).unwrap());
