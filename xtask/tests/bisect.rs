@@ -54,12 +54,18 @@ fn kernel_option_usage_errors_name_the_path_and_boot_nothing() {
 
 /// Runs smoke at 128M on the `linux` image with `kernel` in place of Debian's.
 fn smoke_with(kernel: &Path) -> kstorm::cell::CellRecord {
+    run_with_kernel("linux", "smoke@linux-128M", kernel)
+}
+
+/// Runs the one cell of the default suite that `filter` selects on `image`, with `kernel` in
+/// place of the image's kernel.
+fn run_with_kernel(image: &str, filter: &str, kernel: &Path) -> kstorm::cell::CellRecord {
     std::env::set_var("KSTORM_QUIET", "1");
     let dir = tempfile::tempdir().unwrap();
     let mut opts = RunOptions::new("default");
     opts.selection = Selection {
-        filters: vec!["smoke@linux-128M".into()],
-        ram: Some(vec![kstorm::config::RamSize(128)]),
+        images: Some(vec![image.into()]),
+        filters: vec![filter.into()],
         ..Selection::default()
     };
     opts.kernel = Some(kernel.to_path_buf());
@@ -402,26 +408,6 @@ fn local_kernel_image_source_records_git_identity() {
     }
 }
 
-/// Runs `filter` on `image` with `kernel` in place of the image's kernel.
-fn mach_with(image: &str, filter: &str, kernel: &Path) -> kstorm::cell::CellRecord {
-    std::env::set_var("KSTORM_QUIET", "1");
-    let dir = tempfile::tempdir().unwrap();
-    let mut opts = RunOptions::new("default");
-    opts.selection = Selection {
-        images: Some(vec![image.into()]),
-        filters: vec![filter.into()],
-        ..Selection::default()
-    };
-    opts.kernel = Some(kernel.to_path_buf());
-    opts.results_root = dir.path().join("results");
-    opts.progress = false;
-    opts.jobs = 1;
-    let mut out = run::run(&opts).expect("run completes");
-    common::assert_no_qemu_mentioning(dir.path());
-    assert_eq!(out.records.len(), 1);
-    out.records.remove(0)
-}
-
 /// Debian's GNU Mach (an x86-64 multiboot ELF) as a local file, gzipped as the package ships it
 /// (`/boot/gnumach-1.8-486.gz`) and gunzipped: both boot kstorm's bootstrap task and pass the
 /// port-churn control on the `gnumach` image, which carries its syscall-trap patch over to the
@@ -442,7 +428,7 @@ fn local_gnumach_kernel_gz_and_elf_boot() {
     std::io::Write::write_all(&mut enc, &std::fs::read(&elf).unwrap()).unwrap();
     std::fs::write(&gz, enc.finish().unwrap()).unwrap();
     for kernel in [&gz, &elf] {
-        let r = mach_with("gnumach", "mach-port-churn@gnumach-128M", kernel);
+        let r = run_with_kernel("gnumach", "mach-port-churn@gnumach-128M", kernel);
         let what = format!("{}: {}", kernel.display(), r.verdict.describe());
         assert_eq!(r.verdict, Verdict::Pass, "{what}");
         assert_eq!(r.provenance.source, SourceKind::LocalFile, "{what}");
@@ -452,7 +438,7 @@ fn local_gnumach_kernel_gz_and_elf_boot() {
         let patch = &r.provenance.extra["syscall_trap_patch"];
         assert!(patch.starts_with("applied at"), "{patch}");
     }
-    let r = mach_with("gnumach-unpatched", "mach-unpatched", &gz);
+    let r = run_with_kernel("gnumach-unpatched", "mach-unpatched", &gz);
     match &r.verdict {
         Verdict::Crash { title, .. } => assert!(title.contains("Invalid opcode"), "{title}"),
         other => panic!("the stock kernel must panic: {}", other.describe()),

@@ -111,6 +111,12 @@ fn git(repo: &Path) -> Cmd {
         .timeout(Duration::from_secs(30 * 60))
 }
 
+/// `git` committing as the bench.
+fn committer(repo: &Path) -> Cmd {
+    let who = ["user.name=kstorm bench", "user.email=bench@kstorm.invalid"];
+    git(repo).args(who.iter().flat_map(|w| ["-c", w]))
+}
+
 /// Reuses `work/linux-6.1` when it holds exactly the pristine commit and the patches; else
 /// unpacks the tarball and commits the source and each patch (`git am`).
 fn prepare_repo(plan: &BenchPlan, data: &Path, work: &Path) -> Result<Repo> {
@@ -138,24 +144,12 @@ fn prepare_repo(plan: &BenchPlan, data: &Path, work: &Path) -> Result<Repo> {
     git(&tmp).args(["config", "gc.auto", "0"]).run()?;
     // Debian's .gitignore ignores everything at the top level (its packaging's repository).
     git(&tmp).args(["add", "-A", "-f"]).run()?;
-    git(&tmp)
-        .args([
-            "-c",
-            "user.name=kstorm bench",
-            "-c",
-            "user.email=bench@kstorm.invalid",
-        ])
+    committer(&tmp)
         .args(["commit", "-q", "-m", &format!("Debian {}", plan.package)])
         .env("GIT_AUTHOR_DATE", when)
         .env("GIT_COMMITTER_DATE", when)
         .run()?;
-    git(&tmp)
-        .args([
-            "-c",
-            "user.name=kstorm bench",
-            "-c",
-            "user.email=bench@kstorm.invalid",
-        ])
+    committer(&tmp)
         .args(["am", "-q", "--committer-date-is-author-date"])
         .args(plan.patches.iter().map(|p| data.join(p)))
         .run()?;

@@ -2,10 +2,10 @@
 //! (a PVH `vmlinux`, a bzImage, a Linux build tree, a GNU Mach kernel, gzipped or not) is
 //! decided from its bytes before anything boots; anything else is a usage error naming the path.
 
+use super::gnumach::write_cached;
 use super::linux::{has_pvh_note, LinuxKernel};
 use super::provenance::{Provenance, SourceKind};
 use crate::config::UsageError;
-use crate::host;
 use anyhow::Result;
 use object::{Architecture, Object};
 use std::io::Read;
@@ -238,12 +238,9 @@ pub fn mach(
         data
     };
     let image_sha256 = crate::host::sha256_hex(&elf);
-    let out = cache
-        .join("gnumach/kernel")
-        .join(format!("{image_sha256}.elf"));
-    if !out.exists() {
-        host::write_atomic(&out, &elf)?;
-    }
+    let kernels = cache.join("gnumach/kernel");
+    let out = kernels.join(format!("{image_sha256}.elf"));
+    write_cached(&out, &elf)?;
     let mut prov = provenance(path, path)?.with("kernel.sha256", image_sha256.clone());
     let mut kernel = super::gnumach::MachKernel {
         path: out,
@@ -259,12 +256,8 @@ pub fn mach(
         match patch_syscall_trap(&elf) {
             Ok((patched, offset)) => {
                 let sha = crate::host::sha256_hex(&patched);
-                let at = cache
-                    .join("gnumach/kernel")
-                    .join(format!("{image_sha256}.syscall-trap-patched.elf"));
-                if !at.exists() {
-                    host::write_atomic(&at, &patched)?;
-                }
+                let at = kernels.join(format!("{image_sha256}.syscall-trap-patched.elf"));
+                write_cached(&at, &patched)?;
                 kernel.patched = Some((sha, offset as u64));
                 kernel.path = at;
                 prov = prov.with("syscall_trap_patch", format!("applied at {offset:#x}"));
