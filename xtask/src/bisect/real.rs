@@ -68,6 +68,7 @@ pub fn bench(work: Option<PathBuf>) -> Result<()> {
             plan.package
         );
     }
+    check_cell(&plan, &data)?;
     let work = work.unwrap_or_else(|| host::workspace_root().join("target/real-bisect"));
     let t = Instant::now();
     let repo = prepare_repo(&plan, &data, &work)?;
@@ -101,6 +102,26 @@ pub fn bench(work: Option<PathBuf>) -> Result<()> {
         "landed on the planted commit {culprit} ({})",
         subject(&repo, &culprit)
     );
+    Ok(())
+}
+
+/// The bench's suite loads and its filter selects one cell, before anything is built.
+fn check_cell(plan: &BenchPlan, data: &Path) -> Result<()> {
+    let catalog = crate::config::Catalog::load(&host::workspace_root())?;
+    let suite = catalog.resolve_suite(&data.join(&plan.suite).display().to_string())?;
+    let sel = crate::matrix::Selection {
+        filters: vec![plan.filter.clone()],
+        ..Default::default()
+    };
+    let cells = crate::matrix::expand(&suite, &catalog, &sel)?;
+    if cells.len() != 1 {
+        bail!(
+            "{}: --filter {} selects {} cells, not one",
+            plan.suite,
+            plan.filter,
+            cells.len()
+        );
+    }
     Ok(())
 }
 
@@ -241,7 +262,7 @@ fn bisect(
     let last = &repo.commits.last().context("no patches")?.0;
     let id = format!("real-{}", chrono::Local::now().format("%Y%m%d-%H%M%S"));
     let results = work.join("results");
-    git(&repo.path).args(["bisect", "reset", "-q"]).run().ok();
+    git(&repo.path).args(["bisect", "reset"]).run().ok();
     git(&repo.path)
         .args(["bisect", "start", last, &repo.base])
         .run()?;
@@ -270,7 +291,7 @@ fn bisect(
     let first_bad = git(&repo.path)
         .args(["rev-parse", "refs/bisect/bad"])
         .read();
-    git(&repo.path).args(["bisect", "reset", "-q"]).run().ok();
+    git(&repo.path).args(["bisect", "reset"]).run().ok();
     ran.context("git bisect run")?;
     let log_path = results.join(format!("bisect-{id}/bisect.json"));
     let log = BisectLog::load(&log_path, &id)?;
