@@ -393,10 +393,18 @@ fn check_rebuilt(repo: &Repo, log: &BisectLog) -> Result<()> {
                 &format!("@{}", seed.copied_unix),
             ])
             .read()?;
+        // objtool's own build records the build folder's absolute path, so in a copy it is
+        // relinked, and every object that depends on it is compiled again (ccache hits).
+        let objtool = std::fs::metadata(b.dir.join("tools/objtool/objtool"))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+            .is_some_and(|m| m.as_secs_f64() > seed.copied_unix);
         println!(
-            "build of {}: {} objects recompiled; changed C files rebuilt: {}",
+            "build of {}: {} objects recompiled{}; changed C files rebuilt: {}",
             &b.commit[..12],
             newer.lines().count(),
+            if objtool { " (objtool relinked)" } else { "" },
             if rebuilt.is_empty() {
                 "none in this configuration".to_string()
             } else {
