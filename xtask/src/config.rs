@@ -304,7 +304,13 @@ pub enum Source {
     PublishedDisk(PublishedDisk),
     /// A kernel on the user's disk: a vmlinux, a bzImage, a Linux build tree or a GNU Mach
     /// kernel (see `images/local.rs`). Also what `run --kernel PATH` puts in place.
-    LocalKernel { path: PathBuf },
+    LocalKernel {
+        path: PathBuf,
+        /// GNU Mach only: patch the syscall trap as `debian-gnumach` does (`run --kernel`
+        /// carries the replaced image's choice over). A kernel without the pattern boots as is.
+        #[serde(default)]
+        patch_syscall_trap: bool,
+    },
     /// A Linux source tree built out of tree into the cache (see `images/kernel_tree.rs`):
     /// `base` is `tinyconfig`, `defconfig` or a `.config` file; `config` lists fragments merged
     /// over it (relative paths are relative to `images/`).

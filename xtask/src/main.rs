@@ -245,6 +245,16 @@ enum BenchWhich {
         #[arg(long, default_value_t = 10_000)]
         bisections: usize,
     },
+    /// A real bisection, timed: a git repository of Debian's linux-source-6.1 with the
+    /// patches of xtask/bench-data/real-bisect/ (one plants a flaky crash), built with
+    /// tinyconfig + kstorm.config and bisected with `git bisect run xtask bisect-run`; it must
+    /// land on the planted commit. Prints build time (cold, incremental), runs and wall time
+    /// per step. Takes 30-60 min.
+    RealBisect {
+        /// Where the repository goes (default: target/real-bisect).
+        #[arg(long)]
+        work: Option<PathBuf>,
+    },
     /// ssh and serial shell on linux-disk: time to the first command and upload rate, against
     /// the PID-1 path booting the same kernel.
     Transport {
@@ -262,7 +272,10 @@ struct CleanArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return ExitCode::from(parse_error(&e) as u8),
+    };
     let code = match cli.verb {
         Verb::Run(a) => run(a),
         Verb::List(a) => {
@@ -294,12 +307,25 @@ fn main() -> ExitCode {
             BenchWhich::StressNg { rounds } => report(bench::stress_ng(rounds)),
             BenchWhich::Mach { boots } => report(bench::mach(boots)),
             BenchWhich::Bisect { bisections } => report(kstorm::bisect::sim::bench(bisections)),
+            BenchWhich::RealBisect { work } => report(kstorm::bisect::real::bench(work)),
         },
         Verb::Scan(a) => kstorm::detect::scan::run(&a),
         Verb::Test { cargo_args } => test(&cargo_args),
         Verb::Clean(a) => report(clean(a.results)),
     };
     ExitCode::from(code as u8)
+}
+
+/// Prints clap's message; its exit code (2 for an error, 0 for --help), except that a bad
+/// `bisect-run` command line exits 128 (abort): `git bisect run` would read 2 as "bad".
+fn parse_error(e: &clap::Error) -> i32 {
+    let _ = e.print();
+    let bisect_run = std::env::args().nth(1).as_deref() == Some("bisect-run");
+    if e.use_stderr() && bisect_run {
+        kstorm::bisect::run::ABORT
+    } else {
+        e.exit_code()
+    }
 }
 
 fn run(a: RunArgs) -> i32 {

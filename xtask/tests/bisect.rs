@@ -54,12 +54,18 @@ fn kernel_option_usage_errors_name_the_path_and_boot_nothing() {
 
 /// Runs smoke at 128M on the `linux` image with `kernel` in place of Debian's.
 fn smoke_with(kernel: &Path) -> kstorm::cell::CellRecord {
+    run_with_kernel("linux", "smoke@linux-128M", kernel)
+}
+
+/// Runs the one cell of the default suite that `filter` selects on `image`, with `kernel` in
+/// place of the image's kernel.
+fn run_with_kernel(image: &str, filter: &str, kernel: &Path) -> kstorm::cell::CellRecord {
     std::env::set_var("KSTORM_QUIET", "1");
     let dir = tempfile::tempdir().unwrap();
     let mut opts = RunOptions::new("default");
     opts.selection = Selection {
-        filters: vec!["smoke@linux-128M".into()],
-        ram: Some(vec![kstorm::config::RamSize(128)]),
+        images: Some(vec![image.into()]),
+        filters: vec![filter.into()],
         ..Selection::default()
     };
     opts.kernel = Some(kernel.to_path_buf());
@@ -175,6 +181,77 @@ fn bisect_run(repo: &Path, results: &Path) -> Command {
         .arg("--results")
         .arg(results);
     c
+}
+
+/// Every usage error of `bisect-run`, clap's own included, exits 128: `git bisect run` aborts
+/// on it instead of reading clap's 2 as "bad". Nothing boots, nothing is written.
+#[test]
+fn bisect_run_usage_errors_abort_the_bisection() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    let results = results.to_str().unwrap();
+    let base = [
+        "bisect-run",
+        "--suite",
+        "default",
+        "--filter",
+        "smoke@linux-128M",
+    ];
+    let cases: [&[&str]; 5] = [
+        &["bisect-run", "--filter", "smoke"],
+        &[
+            "bisect-run",
+            "--suite",
+            "default",
+            "--filter",
+            "smoke",
+            "--bogus",
+        ],
+        &[
+            "bisect-run",
+            "--suite",
+            "default",
+            "--filter",
+            "smoke",
+            "--p",
+            "lots",
+        ],
+        &[
+            "bisect-run",
+            "--suite",
+            "default",
+            "--filter",
+            "x",
+            "--accel",
+            "warp",
+        ],
+        &[&base[..], &["--p", "1.5"]].concat(),
+    ];
+    for args in cases {
+        let out = Command::new(XTASK)
+            .args(args)
+            .args(["--results", results])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(128), "{args:?}: {stderr}");
+        assert!(stderr.contains("error"), "{args:?}: {stderr}");
+        assert!(
+            !dir.path().join("results").exists(),
+            "{args:?} wrote results"
+        );
+    }
+    // Help is not an error; other verbs keep clap's 2.
+    let help = Command::new(XTASK)
+        .args(["bisect-run", "--help"])
+        .output()
+        .unwrap();
+    assert_eq!(help.status.code(), Some(0));
+    let run = Command::new(XTASK)
+        .args(["run", "--bogus"])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2));
 }
 
 #[test]
@@ -328,5 +405,42 @@ fn local_kernel_image_source_records_git_identity() {
     match prepared {
         PreparedImage::Linux(k) => assert!(k.vmlinux.unwrap().ends_with("vmlinux")),
         other => panic!("{other:?}"),
+    }
+}
+
+/// Debian's GNU Mach (an x86-64 multiboot ELF) as a local file, gzipped as the package ships it
+/// (`/boot/gnumach-1.8-486.gz`) and gunzipped: both boot kstorm's bootstrap task and pass the
+/// port-churn control on the `gnumach` image, which carries its syscall-trap patch over to the
+/// kernel put in place; on `gnumach-unpatched` the same file panics at the first system call.
+#[test]
+fn local_gnumach_kernel_gz_and_elf_boot() {
+    let catalog = common::catalog();
+    let cache = kstorm::host::cache_dir();
+    let stock = match images::prepare(&catalog.images["gnumach-unpatched"], &cache).unwrap() {
+        PreparedImage::Mach(m) => m.kernel.path,
+        other => panic!("{other:?}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let elf = dir.path().join("gnumach-1.8-486");
+    std::fs::copy(&stock, &elf).unwrap();
+    let gz = dir.path().join("gnumach-1.8-486.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut enc, &std::fs::read(&elf).unwrap()).unwrap();
+    std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+    for kernel in [&gz, &elf] {
+        let r = run_with_kernel("gnumach", "mach-port-churn@gnumach-128M", kernel);
+        let what = format!("{}: {}", kernel.display(), r.verdict.describe());
+        assert_eq!(r.verdict, Verdict::Pass, "{what}");
+        assert_eq!(r.provenance.source, SourceKind::LocalFile, "{what}");
+        assert_eq!(r.provenance.origin, kernel.display().to_string());
+        let sha = kstorm::host::sha256_hex(&std::fs::read(kernel).unwrap());
+        assert_eq!(r.provenance.sha256, sha);
+        let patch = &r.provenance.extra["syscall_trap_patch"];
+        assert!(patch.starts_with("applied at"), "{patch}");
+    }
+    let r = run_with_kernel("gnumach-unpatched", "mach-unpatched", &gz);
+    match &r.verdict {
+        Verdict::Crash { title, .. } => assert!(title.contains("Invalid opcode"), "{title}"),
+        other => panic!("the stock kernel must panic: {}", other.describe()),
     }
 }

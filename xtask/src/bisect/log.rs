@@ -26,6 +26,10 @@ pub struct Step {
     pub exit_code: i32,
     pub tally: Tally,
     pub runs: Vec<RunEntry>,
+    /// The kernel tree's build at this commit (`--kernel-tree`).
+    #[serde(default)]
+    pub build: Option<crate::images::kernel_tree::BuildRecord>,
+    /// The step's wall time, the build included.
     pub wall_s: f64,
 }
 

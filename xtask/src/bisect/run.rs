@@ -7,6 +7,7 @@ use super::log::{BisectLog, RunEntry, Step};
 use super::rule::{Decision, Rule, RunClass, SkipReason, Tally};
 use crate::config::Catalog;
 use crate::host;
+use crate::images::kernel_tree::BuildRecord;
 use crate::matrix::{self, Cell, Selection};
 use crate::run::{self, AccelChoice, RunOptions};
 use crate::verdict::{InfraCause, Verdict};
@@ -101,7 +102,8 @@ pub fn bisect_run(a: &BisectArgs) -> i32 {
         None => println!("target crash: the first crash seen (give --title to name it)"),
     }
     let started = Instant::now();
-    let (decision, tally, runs) = match select_cell(a) {
+    let mut build = None;
+    let (decision, tally, runs) = match select_cell(a).and_then(|c| build_first(c, &mut build)) {
         Ok(cell) => {
             let dir = root.join(&commit);
             let known = title.is_some();
@@ -115,7 +117,7 @@ pub fn bisect_run(a: &BisectArgs) -> i32 {
             r
         }
         Err(e) => {
-            println!("commit {commit}: the suite or the kernel does not load here ({e:#}): skip");
+            println!("commit {commit}: the suite or the kernel does not load or build here ({e:#}): skip");
             (
                 Decision::Skip(SkipReason::BuildFailure),
                 Tally::default(),
@@ -131,6 +133,7 @@ pub fn bisect_run(a: &BisectArgs) -> i32 {
         exit_code: decision.exit_code(),
         tally,
         runs,
+        build,
         wall_s: started.elapsed().as_secs_f64(),
     };
     let wall = step.wall_s;
@@ -184,6 +187,40 @@ fn select_cell(a: &BisectArgs) -> anyhow::Result<Cell> {
         1 => Ok(cells.remove(0)),
         n => anyhow::bail!("--filter {:?} selects {n} cells, not one", a.filter),
     }
+}
+
+/// Builds the cell's kernel tree before the first run, so that the build is timed on its own
+/// and a build failure skips the commit before anything boots. The runs then find it built.
+fn build_first(cell: Cell, record: &mut Option<BuildRecord>) -> anyhow::Result<Cell> {
+    let crate::config::Source::KernelTree { path, base, config } = &cell.image.source else {
+        return Ok(cell);
+    };
+    let spec = crate::images::kernel_tree::TreeSpec {
+        path: path.clone(),
+        base: base.clone(),
+        fragments: config.clone(),
+    };
+    println!(
+        "building {} ({base} + {} fragments)",
+        path.display(),
+        config.len()
+    );
+    let (_, built) = crate::images::kernel_tree::build_recorded(&spec, &host::cache_dir())?;
+    let how = match (&built.seeded_from, built.cached) {
+        (_, true) => "built before".to_string(),
+        (Some(s), false) => format!(
+            "seeded from the build of {} ({:.1}s copy)",
+            s.commit, s.copy_s
+        ),
+        (None, false) => "from scratch".to_string(),
+    };
+    println!(
+        "kernel built in {:.1}s, {how}: {}",
+        built.build_s,
+        built.dir.display()
+    );
+    *record = Some(built);
+    Ok(cell)
 }
 
 /// Runs `cell` until the rule decides. `None` when interrupted.

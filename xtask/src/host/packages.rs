@@ -51,6 +51,9 @@ struct Needs {
     /// Only `cargo xtask test` (`Uses::everything`): what the test suite itself runs.
     #[serde(default)]
     tests: Vec<String>,
+    /// Only the named `cargo xtask bench ...` (`Uses::bench`).
+    #[serde(default)]
+    bench: BTreeMap<String, Vec<String>>,
 }
 
 /// What a selection of cells uses, in the terms of the table's `needs:`.
@@ -60,8 +63,10 @@ pub struct Uses {
     pub disk: bool,
     pub transports: BTreeSet<String>,
     pub scenarios: BTreeSet<String>,
-    /// Everything in the table (`cargo xtask test`).
+    /// Everything in the table but the benches (`cargo xtask test`).
     pub everything: bool,
+    /// The benches of `needs.bench` that run.
+    pub benches: BTreeSet<String>,
 }
 
 impl Uses {
@@ -180,6 +185,9 @@ impl Table {
         out.extend(by_kind(&n.scenario, &uses.scenarios, "scenario"));
         if uses.everything {
             out.push(need("the tests".into(), &n.tests));
+        }
+        for (bench, tools) in n.bench.iter().filter(|(b, _)| uses.benches.contains(*b)) {
+            out.push(need(format!("bench {bench}"), tools));
         }
         out.retain(|need| !need.tools.is_empty());
         out
@@ -469,6 +477,14 @@ pub fn ensure_for_cells(cells: &[Cell]) -> Result<()> {
 /// Makes sure the host has everything the table knows of (`cargo xtask test`).
 pub fn ensure_for_tests() -> Result<()> {
     ensure(&Uses::everything())
+}
+
+/// Makes sure the host has what `cargo xtask bench NAME` needs (`needs.bench.NAME`).
+pub fn ensure_for_bench(name: &str) -> Result<()> {
+    ensure(&Uses {
+        benches: [name.to_string()].into(),
+        ..Uses::default()
+    })
 }
 
 fn ensure(uses: &Uses) -> Result<()> {

@@ -141,7 +141,7 @@ pub fn extract_image(deb: &Path) -> Result<Vec<u8>> {
 }
 
 /// Writes `data` to `path` unless it is already there (atomically).
-fn write_cached(path: &Path, data: &[u8]) -> Result<()> {
+pub(crate) fn write_cached(path: &Path, data: &[u8]) -> Result<()> {
     if path.exists() {
         return Ok(());
     }

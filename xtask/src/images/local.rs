@@ -2,10 +2,10 @@
 //! (a PVH `vmlinux`, a bzImage, a Linux build tree, a GNU Mach kernel, gzipped or not) is
 //! decided from its bytes before anything boots; anything else is a usage error naming the path.
 
+use super::gnumach::write_cached;
 use super::linux::{has_pvh_note, LinuxKernel};
 use super::provenance::{Provenance, SourceKind};
 use crate::config::UsageError;
-use crate::host;
 use anyhow::Result;
 use object::{Architecture, Object};
 use std::io::Read;
@@ -126,12 +126,23 @@ fn classify(data: &[u8]) -> Option<Bytes> {
     })
 }
 
-/// A 32-bit x86 ELF with a multiboot header in its first 8 KiB: what GNU Mach is. (Only the
-/// header is parsed, so a truncated gunzipped prefix will do.)
+/// An x86 ELF (32-bit, or x86-64 as Debian's `gnumach-1.8-486` is) with a multiboot header in
+/// its first 8 KiB: what GNU Mach is. The header must be where the multiboot specification puts
+/// it (4-byte aligned, magic + flags + checksum = 0), so a Linux vmlinux whose bytes happen to
+/// hold the magic is not taken for one. (Only the head is read, so a gunzipped prefix will do.)
 fn is_mach_elf(data: &[u8]) -> bool {
     let i386 = data.starts_with(b"\x7fELF\x01\x01") && data.get(18..20) == Some(&[3, 0]);
+    let x86_64 = data.starts_with(b"\x7fELF\x02\x01") && data.get(18..20) == Some(&[0x3e, 0]);
     let head = &data[..data.len().min(8192)];
-    i386 && memchr::memmem::find(head, &MULTIBOOT_MAGIC).is_some()
+    let word = |at: usize| u32::from_le_bytes(head[at..at + 4].try_into().unwrap());
+    let multiboot = (0..head.len().saturating_sub(11)).step_by(4).any(|at| {
+        head[at..at + 4] == MULTIBOOT_MAGIC
+            && word(at)
+                .wrapping_add(word(at + 4))
+                .wrapping_add(word(at + 8))
+                == 0
+    });
+    (i386 || x86_64) && multiboot
 }
 
 /// Path, SHA-256 and, inside a git work tree, the commit and `git describe --always --dirty`.
@@ -209,8 +220,15 @@ pub fn linux(
     })
 }
 
-/// A local GNU Mach kernel: gunzipped into the cache when needed.
-pub fn mach(path: &Path, gzipped: bool, cache: &Path) -> Result<super::gnumach::MachKernel> {
+/// A local GNU Mach kernel: gunzipped into the cache when needed, and with `patch` its syscall
+/// trap patched as `debian-gnumach` does (when the kernel has the pattern; a kernel built
+/// without the broken trap boots as it is).
+pub fn mach(
+    path: &Path,
+    gzipped: bool,
+    patch: bool,
+    cache: &Path,
+) -> Result<super::gnumach::MachKernel> {
     let data = std::fs::read(path)?;
     let elf = if gzipped {
         let mut out = Vec::new();
@@ -220,22 +238,38 @@ pub fn mach(path: &Path, gzipped: bool, cache: &Path) -> Result<super::gnumach::
         data
     };
     let image_sha256 = crate::host::sha256_hex(&elf);
-    let out = cache
-        .join("gnumach/kernel")
-        .join(format!("{image_sha256}.elf"));
-    if !out.exists() {
-        host::write_atomic(&out, &elf)?;
-    }
-    let prov = provenance(path, path)?.with("kernel.sha256", image_sha256.clone());
-    Ok(super::gnumach::MachKernel {
+    let kernels = cache.join("gnumach/kernel");
+    let out = kernels.join(format!("{image_sha256}.elf"));
+    write_cached(&out, &elf)?;
+    let mut prov = provenance(path, path)?.with("kernel.sha256", image_sha256.clone());
+    let mut kernel = super::gnumach::MachKernel {
         path: out,
         package: path.display().to_string(),
         version: prov.version.clone(),
         deb_sha256: prov.sha256.clone(),
-        image_sha256,
+        image_sha256: image_sha256.clone(),
         patched: None,
-        local: Some(prov),
-    })
+        local: None,
+    };
+    if patch {
+        use super::gnumach::{patch_syscall_trap, PatchError};
+        match patch_syscall_trap(&elf) {
+            Ok((patched, offset)) => {
+                let sha = crate::host::sha256_hex(&patched);
+                let at = kernels.join(format!("{image_sha256}.syscall-trap-patched.elf"));
+                write_cached(&at, &patched)?;
+                kernel.patched = Some((sha, offset as u64));
+                kernel.path = at;
+                prov = prov.with("syscall_trap_patch", format!("applied at {offset:#x}"));
+            }
+            Err(PatchError::NotFound) => {
+                prov = prov.with("syscall_trap_patch", "pattern absent: booted as built");
+            }
+            Err(e) => anyhow::bail!("{}: {e}", path.display()),
+        }
+    }
+    kernel.local = Some(prov);
+    Ok(kernel)
 }
 
 /// `run --kernel PATH`: that kernel in place of the image's, on every cell whose image runs
@@ -266,12 +300,23 @@ pub fn apply(
             );
         }
         for c in &mut cells {
-            c.image.source = Source::LocalKernel { path: path.clone() };
+            // A GNU Mach image's quirk (the syscall-trap patch) stays with the image.
+            let patch_syscall_trap = matches!(
+                c.image.source,
+                Source::DebianGnumach {
+                    patch_syscall_trap: true,
+                    ..
+                }
+            );
+            c.image.source = Source::LocalKernel {
+                path: path.clone(),
+                patch_syscall_trap,
+            };
         }
     }
     for c in &cells {
         match &c.image.source {
-            Source::LocalKernel { path } => {
+            Source::LocalKernel { path, .. } => {
                 inspect(path, &format!("image {}: local-kernel.path", c.image.name))?;
             }
             Source::KernelTree { path, .. } if !path.join("Makefile").is_file() => {
@@ -314,11 +359,30 @@ mod tests {
         let mut bz = vec![0u8; 0x400];
         bz[0x202..0x206].copy_from_slice(b"HdrS");
         assert_eq!(classify(&bz), Some(Bytes::BzImage));
+        // A multiboot header: magic, flags, checksum (the three sum to zero).
+        let header = |magic: u32| {
+            let flags = 0x0001_0003u32;
+            [magic, flags, 0u32.wrapping_sub(magic).wrapping_sub(flags)]
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .collect::<Vec<u8>>()
+        };
         let mut mach = b"\x7fELF\x01\x01\x01".to_vec();
         mach.resize(64, 0);
         mach[18] = 3;
-        mach.extend_from_slice(&MULTIBOOT_MAGIC);
+        mach.extend_from_slice(&header(0x1BAD_B002));
         assert_eq!(classify(&mach), Some(Bytes::Mach { gzipped: false }));
+        // Debian's gnumach-1.8-486 is an x86-64 ELF; the magic alone, without a valid
+        // checksum, is not a multiboot header.
+        let mut mach64 = b"\x7fELF\x02\x01\x01".to_vec();
+        mach64.resize(4100, 0);
+        mach64[18] = 0x3e;
+        let mut bare = mach64.clone();
+        mach64.extend_from_slice(&header(0x1BAD_B002));
+        assert_eq!(classify(&mach64), Some(Bytes::Mach { gzipped: false }));
+        bare.extend_from_slice(&MULTIBOOT_MAGIC);
+        bare.extend_from_slice(&[0; 8]);
+        assert_ne!(classify(&bare), Some(Bytes::Mach { gzipped: false }));
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, &mach).unwrap();
         assert_eq!(

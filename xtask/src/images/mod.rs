@@ -99,10 +99,13 @@ pub fn prepare(image: &Image, cache: &Path) -> Result<PreparedImage> {
             };
             kernel_tree::build(&spec, cache)?
         }
-        Source::LocalKernel { path } => match local::inspect(path, "local-kernel.path")? {
+        Source::LocalKernel {
+            path,
+            patch_syscall_trap,
+        } => match local::inspect(path, "local-kernel.path")? {
             local::LocalKind::Linux { vmlinux, bzimage } => local::linux(path, vmlinux, bzimage)?,
             local::LocalKind::Mach { path: p, gzipped } => {
-                let kernel = local::mach(&p, gzipped, cache)?;
+                let kernel = local::mach(&p, gzipped, *patch_syscall_trap, cache)?;
                 let bootstrap =
                     mach_task::build_bootstrap(&cache.join("gnumach").join("bootstrap"))?;
                 return Ok(PreparedImage::Mach(mach_task::MachPrepared {
