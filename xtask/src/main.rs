@@ -102,11 +102,8 @@ impl SelectArgs {
 struct RunArgs {
     #[command(flatten)]
     select: SelectArgs,
-    /// Cells run at once (default: number of cores).
-    #[arg(long)]
-    jobs: Option<usize>,
-    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
-    accel: AccelChoice,
+    #[command(flatten)]
+    exec: ExecArgs,
     /// Exit 125 on infra failures, so `git bisect run` skips the commit instead of blaming it.
     #[arg(long)]
     bisect: bool,
@@ -114,9 +111,6 @@ struct RunArgs {
     /// of the image's.
     #[arg(long)]
     kernel: Option<PathBuf>,
-    /// Where results go (default: results/ in the workspace).
-    #[arg(long)]
-    results: Option<PathBuf>,
     /// Only shard I of N of the matrix (the same cells on every machine), e.g. --shard 2/4.
     #[arg(long)]
     shard: Option<kstorm::shard::Shard>,
@@ -158,12 +152,8 @@ struct SweepArgs {
     /// Stop a group when its 95% interval is at most this fraction of the estimate.
     #[arg(long, default_value_t = 0.1)]
     target_width: f64,
-    #[arg(long)]
-    jobs: Option<usize>,
-    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
-    accel: AccelChoice,
-    #[arg(long)]
-    results: Option<PathBuf>,
+    #[command(flatten)]
+    exec: ExecArgs,
 }
 
 #[derive(Args)]
@@ -174,6 +164,14 @@ struct VerifyArgs {
     /// Run every cell N times, to tell a flaky expectation from a steady one.
     #[arg(long, default_value_t = 1)]
     repeat: u32,
+    #[command(flatten)]
+    exec: ExecArgs,
+}
+
+/// How cells run and where their results go (shared by `run`, `sweep` and `verify-suites`).
+#[derive(Args)]
+struct ExecArgs {
+    /// Cells run at once (default: number of cores).
     #[arg(long)]
     jobs: Option<usize>,
     #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
@@ -181,6 +179,18 @@ struct VerifyArgs {
     /// Where results go (default: results/ in the workspace).
     #[arg(long)]
     results: Option<PathBuf>,
+}
+
+impl ExecArgs {
+    fn apply(self, opts: &mut RunOptions) {
+        if let Some(j) = self.jobs {
+            opts.jobs = j;
+        }
+        opts.accel = self.accel;
+        if let Some(r) = self.results {
+            opts.results_root = r;
+        }
+    }
 }
 
 #[derive(Args)]
@@ -348,14 +358,8 @@ fn run_with(a: RunArgs) -> i32 {
     opts.request = std::env::args().skip(1).collect();
     opts.shard = a.shard;
     opts.resume = a.resume.clone();
-    if let Some(j) = a.jobs {
-        opts.jobs = j;
-    }
-    opts.accel = a.accel;
     opts.kernel = a.kernel;
-    if let Some(r) = a.results {
-        opts.results_root = r;
-    }
+    a.exec.apply(&mut opts);
     match kstorm::run::run(&opts) {
         Ok(outcome) => outcome.exit_code(a.bisect),
         Err(e) => error_exit(&e, a.bisect),
@@ -392,13 +396,7 @@ fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     let mut run = RunOptions::new(&a.suite);
     run.selection.ram = (!a.ram.is_empty()).then_some(a.ram);
     run.selection.images = (!a.images.is_empty()).then_some(a.images);
-    run.accel = a.accel;
-    if let Some(j) = a.jobs {
-        run.jobs = j;
-    }
-    if let Some(r) = a.results {
-        run.results_root = r;
-    }
+    a.exec.apply(&mut run);
     kstorm::sweep::sweep(&kstorm::sweep::SweepOptions {
         case: a.case,
         param: a.param,
@@ -416,13 +414,7 @@ fn sweep(a: SweepArgs) -> anyhow::Result<()> {
 
 fn verify_suites(a: VerifyArgs) -> i32 {
     let mut run = RunOptions::new("default");
-    run.accel = a.accel;
-    if let Some(j) = a.jobs {
-        run.jobs = j;
-    }
-    if let Some(r) = a.results {
-        run.results_root = r;
-    }
+    a.exec.apply(&mut run);
     let opts = kstorm::verify::VerifyOptions {
         suites: a.suites,
         repeat: a.repeat,
