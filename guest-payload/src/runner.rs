@@ -6,7 +6,7 @@
 use crate::channel::Channel;
 use crate::memwatch::MemWatch;
 use crate::progress::Progress;
-use crate::scenarios::{self, Ctx, Report};
+use crate::scenarios::{self, Ctx, Report, Scenario};
 use crate::sys;
 use kstorm_payload::frame::{Measurement, Message, Outcome, ScenarioResult, Series};
 use kstorm_payload::plan::{Plan, ScenarioSpec};
@@ -84,14 +84,7 @@ impl<'a> Runner<'a> {
                     scenario: spec.name.clone(),
                     index: i as u32,
                 });
-                self.send_result(
-                    spec,
-                    i,
-                    Outcome::Fail,
-                    Some(format!("not run: {why}")),
-                    Report::default(),
-                    BTreeMap::new(),
-                );
+                self.send_not_run(spec, i, format!("not run: {why}"));
             }
             all_passed = false;
         } else {
@@ -152,14 +145,7 @@ impl<'a> Runner<'a> {
                 spec.name,
                 known.join(", ")
             );
-            self.send_result(
-                spec,
-                i,
-                Outcome::Fail,
-                Some(err),
-                Report::default(),
-                BTreeMap::new(),
-            );
+            self.send_not_run(spec, i, err);
             return false;
         };
         self.progress.reset();
@@ -167,71 +153,57 @@ impl<'a> Runner<'a> {
         let (rr, rw) = match sys::pipe() {
             Ok(p) => p,
             Err(e) => {
-                self.send_result(
-                    spec,
-                    i,
-                    Outcome::Fail,
-                    Some(format!("pipe: {e}")),
-                    Report::default(),
-                    BTreeMap::new(),
-                );
+                self.send_not_run(spec, i, format!("pipe: {e}"));
                 return false;
             }
         };
-        let (progress, in_guest) = (&self.progress, self.in_guest);
-        // `rw` moves into the child; the parent's copy closes when fork_run returns.
-        let forked = sys::fork_run(move || {
-            sys::new_process_group(0);
-            if in_guest {
-                // PID 1's -1000 is inherited: give the scenario back to the OOM killer.
-                let _ = sys::linux_set_oom_score_adj(0);
-            }
-            // This process ends without returning, so its result pipe may live for ever.
-            let w: &'static OwnedFd = Box::leak(Box::new(rw));
-            std::panic::set_hook(Box::new(move |info| {
-                let msg = serde_json::to_string(&ChildMessage::Panic(info.to_string()))
-                    .unwrap_or_default();
-                let _ = sys::write_all(w, msg.as_bytes());
-                eprintln!("kstorm-payload: scenario panicked: {info}");
-            }));
-            let ctx = Ctx { progress, in_guest };
-            let msg = match scenario.run(&spec.params, &ctx) {
-                Ok(r) => ChildMessage::Report(r),
-                Err(e) => ChildMessage::Error(e),
-            };
-            let text = serde_json::to_string(&msg).unwrap_or_default();
-            if sys::write_all(w, text.as_bytes()).is_err() {
-                return 1;
-            }
-            0
-        });
-        let pid = match forked {
+        let pid = match self.start_child(scenario, spec, rw) {
             Ok(pid) => pid,
             Err(e) => {
-                self.send_result(
-                    spec,
-                    i,
-                    Outcome::Fail,
-                    Some(format!("fork of the scenario process: {e}")),
-                    Report::default(),
-                    BTreeMap::new(),
-                );
+                self.send_not_run(spec, i, format!("fork of the scenario process: {e}"));
                 return false;
             }
         };
         // Also done here, so the group exists before we may kill it.
         sys::new_process_group(pid);
-        let Supervised {
-            text,
-            exit,
-            overran,
-            busy,
-            series: watch_series,
-        } = self.supervise(spec, pid, rr.as_fd());
+        let supervised = self.supervise(spec, pid, rr.as_fd());
         sys::kill_group(pid);
         while sys::reap_any().is_some() {}
         let wall = sys::now() - t_start;
-        let (outcome, error, mut report) = match serde_json::from_slice::<ChildMessage>(&text) {
+        let (outcome, error, mut report) = self.judge(&supervised);
+        self.add_supervisor_measurements(&mut report, wall, supervised.busy);
+        self.send_result(spec, i, outcome, error, report, supervised.series);
+        outcome == Outcome::Pass
+    }
+
+    /// A failed result for a scenario that never ran, with nothing measured.
+    fn send_not_run(&mut self, spec: &ScenarioSpec, i: usize, error: String) {
+        self.send_result(
+            spec,
+            i,
+            Outcome::Fail,
+            Some(error),
+            Report::default(),
+            BTreeMap::new(),
+        );
+    }
+
+    /// Forks the scenario's child process; it writes its message to `rw` and exits.
+    fn start_child(
+        &self,
+        scenario: &Scenario,
+        spec: &ScenarioSpec,
+        rw: OwnedFd,
+    ) -> std::io::Result<i32> {
+        let (progress, in_guest) = (&self.progress, self.in_guest);
+        // `rw` moves into the child; the parent's copy closes when fork_run returns.
+        sys::fork_run(move || child_main(scenario, spec, progress, in_guest, rw))
+    }
+
+    /// Turns what the child sent (or how it ended, when it sent nothing) into an outcome,
+    /// an error text and the child's report.
+    fn judge(&self, supervised: &Supervised) -> (Outcome, Option<String>, Report) {
+        match serde_json::from_slice::<ChildMessage>(&supervised.text) {
             Ok(ChildMessage::Report(r)) => match (&r.failure, &r.infra) {
                 (Some(f), _) => (Outcome::Fail, Some(f.clone()), r),
                 (None, Some(i)) => (Outcome::Infra, Some(i.clone()), r),
@@ -244,10 +216,12 @@ impl<'a> Runner<'a> {
                 Report::default(),
             ),
             Err(_) => {
-                let how = exit
+                let how = supervised
+                    .exit
+                    .as_ref()
                     .map(|e| e.describe())
                     .unwrap_or_else(|| "did not end".into());
-                let why = if overran {
+                let why = if supervised.overran {
                     format!("overran its deadline by {OVERRUN_GRACE_S} s and was killed")
                 } else {
                     how
@@ -261,7 +235,12 @@ impl<'a> Runner<'a> {
                     Report::default(),
                 )
             }
-        };
+        }
+    }
+
+    /// What the supervisor measured itself: wall time, its own busy time, and the progress
+    /// count unless the scenario reported one.
+    fn add_supervisor_measurements(&self, report: &mut Report, wall: f64, busy: f64) {
         report
             .measurements
             .insert("payload_wall".into(), Measurement::new(wall, "s"));
@@ -273,8 +252,6 @@ impl<'a> Runner<'a> {
             .measurements
             .entry("progress".into())
             .or_insert(Measurement::new(self.progress.get() as f64, "count"));
-        self.send_result(spec, i, outcome, error, report, watch_series);
-        outcome == Outcome::Pass
     }
 
     /// Heartbeats, memory samples, reaping and the overrun watchdog while the scenario child
@@ -355,6 +332,40 @@ struct Supervised {
     overran: bool,
     busy: f64,
     series: BTreeMap<&'static str, Vec<(f64, f64)>>,
+}
+
+/// The scenario child's whole life: its own process group, back under the OOM killer, a
+/// panic hook that still reports, the run, and its message down the pipe. Returns the exit
+/// code; the child never returns into the supervisor's frames.
+fn child_main(
+    scenario: &Scenario,
+    spec: &ScenarioSpec,
+    progress: &Progress,
+    in_guest: bool,
+    rw: OwnedFd,
+) -> i32 {
+    sys::new_process_group(0);
+    if in_guest {
+        // PID 1's -1000 is inherited: give the scenario back to the OOM killer.
+        let _ = sys::linux_set_oom_score_adj(0);
+    }
+    // This process ends without returning, so its result pipe may live for ever.
+    let w: &'static OwnedFd = Box::leak(Box::new(rw));
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = serde_json::to_string(&ChildMessage::Panic(info.to_string())).unwrap_or_default();
+        let _ = sys::write_all(w, msg.as_bytes());
+        eprintln!("kstorm-payload: scenario panicked: {info}");
+    }));
+    let ctx = Ctx { progress, in_guest };
+    let msg = match scenario.run(&spec.params, &ctx) {
+        Ok(r) => ChildMessage::Report(r),
+        Err(e) => ChildMessage::Error(e),
+    };
+    let text = serde_json::to_string(&msg).unwrap_or_default();
+    if sys::write_all(w, text.as_bytes()).is_err() {
+        return 1;
+    }
+    0
 }
 
 /// Writes each `name=value` to /proc/sys (dots become slashes); returns what failed.

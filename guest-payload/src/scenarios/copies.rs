@@ -9,7 +9,7 @@ use super::{deadline, Ctx, Report, RunError};
 use crate::sys;
 use kstorm_payload::params::{Copies as Params, CopyMode as Mode};
 use std::ffi::{CStr, CString};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 /// The copy's life after it started: allocate and write, say ready, wait for release.
 fn copy_body(touch_kib: u64, ready_w: BorrowedFd, release_r: BorrowedFd) -> i32 {
@@ -99,90 +99,17 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
                 r.fact(format!("{m}_n{n}_skipped"), "deadline");
                 continue;
             }
-            let avail0 = sys::linux_meminfo_field("MemAvailable");
-            let (ready_r, ready_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
-            let mut release = sys::Gate::new().map_err(|e| format!("pipe: {e}"))?;
-            let mut pids = Vec::new();
-            let mut start_ms = Vec::new();
-            let mut stop = None;
-            for _ in 0..n {
-                if dl.passed() {
-                    stop = Some("deadline".to_string());
-                    break;
-                }
-                let t0 = sys::now();
-                let (rw, touch, exe, gate) = (ready_w.as_fd(), p.touch_kib, &exe, &mut release);
-                let forked = sys::fork_run(move || {
-                    // Our copy of the coordinator's write end would hold the gate shut.
-                    gate.release();
-                    match mode {
-                        Mode::Fork => copy_body(touch, rw, gate.reader()),
-                        Mode::Exec => exec_copy(exe, touch, rw, gate.reader()),
-                    }
-                });
-                match forked {
-                    Ok(pid) => pids.push(pid),
-                    Err(e) => {
-                        stop = Some(format!("fork: {}", sys::err_name(&e)));
-                        break;
-                    }
-                }
-                match sys::recv_time(&ready_r, dl.at()) {
-                    Ok(t) => start_ms.push((t - t0) * 1000.0),
-                    Err(e) => {
-                        stop = Some(format!("copy did not start: {e}"));
-                        break;
-                    }
-                }
-                ctx.progress.add(1);
-            }
-            let key = |what: &str| format!("{m}_n{n}_{what}");
-            r.num(key("started"), start_ms.len() as f64, "count");
-            r.latency(&key("start"), &start_ms);
-            if let Some(s) = linux_smaps_sum(&pids, "Pss") {
-                r.num(
-                    key("pss_per_copy"),
-                    s as f64 / pids.len().max(1) as f64,
-                    "KiB",
-                );
-            }
-            if let Some(s) = linux_smaps_sum(&pids, "Rss") {
-                r.num(
-                    key("rss_per_copy"),
-                    s as f64 / pids.len().max(1) as f64,
-                    "KiB",
-                );
-            }
-            if let (Some(a0), Some(a1)) = (avail0, sys::linux_meminfo_field("MemAvailable")) {
-                r.num(key("mem_available_drop"), a0 as f64 - a1 as f64, "KiB");
-            }
-            let mut probe_ms = Vec::new();
-            for _ in 0..p.probe_rounds {
-                if dl.passed() {
-                    break;
-                }
-                let t0 = sys::now();
-                match sys::fork_run(probe_task) {
-                    Ok(pid) => {
-                        let _ = sys::wait(pid);
-                        probe_ms.push((sys::now() - t0) * 1000.0);
-                    }
-                    Err(_) => break,
-                }
-            }
-            r.latency(&key("probe"), &probe_ms);
-            // Stop: the release pipe stays open, so each copy ends only by its kill.
-            let mut stop_ms = Vec::new();
-            for pid in pids.drain(..) {
-                let t0 = sys::now();
-                let _ = sys::sigkill(pid);
-                let _ = sys::wait(pid);
-                stop_ms.push((sys::now() - t0) * 1000.0);
-            }
-            r.latency(&key("stop"), &stop_ms);
-            release.release();
-            if let Some(s) = stop {
-                r.fact(key("stop"), s.clone());
+            let prefix = format!("{m}_n{n}");
+            let round = Round {
+                p: &p,
+                ctx,
+                dl: &dl,
+                exe: &exe,
+                mode: *mode,
+                n,
+            };
+            if let Some(s) = round.run(&prefix, &mut r)? {
+                r.fact(format!("{prefix}_stop"), s.clone());
                 r.stop_error.get_or_insert(s);
                 // Larger N would stop at the same wall.
                 break;
@@ -190,4 +117,146 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
         }
     }
     Ok(r)
+}
+
+/// One N of one mode, and what every step of it needs.
+struct Round<'a> {
+    p: &'a Params,
+    ctx: &'a Ctx<'a>,
+    dl: &'a sys::Deadline,
+    exe: &'a CStr,
+    mode: Mode,
+    n: u32,
+}
+
+impl Round<'_> {
+    /// Starts the copies, measures their memory, the probe's latency while they run and the
+    /// time to stop each. Returns why the copies stopped starting, if they did.
+    fn run(&self, prefix: &str, r: &mut Report) -> Result<Option<String>, RunError> {
+        let avail0 = sys::linux_meminfo_field("MemAvailable");
+        let (ready_r, ready_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
+        let mut release = sys::Gate::new().map_err(|e| format!("pipe: {e}"))?;
+        let started = self.start_copies(&ready_r, &ready_w, &mut release);
+        let (mut pids, stop) = (started.pids, started.stop);
+        let key = |what: &str| format!("{prefix}_{what}");
+        r.num(key("started"), started.start_ms.len() as f64, "count");
+        r.latency(&key("start"), &started.start_ms);
+        record_memory(r, &key, &pids, avail0);
+        r.latency(
+            &key("probe"),
+            &probe_latencies(self.p.probe_rounds, self.dl),
+        );
+        r.latency(&key("stop"), &stop_copies(&mut pids));
+        release.release();
+        Ok(stop)
+    }
+
+    /// Starts up to `n` copies one by one, each timed from the fork to its ready word.
+    fn start_copies(
+        &self,
+        ready_r: &OwnedFd,
+        ready_w: &OwnedFd,
+        release: &mut sys::Gate,
+    ) -> Started {
+        let (dl, mode, exe) = (self.dl, self.mode, self.exe);
+        let mut pids = Vec::new();
+        let mut start_ms = Vec::new();
+        let mut stop = None;
+        for _ in 0..self.n {
+            if dl.passed() {
+                stop = Some("deadline".to_string());
+                break;
+            }
+            let t0 = sys::now();
+            let (rw, touch, gate) = (ready_w.as_fd(), self.p.touch_kib, &mut *release);
+            let forked = sys::fork_run(move || {
+                // Our copy of the coordinator's write end would hold the gate shut.
+                gate.release();
+                match mode {
+                    Mode::Fork => copy_body(touch, rw, gate.reader()),
+                    Mode::Exec => exec_copy(exe, touch, rw, gate.reader()),
+                }
+            });
+            match forked {
+                Ok(pid) => pids.push(pid),
+                Err(e) => {
+                    stop = Some(format!("fork: {}", sys::err_name(&e)));
+                    break;
+                }
+            }
+            match sys::recv_time(ready_r, dl.at()) {
+                Ok(t) => start_ms.push((t - t0) * 1000.0),
+                Err(e) => {
+                    stop = Some(format!("copy did not start: {e}"));
+                    break;
+                }
+            }
+            self.ctx.progress.add(1);
+        }
+        Started {
+            pids,
+            start_ms,
+            stop,
+        }
+    }
+}
+
+/// The copies started so far, each one's start time, and why no more started.
+struct Started {
+    pids: Vec<i32>,
+    start_ms: Vec<f64>,
+    stop: Option<String>,
+}
+
+/// Memory per copy (Pss and Rss summed over the copies) and the drop of MemAvailable.
+fn record_memory(r: &mut Report, key: &dyn Fn(&str) -> String, pids: &[i32], avail0: Option<u64>) {
+    if let Some(s) = linux_smaps_sum(pids, "Pss") {
+        r.num(
+            key("pss_per_copy"),
+            s as f64 / pids.len().max(1) as f64,
+            "KiB",
+        );
+    }
+    if let Some(s) = linux_smaps_sum(pids, "Rss") {
+        r.num(
+            key("rss_per_copy"),
+            s as f64 / pids.len().max(1) as f64,
+            "KiB",
+        );
+    }
+    if let (Some(a0), Some(a1)) = (avail0, sys::linux_meminfo_field("MemAvailable")) {
+        r.num(key("mem_available_drop"), a0 as f64 - a1 as f64, "KiB");
+    }
+}
+
+/// Latency of the probe's fixed task, in a fresh process each round, while the copies run.
+fn probe_latencies(rounds: u32, dl: &sys::Deadline) -> Vec<f64> {
+    let mut probe_ms = Vec::new();
+    for _ in 0..rounds {
+        if dl.passed() {
+            break;
+        }
+        let t0 = sys::now();
+        match sys::fork_run(probe_task) {
+            Ok(pid) => {
+                let _ = sys::wait(pid);
+                probe_ms.push((sys::now() - t0) * 1000.0);
+            }
+            Err(_) => break,
+        }
+    }
+    probe_ms
+}
+
+/// Kills and reaps each copy, timing each. The release pipe stays open, so each copy ends
+/// only by its kill.
+fn stop_copies(pids: &mut Vec<i32>) -> Vec<f64> {
+    let mut stop_ms = Vec::new();
+    for pid in pids.drain(..) {
+        let t0 = sys::now();
+        let _ = sys::sigkill(pid);
+        let _ = sys::wait(pid);
+        stop_ms.push((sys::now() - t0) * 1000.0);
+    }
+    stop_ms
 }

@@ -4,8 +4,10 @@
 use super::holders::open_fds;
 use super::leakcheck::{LeakCheck, LeakParams};
 use super::{deadline, Ctx, Report, RunError};
+use crate::progress::Progress;
 use crate::sys;
-use kstorm_payload::params::FdChurn as Params;
+use kstorm_payload::params::{FdChurn as Params, FdKind};
+use std::os::fd::{AsFd, BorrowedFd};
 
 pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
     let dl = deadline(ctx, p.deadline_s);
@@ -20,71 +22,23 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
     let (res_r, res_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
     let stop_at = sys::now() + p.duration_s.min(dl.remaining());
     let t0 = sys::now();
-    let mut pids = Vec::new();
-    let mut fork_error = None;
-    for _ in 0..p.procs {
-        let res_w = std::os::fd::AsFd::as_fd(&res_w);
-        let (max_ops, batch, kind, progress) = (p.max_ops, p.batch, p.fd_kind, ctx.progress);
-        match sys::fork_run(move || {
-            let mut ops = 0u64;
-            let mut first_errno = 0i32;
-            let mut errors = 0u64;
-            while ops < max_ops && sys::now() < stop_at {
-                let (held, errno) = open_fds(batch, kind);
-                let n = held.len() as u64;
-                drop(held);
-                ops += n;
-                progress.add(n);
-                if errno != 0 {
-                    errors += 1;
-                    if first_errno == 0 {
-                        first_errno = errno;
-                    }
-                }
-            }
-            let _ = sys::send_words(res_w, &[ops as i64, errors as i64, first_errno as i64]);
-            0
-        }) {
-            Ok(pid) => pids.push(pid),
-            Err(e) => {
-                fork_error = Some(format!("fork: {}", sys::err_name(&e)));
-                break;
-            }
-        }
-    }
+    let (pids, fork_error) = start_workers(&p, ctx, stop_at, res_w.as_fd());
     // Peak: while the workers churn.
     sys::sleep_secs((p.duration_s / 2.0).min(dl.remaining()));
     leak.during();
-    let (mut ops, mut errors, mut first_errno) = (0u64, 0u64, 0i32);
     let read_by = dl.at().max(stop_at + 5.0);
-    let fd = std::os::fd::AsFd::as_fd(&res_r);
-    for _ in &pids {
-        match (
-            sys::recv_word(fd, read_by),
-            sys::recv_word(fd, read_by),
-            sys::recv_word(fd, read_by),
-        ) {
-            (Ok(o), Ok(e), Ok(f)) => {
-                ops += o as u64;
-                errors += e as u64;
-                if first_errno == 0 {
-                    first_errno = f as i32;
-                }
-            }
-            _ => r.fail("a churn worker did not report"),
-        }
-    }
+    let totals = collect(res_r.as_fd(), &pids, read_by, &mut r);
     for pid in &pids {
         let _ = sys::wait(*pid);
     }
     let elapsed = sys::now() - t0;
     r.num("procs", pids.len() as f64, "count");
-    r.num("opens", ops as f64, "count");
-    r.num("opens_per_s", ops as f64 / elapsed.max(1e-9), "1/s");
-    r.num("open_errors", errors as f64, "count");
+    r.num("opens", totals.ops as f64, "count");
+    r.num("opens_per_s", totals.ops as f64 / elapsed.max(1e-9), "1/s");
+    r.num("open_errors", totals.errors as f64, "count");
     r.num("elapsed", elapsed, "s");
-    if first_errno != 0 {
-        r.stop_error = Some(format!("open: {}", sys::errno_name(first_errno)));
+    if totals.first_errno != 0 {
+        r.stop_error = Some(format!("open: {}", sys::errno_name(totals.first_errno)));
     }
     if let Some(e) = fork_error {
         r.stop_error = Some(e);
@@ -92,4 +46,80 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
     r.fact("fd_kind", format!("{:?}", p.fd_kind).to_lowercase());
     leak.finish(&mut r);
     Ok(r)
+}
+
+/// Forks up to `procs` churn workers, each reporting its totals on `res_w`; returns their
+/// pids and the fork error that stopped the starting, if one did.
+fn start_workers(
+    p: &Params,
+    ctx: &Ctx,
+    stop_at: f64,
+    res_w: BorrowedFd,
+) -> (Vec<i32>, Option<String>) {
+    let mut pids = Vec::new();
+    for _ in 0..p.procs {
+        let (max_ops, batch, kind, progress) = (p.max_ops, p.batch, p.fd_kind, ctx.progress);
+        match sys::fork_run(move || {
+            let t = churn(max_ops, batch, kind, progress, stop_at);
+            let _ = sys::send_words(
+                res_w,
+                &[t.ops as i64, t.errors as i64, t.first_errno as i64],
+            );
+            0
+        }) {
+            Ok(pid) => pids.push(pid),
+            Err(e) => return (pids, Some(format!("fork: {}", sys::err_name(&e)))),
+        }
+    }
+    (pids, None)
+}
+
+/// What churning did: descriptors opened, batches that hit an error, the first errno.
+#[derive(Default)]
+struct Totals {
+    ops: u64,
+    errors: u64,
+    first_errno: i32,
+}
+
+/// A worker's loop (in the child): open a batch and close it again, until `max_ops` or
+/// `stop_at`. Only plain numbers are kept, nothing is allocated beyond the batch itself.
+fn churn(max_ops: u64, batch: u32, kind: FdKind, progress: &Progress, stop_at: f64) -> Totals {
+    let mut t = Totals::default();
+    while t.ops < max_ops && sys::now() < stop_at {
+        let (held, errno) = open_fds(batch, kind);
+        let n = held.len() as u64;
+        drop(held);
+        t.ops += n;
+        progress.add(n);
+        if errno != 0 {
+            t.errors += 1;
+            if t.first_errno == 0 {
+                t.first_errno = errno;
+            }
+        }
+    }
+    t
+}
+
+/// Sums the workers' reports (three words each); a worker that sent none fails the run.
+fn collect(fd: BorrowedFd, pids: &[i32], read_by: f64, r: &mut Report) -> Totals {
+    let mut t = Totals::default();
+    for _ in pids {
+        match (
+            sys::recv_word(fd, read_by),
+            sys::recv_word(fd, read_by),
+            sys::recv_word(fd, read_by),
+        ) {
+            (Ok(o), Ok(e), Ok(f)) => {
+                t.ops += o as u64;
+                t.errors += e as u64;
+                if t.first_errno == 0 {
+                    t.first_errno = f as i32;
+                }
+            }
+            _ => r.fail("a churn worker did not report"),
+        }
+    }
+    t
 }

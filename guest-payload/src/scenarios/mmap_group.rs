@@ -35,6 +35,8 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
     Ok(r)
 }
 
+/// For each N: N holders map the file, then 2a (join and leave) and 2b (modify) are
+/// measured while they hold it.
 fn measure_all(
     p: &Params,
     ctx: &Ctx,
@@ -44,7 +46,6 @@ fn measure_all(
     pages: usize,
     r: &mut Report,
 ) -> Result<(), RunError> {
-    let page = sys::page_size();
     let mut counts = p.counts.clone();
     counts.sort_unstable();
     for &n in &counts {
@@ -55,11 +56,68 @@ fn measure_all(
         }
         let key = |what: &str| format!("n{n}_{what}");
         let (ready_r, ready_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
+        let group = Group {
+            path,
+            len,
+            dl,
+            ready_r,
+            ready_w,
+        };
         let mut release = sys::Gate::new().map_err(|e| format!("pipe: {e}"))?;
+        let (holders, stop) = group.start_holders(n, ctx, &mut release);
+        r.num(key("holders"), holders.len() as f64, "count");
+
+        // 2a: join and leave.
+        let (join_ms, leave_ms) = if stop.is_some() {
+            (Vec::new(), Vec::new())
+        } else {
+            group.join_and_leave(p.samples)
+        };
+        r.latency(&key("join"), &join_ms);
+        r.latency(&key("leave"), &leave_ms);
+
+        // 2b: modify while the holders map the file.
+        let modified = modify(path, len, pages, p.samples as usize, dl)?;
+        r.latency(&key("modify_map"), &modified.via_map);
+        r.latency(&key("modify_write"), &modified.via_write);
+        r.latency(&key("modify_linux_punch"), &modified.via_punch);
+
+        release.release();
+        for pid in holders {
+            let _ = sys::wait(pid);
+        }
+        if let Some(s) = stop {
+            r.fact(key("stop"), s.clone());
+            r.stop_error.get_or_insert(s);
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The shared file and the pipe on which processes that map it report, for one N.
+struct Group<'a> {
+    path: &'a str,
+    len: usize,
+    dl: &'a sys::Deadline,
+    ready_r: OwnedFd,
+    ready_w: OwnedFd,
+}
+
+impl Group<'_> {
+    /// Starts up to `n` holders, each mapping the whole file and touching every page, then
+    /// waiting at `release`. Returns their pids and why no more started, if they stopped.
+    fn start_holders(
+        &self,
+        n: u32,
+        ctx: &Ctx,
+        release: &mut sys::Gate,
+    ) -> (Vec<i32>, Option<String>) {
+        let (path, len) = (self.path, self.len);
         let mut holders = Vec::new();
         let mut stop = None;
         for _ in 0..n {
-            let (rw, gate) = (ready_w.as_fd(), &mut release);
+            let (rw, gate) = (self.ready_w.as_fd(), &mut *release);
             let forked = sys::fork_run(move || {
                 let (_fd, map) = match join(path, len) {
                     Ok(joined) => joined,
@@ -77,21 +135,25 @@ fn measure_all(
                     break;
                 }
             }
-            if let Err(e) = sys::recv_word(&ready_r, dl.at()) {
+            if let Err(e) = sys::recv_word(&self.ready_r, self.dl.at()) {
                 stop = Some(format!("holder did not map the file: {e}"));
                 break;
             }
             ctx.progress.add(1);
         }
-        r.num(key("holders"), holders.len() as f64, "count");
+        (holders, stop)
+    }
 
-        // 2a: join and leave.
+    /// 2a: up to `samples` times, one more process joins (its own clock: open + mmap +
+    /// touch) and leaves (until we reaped it). Milliseconds for each.
+    fn join_and_leave(&self, samples: u32) -> (Vec<f64>, Vec<f64>) {
+        let (path, len, dl) = (self.path, self.len, self.dl);
         let (mut join_ms, mut leave_ms) = (Vec::new(), Vec::new());
-        for _ in 0..p.samples {
-            if dl.passed() || stop.is_some() {
+        for _ in 0..samples {
+            if dl.passed() {
                 break;
             }
-            let rw = ready_w.as_fd();
+            let rw = self.ready_w.as_fd();
             let Ok(pid) = sys::fork_run(move || {
                 let t0 = sys::now();
                 let (fd, map) = match join(path, len) {
@@ -107,62 +169,68 @@ fn measure_all(
             }) else {
                 break;
             };
-            let joined = sys::recv_time(&ready_r, dl.at());
-            let leaving = sys::recv_time(&ready_r, dl.at());
+            let joined = sys::recv_time(&self.ready_r, dl.at());
+            let leaving = sys::recv_time(&self.ready_r, dl.at());
             let _ = sys::wait(pid);
             if let (Ok(j), Ok(t)) = (joined, leaving) {
                 join_ms.push(j * 1000.0);
                 leave_ms.push((sys::now() - t) * 1000.0);
             }
         }
-        r.latency(&key("join"), &join_ms);
-        r.latency(&key("leave"), &leave_ms);
+        (join_ms, leave_ms)
+    }
+}
 
-        // 2b: modify while the holders map the file.
-        let fd = open_file(path).map_err(|e| format!("open {path}: {e}"))?;
-        let mut map =
-            Mapping::file_shared(fd.as_fd(), len).map_err(|e| format!("mmap {path}: {e}"))?;
-        let (mut via_map, mut via_write, mut via_punch) = (Vec::new(), Vec::new(), Vec::new());
-        let data = [0x42u8; 64];
-        for i in 0..p.samples as usize {
-            if dl.passed() {
-                break;
-            }
-            let off = (i % pages) * page;
-            let t0 = sys::now();
-            map.bytes_mut()[off..off + data.len()].copy_from_slice(&data);
-            let _ = map.sync(off, page);
-            via_map.push((sys::now() - t0) * 1000.0);
+/// 2b's latencies in milliseconds, one list per way of modifying the file.
+struct Modified {
+    via_map: Vec<f64>,
+    via_write: Vec<f64>,
+    via_punch: Vec<f64>,
+}
 
-            let t0 = sys::now();
-            let w = nix::sys::uio::pwrite(&fd, &data, off as i64);
-            let _ = map.sync(off, page);
-            if w == Ok(data.len()) {
-                via_write.push((sys::now() - t0) * 1000.0);
-            }
-
-            #[cfg(target_os = "linux")]
-            if let Some(ms) = linux_punch_and_refill(fd.as_fd(), off, page) {
-                via_punch.push(ms);
-            }
-        }
-        drop(map);
-        drop(fd);
-        r.latency(&key("modify_map"), &via_map);
-        r.latency(&key("modify_write"), &via_write);
-        r.latency(&key("modify_linux_punch"), &via_punch);
-
-        release.release();
-        for pid in holders {
-            let _ = sys::wait(pid);
-        }
-        if let Some(s) = stop {
-            r.fact(key("stop"), s.clone());
-            r.stop_error.get_or_insert(s);
+/// 2b: up to `samples` times, modify one page through a mapping + msync, by pwrite + msync
+/// and (Linux) by punching it out and writing it back, a different page each time.
+fn modify(
+    path: &str,
+    len: usize,
+    pages: usize,
+    samples: usize,
+    dl: &sys::Deadline,
+) -> Result<Modified, RunError> {
+    let page = sys::page_size();
+    let fd = open_file(path).map_err(|e| format!("open {path}: {e}"))?;
+    let mut map = Mapping::file_shared(fd.as_fd(), len).map_err(|e| format!("mmap {path}: {e}"))?;
+    let (mut via_map, mut via_write, mut via_punch) = (Vec::new(), Vec::new(), Vec::new());
+    let data = [0x42u8; 64];
+    for i in 0..samples {
+        if dl.passed() {
             break;
         }
+        let off = (i % pages) * page;
+        let t0 = sys::now();
+        map.bytes_mut()[off..off + data.len()].copy_from_slice(&data);
+        let _ = map.sync(off, page);
+        via_map.push((sys::now() - t0) * 1000.0);
+
+        let t0 = sys::now();
+        let w = nix::sys::uio::pwrite(&fd, &data, off as i64);
+        let _ = map.sync(off, page);
+        if w == Ok(data.len()) {
+            via_write.push((sys::now() - t0) * 1000.0);
+        }
+
+        #[cfg(target_os = "linux")]
+        if let Some(ms) = linux_punch_and_refill(fd.as_fd(), off, page) {
+            via_punch.push(ms);
+        }
     }
-    Ok(())
+    drop(map);
+    drop(fd);
+    Ok(Modified {
+        via_map,
+        via_write,
+        via_punch,
+    })
 }
 
 /// Punches one page out of the file (which unmaps it from every process mapping it) and

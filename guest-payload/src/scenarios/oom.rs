@@ -31,62 +31,12 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
     let t0 = sys::now();
     let mut pids = Vec::new();
     for (i, adj) in p.adjs.iter().copied().enumerate() {
-        let c = &counters;
-        let (step, cap, end) = (p.step_mib, p.cap_mib, dl.at());
-        let pid = sys::fork_run(move || {
-            sys::linux_set_name(&format!("hog-adj{adj}"));
-            if sys::linux_set_oom_score_adj(adj).is_err() {
-                return 99;
-            }
-            loop {
-                let (held, how) = hog(step, cap, true, end, c.slot(i));
-                match how {
-                    // Out of memory without being killed yet: note it, keep what we hold,
-                    // and try again, as a real program would.
-                    HogEnd::Errno(_) => {
-                        c.mark_time_once(n);
-                        std::mem::forget(held);
-                        sys::sleep_secs(0.01);
-                    }
-                    other => {
-                        drop(held);
-                        return other.code();
-                    }
-                }
-            }
-        })
-        .map_err(|e| format!("fork: {e}"))?;
+        let pid = start_hog(&p, i, adj, dl.at(), &counters).map_err(|e| format!("fork: {e}"))?;
         pids.push(pid);
     }
-    // Watch for the first stall and the first death.
-    let mut t_pressure = None;
-    let mut dead: Vec<(usize, sys::Exit, f64)> = Vec::new();
-    while dead.is_empty() {
-        for (i, pid) in pids.iter().enumerate() {
-            if let Ok(Some(exit)) = sys::try_wait(*pid) {
-                dead.push((i, exit, sys::now()));
-            }
-        }
-        if t_pressure.is_none() {
-            if let (Some(a), Some(b)) = (psi0, linux_psi_some_total()) {
-                if b > a {
-                    t_pressure = Some(sys::now());
-                }
-            }
-        }
-        ctx.progress.set((0..n).map(|i| counters.get(i)).sum());
-        if sys::now() > dl.at() + 5.0 {
-            break;
-        }
-        sys::sleep_secs(0.005);
-    }
+    let (t_pressure, dead) = watch_first_death(&pids, psi0, ctx, &counters, &dl);
     let sizes: Vec<u64> = (0..n).map(|i| counters.get(i)).collect();
-    for (i, pid) in pids.iter().enumerate() {
-        if !dead.iter().any(|d| d.0 == i) {
-            let _ = sys::sigkill(*pid);
-            let _ = sys::wait(*pid);
-        }
-    }
+    kill_survivors(&pids, &dead);
     let Some(&(victim, exit, t_kill)) = dead.first() else {
         r.fail("no hog died before the deadline");
         return Ok(r);
@@ -107,7 +57,101 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
         format!("hog-adj{victim_adj} (pid {})", pids[victim]),
     );
     r.fact("victim_exit", exit.describe());
-    let first_failure = counters.time(n);
+    record_pressure(&mut r, t_pressure, counters.time(n), t_kill);
+    if let Some(k) = kmsg {
+        check_kernel_log(&mut r, k, pids[victim]);
+    }
+    let expected = victim_adj == max_adj && exit == sys::Exit::Signal(sys::Signal::SIGKILL);
+    r.fact("expected_victim", if expected { "yes" } else { "no" });
+    if !expected {
+        r.fail(format!("expected the OOM killer to kill the adj {max_adj} hog by SIGKILL; hog adj {victim_adj} ended: {}", HogEnd::describe_exit(exit)));
+    }
+    Ok(r)
+}
+
+/// Forks hog `i` with `oom_score_adj` `adj`; it grows until killed or `end`, counting its
+/// MiB in slot `i` and marking the first allocation failure in the last slot.
+fn start_hog(p: &Params, i: usize, adj: i32, end: f64, c: &SharedCounters) -> std::io::Result<i32> {
+    let (n, step, cap) = (p.adjs.len(), p.step_mib, p.cap_mib);
+    sys::fork_run(move || {
+        sys::linux_set_name(&format!("hog-adj{adj}"));
+        if sys::linux_set_oom_score_adj(adj).is_err() {
+            return 99;
+        }
+        loop {
+            let (held, how) = hog(step, cap, true, end, c.slot(i));
+            match how {
+                // Out of memory without being killed yet: note it, keep what we hold,
+                // and try again, as a real program would.
+                HogEnd::Errno(_) => {
+                    c.mark_time_once(n);
+                    std::mem::forget(held);
+                    sys::sleep_secs(0.01);
+                }
+                other => {
+                    drop(held);
+                    return other.code();
+                }
+            }
+        }
+    })
+}
+
+/// A hog that ended: its index, how, and when we saw it.
+type Death = (usize, sys::Exit, f64);
+
+/// Watches for the first stall and the first death (until 5 s past the deadline); returns
+/// when the first stall was seen and the hogs found dead in the same sweep.
+fn watch_first_death(
+    pids: &[i32],
+    psi0: Option<u64>,
+    ctx: &Ctx,
+    counters: &SharedCounters,
+    dl: &sys::Deadline,
+) -> (Option<f64>, Vec<Death>) {
+    let n = pids.len();
+    let mut t_pressure = None;
+    let mut dead: Vec<Death> = Vec::new();
+    while dead.is_empty() {
+        for (i, pid) in pids.iter().enumerate() {
+            if let Ok(Some(exit)) = sys::try_wait(*pid) {
+                dead.push((i, exit, sys::now()));
+            }
+        }
+        if t_pressure.is_none() {
+            if let (Some(a), Some(b)) = (psi0, linux_psi_some_total()) {
+                if b > a {
+                    t_pressure = Some(sys::now());
+                }
+            }
+        }
+        ctx.progress.set((0..n).map(|i| counters.get(i)).sum());
+        if sys::now() > dl.at() + 5.0 {
+            break;
+        }
+        sys::sleep_secs(0.005);
+    }
+    (t_pressure, dead)
+}
+
+/// Kills and reaps every hog that is not among the dead.
+fn kill_survivors(pids: &[i32], dead: &[Death]) {
+    for (i, pid) in pids.iter().enumerate() {
+        if !dead.iter().any(|d| d.0 == i) {
+            let _ = sys::sigkill(*pid);
+            let _ = sys::wait(*pid);
+        }
+    }
+}
+
+/// Time from the first sign of pressure (a PSI stall or a hog's first allocation failure,
+/// whichever came first) to the kill, and which sign it was.
+fn record_pressure(
+    r: &mut Report,
+    t_pressure: Option<f64>,
+    first_failure: Option<f64>,
+    t_kill: f64,
+) {
     let (t_first, source) = match (t_pressure, first_failure) {
         (Some(a), Some(b)) if b < a => (Some(b), "allocation-failure"),
         (Some(a), _) => (Some(a), "psi"),
@@ -118,33 +162,27 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
     if let Some(t) = t_first {
         r.num("pressure_to_kill", (t_kill - t).max(0.0) * 1000.0, "ms");
     }
-    if let Some(k) = kmsg {
-        // The kernel's own record of the kill, to tell an OOM kill from any other SIGKILL.
-        sys::sleep_secs(0.2);
-        let killed: Vec<i32> = k
-            .read_new()
+}
+
+/// The kernel's own record of the kill, to tell an OOM kill from any other SIGKILL.
+fn check_kernel_log(r: &mut Report, k: sys::LinuxKmsg, victim_pid: i32) {
+    sys::sleep_secs(0.2);
+    let killed: Vec<i32> = k
+        .read_new()
+        .iter()
+        .filter_map(|l| sys::oom_killed_pid(l))
+        .collect();
+    r.fact(
+        "kernel_oom_killed",
+        killed
             .iter()
-            .filter_map(|l| sys::oom_killed_pid(l))
-            .collect();
-        r.fact(
-            "kernel_oom_killed",
-            killed
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
-        );
-        if !killed.contains(&pids[victim]) {
-            r.fail(format!(
-                "the kernel log names no OOM kill of the dead hog (pid {})",
-                pids[victim]
-            ));
-        }
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    if !killed.contains(&victim_pid) {
+        r.fail(format!(
+            "the kernel log names no OOM kill of the dead hog (pid {victim_pid})"
+        ));
     }
-    let expected = victim_adj == max_adj && exit == sys::Exit::Signal(sys::Signal::SIGKILL);
-    r.fact("expected_victim", if expected { "yes" } else { "no" });
-    if !expected {
-        r.fail(format!("expected the OOM killer to kill the adj {max_adj} hog by SIGKILL; hog adj {victim_adj} ended: {}", HogEnd::describe_exit(exit)));
-    }
-    Ok(r)
 }

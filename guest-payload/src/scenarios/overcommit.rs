@@ -77,63 +77,7 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
     r.num("ram_plus_swap", ram_mib as f64, "MiB");
     let result = (|| -> Result<(), RunError> {
         for &mode in &p.modes {
-            sys::write_file(SYSCTL, &mode.to_string())
-                .map_err(|e| format!("setting {SYSCTL} to {mode}: {e}"))?;
-            let m = format!("mode{mode}");
-            if let Some(limit) = sys::linux_meminfo_field("CommitLimit") {
-                r.num(format!("{m}_commit_limit"), limit as f64 / 1024.0, "MiB");
-            }
-            let (single_mib, single) = attempt(p.step_mib, cap, false, true, dl.at())?;
-            r.fact(format!("{m}_single"), single.clone());
-            let (untouched_mib, untouched) = attempt(p.step_mib, cap, false, false, dl.at())?;
-            r.num(format!("{m}_untouched"), untouched_mib as f64, "MiB");
-            r.fact(format!("{m}_untouched_stop"), untouched.clone());
-            let (touched_mib, touched) = attempt(p.step_mib, cap, true, false, dl.at())?;
-            r.num(format!("{m}_touched"), touched_mib as f64, "MiB");
-            r.fact(format!("{m}_touched_stop"), touched.clone());
-            ctx.progress.add(1);
-            let _ = single_mib;
-            // What the documented policy implies (Documentation/mm/overcommit-accounting).
-            let mut want = |ok: bool, what: &str| {
-                if !ok {
-                    r.fail(format!("mode {mode}: {what}"));
-                }
-            };
-            match mode {
-                0 => {
-                    want(
-                        single == "ENOMEM",
-                        &format!(
-                            "one mapping of {cap} MiB (beyond RAM+swap) should fail, got {single}"
-                        ),
-                    );
-                    want(
-                        touched == "oom-kill",
-                        &format!("touching beyond RAM should end in an OOM kill, got {touched}"),
-                    );
-                }
-                1 => {
-                    want(
-                        single == "cap" && untouched == "cap",
-                        &format!(
-                            "untouched mappings should all succeed, got {single} / {untouched}"
-                        ),
-                    );
-                    want(
-                        touched == "oom-kill",
-                        &format!("touching beyond RAM should end in an OOM kill, got {touched}"),
-                    );
-                }
-                _ => {
-                    want(
-                        untouched == "ENOMEM",
-                        &format!(
-                            "mapping beyond CommitLimit should fail with ENOMEM, got {untouched}"
-                        ),
-                    );
-                    want(touched == "ENOMEM", &format!("touched mappings should fail with ENOMEM before any OOM kill, got {touched}"));
-                }
-            }
+            try_mode(&p, ctx, mode, cap, &dl, &mut r)?;
         }
         Ok(())
     })();
@@ -143,4 +87,77 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
         r.fail(format!("could not restore {SYSCTL} to {original}: {e}"));
     }
     Ok(r)
+}
+
+/// Sets the overcommit mode and runs its three attempts: one mapping of the whole cap, then
+/// growing untouched, then growing touched; records where each stopped and judges them.
+fn try_mode(
+    p: &Params,
+    ctx: &Ctx,
+    mode: u8,
+    cap: u64,
+    dl: &sys::Deadline,
+    r: &mut Report,
+) -> Result<(), RunError> {
+    sys::write_file(SYSCTL, &mode.to_string())
+        .map_err(|e| format!("setting {SYSCTL} to {mode}: {e}"))?;
+    let m = format!("mode{mode}");
+    if let Some(limit) = sys::linux_meminfo_field("CommitLimit") {
+        r.num(format!("{m}_commit_limit"), limit as f64 / 1024.0, "MiB");
+    }
+    let (_single_mib, single) = attempt(p.step_mib, cap, false, true, dl.at())?;
+    r.fact(format!("{m}_single"), single.clone());
+    let (untouched_mib, untouched) = attempt(p.step_mib, cap, false, false, dl.at())?;
+    r.num(format!("{m}_untouched"), untouched_mib as f64, "MiB");
+    r.fact(format!("{m}_untouched_stop"), untouched.clone());
+    let (touched_mib, touched) = attempt(p.step_mib, cap, true, false, dl.at())?;
+    r.num(format!("{m}_touched"), touched_mib as f64, "MiB");
+    r.fact(format!("{m}_touched_stop"), touched.clone());
+    ctx.progress.add(1);
+    judge(r, mode, cap, &single, &untouched, &touched);
+    Ok(())
+}
+
+/// What the documented policy implies (Documentation/mm/overcommit-accounting) for how each
+/// attempt ends in this mode; every miss fails the run.
+fn judge(r: &mut Report, mode: u8, cap: u64, single: &str, untouched: &str, touched: &str) {
+    let mut want = |ok: bool, what: &str| {
+        if !ok {
+            r.fail(format!("mode {mode}: {what}"));
+        }
+    };
+    match mode {
+        0 => {
+            want(
+                single == "ENOMEM",
+                &format!("one mapping of {cap} MiB (beyond RAM+swap) should fail, got {single}"),
+            );
+            want(
+                touched == "oom-kill",
+                &format!("touching beyond RAM should end in an OOM kill, got {touched}"),
+            );
+        }
+        1 => {
+            want(
+                single == "cap" && untouched == "cap",
+                &format!("untouched mappings should all succeed, got {single} / {untouched}"),
+            );
+            want(
+                touched == "oom-kill",
+                &format!("touching beyond RAM should end in an OOM kill, got {touched}"),
+            );
+        }
+        _ => {
+            want(
+                untouched == "ENOMEM",
+                &format!("mapping beyond CommitLimit should fail with ENOMEM, got {untouched}"),
+            );
+            want(
+                touched == "ENOMEM",
+                &format!(
+                    "touched mappings should fail with ENOMEM before any OOM kill, got {touched}"
+                ),
+            );
+        }
+    }
 }

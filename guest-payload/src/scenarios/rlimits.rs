@@ -79,79 +79,92 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
     let mut r = Report::default();
 
     let nofile = p.nofile;
-    let got = in_child(&dl, move |_| {
-        if let Err(e) = sys::set_rlimit(Resource::RLIMIT_NOFILE, nofile) {
-            return (0, sys::errno_of(&e));
-        }
-        let mut held = Vec::with_capacity(nofile as usize + 16);
-        loop {
-            match sys::open("/dev/null", OFlag::O_RDONLY) {
-                Ok(fd) if held.len() < 100_000 => held.push(fd),
-                Ok(_) => return (held.len() as u64, 0),
-                Err(e) => return (held.len() as u64, sys::errno_of(&e)),
-            }
-        }
-    });
+    let got = in_child(&dl, move |_| exceed_nofile(nofile));
     check(&mut r, "nofile", got, Errno::EMFILE as i32, "fds");
     ctx.progress.add(1);
 
     let (nproc, uid) = (p.nproc, p.nproc_uid);
     let limit_at = dl.at();
-    let got = in_child(&dl, move |_| {
-        if let Err(e) = sys::drop_root_to(uid) {
-            return (0, sys::errno_of(&e));
-        }
-        if let Err(e) = sys::set_rlimit(Resource::RLIMIT_NPROC, nproc) {
-            return (0, sys::errno_of(&e));
-        }
-        let mut release = match sys::Gate::new() {
-            Ok(gate) => gate,
-            Err(e) => return (0, sys::errno_of(&e)),
-        };
-        let mut kids = Vec::new();
-        let result = loop {
-            if kids.len() as u64 > nproc + 1000 || sys::now() > limit_at {
-                break (kids.len() as u64, 0);
-            }
-            let gate = &mut release;
-            match sys::fork_run(move || {
-                gate.wait();
-                0
-            }) {
-                Ok(pid) => kids.push(pid),
-                Err(e) => break (kids.len() as u64, sys::errno_of(&e)),
-            }
-        };
-        release.release();
-        for k in kids {
-            let _ = sys::wait(k);
-        }
-        result
-    });
+    let got = in_child(&dl, move |_| exceed_nproc(nproc, uid, limit_at));
     check(&mut r, "nproc", got, Errno::EAGAIN as i32, "processes");
     ctx.progress.add(1);
 
     let as_mib = p.as_mib;
-    let got = in_child(&dl, move |_| {
-        // Room for every mapping is taken before the limit, so only mmap meets it.
-        let mut maps = Vec::with_capacity(as_mib as usize + 1001);
-        if let Err(e) = sys::set_rlimit(Resource::RLIMIT_AS, as_mib * sys::MIB as u64) {
-            return (0, sys::errno_of(&e));
-        }
-        loop {
-            if maps.len() as u64 > as_mib + 1000 {
-                return (maps.len() as u64, 0);
-            }
-            match sys::Mapping::anon(sys::MIB) {
-                Ok(m) => maps.push(m),
-                Err(e) => return (maps.len() as u64, sys::errno_of(&e)),
-            }
-        }
-    });
+    let got = in_child(&dl, move |_| exceed_as(as_mib));
     check(&mut r, "as", got, Errno::ENOMEM as i32, "MiB");
     ctx.progress.add(1);
     r.num("nofile_limit", p.nofile as f64, "fds");
     r.num("nproc_limit", p.nproc as f64, "processes");
     r.num("as_limit", p.as_mib as f64, "MiB");
     Ok(r)
+}
+
+/// In the test child: RLIMIT_NOFILE set to `nofile`, then open until refused.
+/// Returns (descriptors held, errno of the refusal).
+fn exceed_nofile(nofile: u64) -> (u64, i32) {
+    if let Err(e) = sys::set_rlimit(Resource::RLIMIT_NOFILE, nofile) {
+        return (0, sys::errno_of(&e));
+    }
+    let mut held = Vec::with_capacity(nofile as usize + 16);
+    loop {
+        match sys::open("/dev/null", OFlag::O_RDONLY) {
+            Ok(fd) if held.len() < 100_000 => held.push(fd),
+            Ok(_) => return (held.len() as u64, 0),
+            Err(e) => return (held.len() as u64, sys::errno_of(&e)),
+        }
+    }
+}
+
+/// In the test child: as `uid` with RLIMIT_NPROC set to `nproc`, fork waiting children
+/// until refused (or `limit_at`), then release and reap them.
+/// Returns (children started, errno of the refusal).
+fn exceed_nproc(nproc: u64, uid: u32, limit_at: f64) -> (u64, i32) {
+    if let Err(e) = sys::drop_root_to(uid) {
+        return (0, sys::errno_of(&e));
+    }
+    if let Err(e) = sys::set_rlimit(Resource::RLIMIT_NPROC, nproc) {
+        return (0, sys::errno_of(&e));
+    }
+    let mut release = match sys::Gate::new() {
+        Ok(gate) => gate,
+        Err(e) => return (0, sys::errno_of(&e)),
+    };
+    let mut kids = Vec::new();
+    let result = loop {
+        if kids.len() as u64 > nproc + 1000 || sys::now() > limit_at {
+            break (kids.len() as u64, 0);
+        }
+        let gate = &mut release;
+        match sys::fork_run(move || {
+            gate.wait();
+            0
+        }) {
+            Ok(pid) => kids.push(pid),
+            Err(e) => break (kids.len() as u64, sys::errno_of(&e)),
+        }
+    };
+    release.release();
+    for k in kids {
+        let _ = sys::wait(k);
+    }
+    result
+}
+
+/// In the test child: RLIMIT_AS set to `as_mib` MiB, then map 1 MiB at a time until refused.
+/// Returns (MiB mapped, errno of the refusal).
+fn exceed_as(as_mib: u64) -> (u64, i32) {
+    // Room for every mapping is taken before the limit, so only mmap meets it.
+    let mut maps = Vec::with_capacity(as_mib as usize + 1001);
+    if let Err(e) = sys::set_rlimit(Resource::RLIMIT_AS, as_mib * sys::MIB as u64) {
+        return (0, sys::errno_of(&e));
+    }
+    loop {
+        if maps.len() as u64 > as_mib + 1000 {
+            return (maps.len() as u64, 0);
+        }
+        match sys::Mapping::anon(sys::MIB) {
+            Ok(m) => maps.push(m),
+            Err(e) => return (maps.len() as u64, sys::errno_of(&e)),
+        }
+    }
 }

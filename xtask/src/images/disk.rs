@@ -45,18 +45,7 @@ pub fn build(
     let init = std::fs::read(&init_path)
         .with_context(|| format!("disk.init: reading {}", init_path.display()))?;
 
-    // The cache key covers every input: recipe, package versions, kernel, overlay files.
-    let mut key = CacheKey::new()
-        .part(serde_json::to_vec(recipe)?)
-        .part(&kernel.origin_sha256)
-        .part(&init);
-    for i in &infos {
-        key = key.part(format!("{} {} {}", i.package, i.version, i.sha256));
-    }
-    for (rel, data) in walk_files(&files_dir)? {
-        key = key.part(rel).part(data);
-    }
-    let hash = key.hex()[..32].to_string();
+    let hash = cache_hash(recipe, kernel, &init, &infos, &files_dir)?;
     let dir = cache.join("disks").join(&hash);
     let out = DiskImage {
         base: dir.join("root.ext4"),
@@ -77,28 +66,72 @@ pub fn build(
         .tempdir_in(&dir)
         .context("creating the staging folder")?;
     let root = staging.path().join("root");
-    for info in &infos {
-        let deb = debian::download(info, &cache.join("debs"))?;
-        debian::unpack(&deb, &root)?;
-    }
-    install_busybox_links(&root)?;
-    copy_tree(&files_dir, &root)?;
-    for d in ["proc", "sys", "dev", "tmp", "run", "root", "etc/dropbear"] {
-        std::fs::create_dir_all(root.join(d))?;
-    }
-    write_shadow(&root, recipe)?;
+    stage_root(&root, recipe, &infos, &files_dir, cache)?;
 
     let modules = resolve_modules(kernel, &recipe.modules)?;
     let cpio = boot_initramfs(&root.join("bin/busybox"), &init, &modules)?;
     host::write_atomic(&out.initrd, &cpio)?;
 
-    let tmp = dir.join("root.ext4.tmp");
-    let _ = std::fs::remove_file(&tmp);
+    make_ext4(
+        &root,
+        &dir.join("root.ext4.tmp"),
+        &out.base,
+        recipe.size.mib(),
+    )?;
+    Ok(out)
+}
+
+/// The cache key covers every input: recipe, package versions, kernel, init, overlay files.
+fn cache_hash(
+    recipe: &DiskRecipe,
+    kernel: &LinuxKernel,
+    init: &[u8],
+    infos: &[debian::PackageInfo],
+    files_dir: &Path,
+) -> Result<String> {
+    let mut key = CacheKey::new()
+        .part(serde_json::to_vec(recipe)?)
+        .part(&kernel.origin_sha256)
+        .part(init);
+    for i in infos {
+        key = key.part(format!("{} {} {}", i.package, i.version, i.sha256));
+    }
+    for (rel, data) in walk_files(files_dir)? {
+        key = key.part(rel).part(data);
+    }
+    Ok(key.hex()[..32].to_string())
+}
+
+/// Fills the staging folder `root`: the packages unpacked, busybox's links, the recipe's
+/// files on top, the mount points and the login's password.
+fn stage_root(
+    root: &Path,
+    recipe: &DiskRecipe,
+    infos: &[debian::PackageInfo],
+    files_dir: &Path,
+    cache: &Path,
+) -> Result<()> {
+    for info in infos {
+        let deb = debian::download(info, &cache.join("debs"))?;
+        debian::unpack(&deb, root)?;
+    }
+    install_busybox_links(root)?;
+    copy_tree(files_dir, root)?;
+    for d in ["proc", "sys", "dev", "tmp", "run", "root", "etc/dropbear"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    write_shadow(root, recipe)
+}
+
+/// Copies `root` into a new ext4 image of `size_mib` MiB at `tmp`, then renames it to
+/// `base`, so a base that exists is always complete.
+fn make_ext4(root: &Path, tmp: &Path, base: &Path, size_mib: u64) -> Result<()> {
+    let _ = std::fs::remove_file(tmp);
     Cmd::new("mke2fs")
         .args(["-q", "-F", "-t", "ext4", "-L", "kstorm-root", "-d"])
-        .arg(&root)
-        .arg(&tmp)
-        .arg(format!("{}M", recipe.size.mib()))
+        .arg(root)
+        .arg(tmp)
+        .arg(format!("{size_mib}M"))
         .read()
         .map_err(|e| {
             InfraError::new(
@@ -106,8 +139,8 @@ pub fn build(
                 format!("building the ext4 root: {e:#}"),
             )
         })?;
-    std::fs::rename(&tmp, &out.base)?;
-    Ok(out)
+    std::fs::rename(tmp, base)?;
+    Ok(())
 }
 
 /// Creates a qcow2 overlay of `base` at `overlay`: the guest writes there, never to the base.

@@ -221,6 +221,79 @@ impl SerialTransport {
             "{path}: checksum still wrong after {CHUNK_ATTEMPTS} attempts"
         )))
     }
+
+    /// Waits up to 10 s for the login prompt; false after poking the console for a new one
+    /// (the prompt may have scrolled by with kernel messages), an error at the boot deadline.
+    fn await_login_prompt(&mut self, login_prompt: &str, deadline: Instant) -> TResult<bool> {
+        let poke = Instant::now() + Duration::from_secs(10);
+        match self.wait_for(&[login_prompt], poke.min(deadline))? {
+            Some(_) => Ok(true),
+            None if Instant::now() >= deadline => Err(TransportError::Deadline(format!(
+                "no {login_prompt:?} prompt on the serial console before the boot deadline"
+            ))),
+            None => {
+                self.send("\r")?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Types the user name and, when the image has one, the password once asked for it.
+    /// Returns until when login's answer is awaited, or `None` when login went back to its
+    /// prompt instead of asking for the password (start over).
+    fn send_credentials(
+        &mut self,
+        user: &str,
+        login_prompt: &str,
+        deadline: Instant,
+    ) -> TResult<Option<Instant>> {
+        // getty and login flush the tty's input after printing their prompts, and a TCG
+        // guest can take a while to get there: answer once the console is quiet.
+        self.wait_quiet(Duration::from_secs(1), deadline)?;
+        self.buf.clear();
+        self.send(&format!("{user}\n"))?;
+        let until = (Instant::now() + Duration::from_secs(20)).min(deadline);
+        if let Some(pw) = self.spec.password.clone() {
+            match self.wait_for(&["assword:", login_prompt], until)? {
+                Some(0) => {
+                    self.wait_quiet(Duration::from_secs(1), deadline)?;
+                    self.send(&format!("{pw}\n"))?;
+                }
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(until))
+    }
+
+    /// Sets up the shell (no echo, our prompt) and waits for its prompt; the index of what
+    /// answered among (shell prompt, "incorrect", login prompt), `None` by `until`.
+    fn start_shell(
+        &mut self,
+        prompt: &str,
+        login_prompt: &str,
+        until: Instant,
+    ) -> TResult<Option<usize>> {
+        // The prompt is built from two quoted words so the echo of this line differs from it.
+        let setup = format!("stty -echo; PS2=''; PS1='KSP''{}> '\n", self.session_nonce);
+        self.send(&setup)?;
+        // A busy guest may flush what was typed before login read it: when nothing answers,
+        // type the password (if login still waits for it) and the setup line again. If the
+        // first answer did get through, the shell runs the repeat as a harmless command.
+        let mut answer = None;
+        for _ in 0..4 {
+            let step = (Instant::now() + Duration::from_secs(5)).min(until);
+            answer = self.wait_for(&[prompt, "incorrect", login_prompt], step)?;
+            if answer.is_some() || Instant::now() >= until {
+                break;
+            }
+            self.stats.retries += 1;
+            if let Some(pw) = self.spec.password.clone() {
+                self.send(&format!("{pw}\n"))?;
+            }
+            self.send(&setup)?;
+        }
+        Ok(answer)
+    }
 }
 
 impl Transport for SerialTransport {
@@ -231,54 +304,13 @@ impl Transport for SerialTransport {
         let mut refusals = 0;
         loop {
             self.stats.attempts += 1;
-            let poke = Instant::now() + Duration::from_secs(10);
-            match self.wait_for(&[&login_prompt], poke.min(deadline))? {
-                Some(_) => {}
-                None if Instant::now() >= deadline => {
-                    return Err(TransportError::Deadline(format!(
-                        "no {login_prompt:?} prompt on the serial console before the boot deadline"
-                    )))
-                }
-                None => {
-                    // The prompt may have scrolled by with kernel messages: ask for a new one.
-                    self.send("\r")?;
-                    continue;
-                }
+            if !self.await_login_prompt(&login_prompt, deadline)? {
+                continue;
             }
-            // getty and login flush the tty's input after printing their prompts, and a TCG
-            // guest can take a while to get there: answer once the console is quiet.
-            self.wait_quiet(Duration::from_secs(1), deadline)?;
-            self.buf.clear();
-            self.send(&format!("{user}\n"))?;
-            let until = (Instant::now() + Duration::from_secs(20)).min(deadline);
-            if let Some(pw) = self.spec.password.clone() {
-                match self.wait_for(&["assword:", &login_prompt], until)? {
-                    Some(0) => {
-                        self.wait_quiet(Duration::from_secs(1), deadline)?;
-                        self.send(&format!("{pw}\n"))?;
-                    }
-                    _ => continue,
-                }
-            }
-            // The prompt is built from two quoted words so the echo of this line differs from it.
-            let setup = format!("stty -echo; PS2=''; PS1='KSP''{}> '\n", self.session_nonce);
-            self.send(&setup)?;
-            // A busy guest may flush what was typed before login read it: when nothing answers,
-            // type the password (if login still waits for it) and the setup line again. If the
-            // first answer did get through, the shell runs the repeat as a harmless command.
-            let mut answer = None;
-            for _ in 0..4 {
-                let step = (Instant::now() + Duration::from_secs(5)).min(until);
-                answer = self.wait_for(&[&prompt, "incorrect", &login_prompt], step)?;
-                if answer.is_some() || Instant::now() >= until {
-                    break;
-                }
-                self.stats.retries += 1;
-                if let Some(pw) = self.spec.password.clone() {
-                    self.send(&format!("{pw}\n"))?;
-                }
-                self.send(&setup)?;
-            }
+            let Some(until) = self.send_credentials(&user, &login_prompt, deadline)? else {
+                continue;
+            };
+            let answer = self.start_shell(&prompt, &login_prompt, until)?;
             match answer {
                 Some(0) => break,
                 Some(1) => {
