@@ -174,13 +174,31 @@ fn prepare_repo(plan: &BenchPlan, data: &Path, work: &Path) -> Result<Repo> {
         .args(["am", "-q", "--committer-date-is-author-date"])
         .args(plan.patches.iter().map(|p| data.join(p)))
         .run()?;
+    host::write_atomic(&tmp.join(PATCHES_MARK), patches_digest(plan).as_bytes())?;
     std::fs::rename(&tmp, &path)?;
     existing_repo(plan, &path).context("the new repository does not hold the patches")
 }
 
+/// Where a repository made by the bench records the digest of the patches it was made from.
+const PATCHES_MARK: &str = ".git/kstorm-patches.sha256";
+
+/// The patches' contents, so an edited patch (same subject, other code) makes a new repository.
+fn patches_digest(plan: &BenchPlan) -> String {
+    let mut all = Vec::new();
+    for p in &plan.patches {
+        all.extend_from_slice(p.as_bytes());
+        all.extend(std::fs::read(data_dir().join(p)).unwrap_or_default());
+    }
+    host::sha256_hex(&all)
+}
+
 /// The repository at `path` when its history is the pristine commit and then one commit per
-/// patch, with the patches' subjects, and its work tree is clean.
+/// patch, with the patches' subjects, made from these very patches, and its work tree is clean.
 fn existing_repo(plan: &BenchPlan, path: &Path) -> Option<Repo> {
+    let mark = std::fs::read_to_string(path.join(PATCHES_MARK)).ok()?;
+    if mark != patches_digest(plan) {
+        return None;
+    }
     let read = |args: &[&str]| git(path).args(args).read().ok();
     let log = read(&["log", "--reverse", "--format=%H %s", "master"])?;
     let lines: Vec<(String, String)> = log
