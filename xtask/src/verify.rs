@@ -189,6 +189,7 @@ fn misses(records: &[CellRecord]) -> Vec<Miss> {
                 .filter(|r| !r.as_expected)
                 .map(|r| r.verdict.describe())
                 .collect();
+            got.sort();
             got.dedup();
             Miss {
                 expected: crate::report::expected_text(runs[0]),
