@@ -46,7 +46,7 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
     let log = sys::open(LOG, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC)
         .map_err(|e| format!("opening {LOG}: {e}"))?;
     let pid = spawn(&args, log, p.uid).map_err(|e| format!("starting stress-ng: {e}"))?;
-    let exit = wait_until(pid, &dl);
+    let exit = wait_until(pid, &dl).map_err(|e| format!("waiting for stress-ng: {e}"))?;
     let log = std::fs::read_to_string(LOG).unwrap_or_default();
     r.fact("stress_ng_log", tail(&log, KEEP_BYTES));
     if let Some(line) = log.lines().find(|l| l.starts_with(EXEC_FAILED)) {
@@ -149,18 +149,22 @@ fn spawn(args: &[String], log: OwnedFd, uid: Option<u32>) -> std::io::Result<i32
     })
 }
 
-/// Waits for stress-ng until `dl`; kills it when the deadline passed (`None` then).
-fn wait_until(pid: i32, dl: &sys::Deadline) -> Option<sys::Exit> {
+/// Waits for stress-ng until `dl`; kills it when the deadline passed (`Ok(None)` then). A
+/// failed wait is an error of its own, not reported as an overrun.
+fn wait_until(pid: i32, dl: &sys::Deadline) -> Result<Option<sys::Exit>, String> {
     loop {
         match sys::try_wait(pid) {
-            Ok(Some(exit)) => return Some(exit),
+            Ok(Some(exit)) => return Ok(Some(exit)),
             Ok(None) => {}
-            Err(_) => return None,
+            Err(e) => {
+                let _ = sys::sigkill(pid);
+                return Err(e.to_string());
+            }
         }
         if dl.passed() {
             let _ = sys::sigkill(pid);
             let _ = sys::wait(pid);
-            return None;
+            return Ok(None);
         }
         sys::sleep_secs(dl.remaining().clamp(0.0, 0.2));
     }
