@@ -75,7 +75,7 @@ pub fn boot(rounds: usize) -> Result<()> {
         &serde_json::to_vec(&bare_plan)?,
         &cache,
     )?;
-    let argv = QemuSpec::new(boot, 256, b.accel).argv();
+    let argv = QemuSpec::new(boot.medium, 256, b.accel).argv();
     let cell = smoke_cell(&b.image)?;
     let out = tempfile::tempdir()?;
 

@@ -10,37 +10,7 @@ pub use cmd::{args, echo, shell_quote, Cmd};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
-pub use crate::verdict::InfraCause;
-
-/// An error that is the host's or the harness's fault, never the kernel's. Cells that hit one
-/// get an `Infra` verdict with its cause; the CLI exits with 2 (or 125 under `--bisect`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InfraError {
-    pub cause: InfraCause,
-    pub detail: String,
-}
-
-impl InfraError {
-    pub fn new(cause: InfraCause, detail: impl Into<String>) -> InfraError {
-        InfraError {
-            cause,
-            detail: detail.into(),
-        }
-    }
-
-    /// The infra error inside `e`'s chain, if any: the typed cause an inner step gave.
-    pub fn find(e: &anyhow::Error) -> Option<&InfraError> {
-        e.chain().find_map(|c| c.downcast_ref::<InfraError>())
-    }
-}
-
-impl std::fmt::Display for InfraError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.detail)
-    }
-}
-
-impl std::error::Error for InfraError {}
+pub use crate::error::{InfraCause, InfraError};
 
 /// The workspace root (where `Cargo.toml`, `images/` and `suites/` are).
 pub fn workspace_root() -> PathBuf {

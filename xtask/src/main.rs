@@ -1,7 +1,8 @@
 //! `cargo xtask <verb>`: kstorm's command line.
 
 use clap::{Args, Parser, Subcommand};
-use kstorm::config::{RamSize, UsageError};
+use kstorm::config::RamSize;
+use kstorm::error::UsageError;
 use kstorm::matrix::{Profile, Selection};
 use kstorm::run::{AccelChoice, RunOptions};
 use kstorm::{bench, host};

@@ -8,9 +8,9 @@
 //! is a [`UsageError`] before anything is built or booted.
 
 use crate::config::{
-    Case, Catalog, Deadlines, Image, Name, RamSize, Suite, TransportKind, TransportSpec,
-    UsageError, Variant,
+    Case, Catalog, Deadlines, Image, Name, RamSize, Suite, TransportKind, TransportSpec, Variant,
 };
+use crate::error::UsageError;
 use kstorm_payload::params::{self, ParamError, RawParams};
 
 /// Parameter profile: `quick` (the defaults, seconds under TCG) or `deep` (nightly counts).
@@ -229,4 +229,17 @@ fn suite_names_image(suite: &Suite, image: &str) -> bool {
         .iter()
         .chain(suite.cases.iter().flat_map(|c| c.images.iter().flatten()))
         .any(|i| i.as_str() == image)
+}
+
+/// What `cells` use on the host, in the terms of the package table (`xtask/host-packages.yaml`).
+pub fn host_uses(cells: &[Cell]) -> crate::host::packages::Uses {
+    let mut uses = crate::host::packages::Uses::default();
+    for cell in cells {
+        uses.sources.insert(cell.image.source.kind().into());
+        uses.disk |= cell.image.disk.is_some();
+        uses.transports.insert(cell.transport.kind().to_string());
+        uses.scenarios
+            .insert(cell.case.scenario.as_str().to_string());
+    }
+    uses
 }

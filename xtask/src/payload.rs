@@ -4,7 +4,8 @@
 //! flags never invalidate the harness's own build, and cargo's freshness checks make a rebuild
 //! cost nothing when the sources did not change.
 
-use crate::host::{self, Cmd, InfraCause, InfraError};
+use crate::error::{InfraCause, InfraError};
+use crate::host::{self, Cmd};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::time::Duration;

@@ -3,12 +3,13 @@
 
 use crate::cell::{self, CellEnv, CellRecord};
 use crate::config::{Catalog, RamSize};
+use crate::error::InfraCause;
 use crate::host;
 use crate::images::{self, PreparedImage};
 use crate::matrix::{self, Cell, Selection};
 use crate::qemu::{self, Accel};
 use crate::report::{self, RunDir, RunMeta};
-use crate::verdict::{InfraCause, Verdict};
+use crate::verdict::Verdict;
 use anyhow::{Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use kstorm_payload::plan::{Plan, ScenarioSpec};
@@ -99,7 +100,7 @@ impl RunOutcome {
 }
 
 /// Runs a suite end to end. The suite and the selection are checked (parameters included)
-/// before anything is built or booted: a [`crate::config::UsageError`] starts nothing.
+/// before anything is built or booted: a [`crate::error::UsageError`] starts nothing.
 pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
     let catalog = Catalog::load(&host::workspace_root())?;
     let suite = catalog.resolve_suite(&opts.suite)?;
@@ -134,7 +135,7 @@ struct Shared<'a> {
 /// Runs given cells (the suite name labels the results).
 pub fn run_cells(suite_name: &str, cells: Vec<Cell>, opts: &RunOptions) -> Result<RunOutcome> {
     // Every Debian package the cells need, installed (as root) before anything is built.
-    host::packages::ensure_for_cells(&cells)?;
+    host::packages::ensure(&matrix::host_uses(&cells))?;
     qemu::install_signal_handler().ok();
     let planned = cells.len();
     let (dir, finished, cells) = open_run_dir(cells, opts)?;
@@ -551,7 +552,11 @@ impl Bars {
 pub fn build(suite_name: &str) -> Result<()> {
     let catalog = Catalog::load(&host::workspace_root())?;
     let suite = catalog.suite(suite_name)?;
-    host::packages::ensure_for_cells(&matrix::expand(suite, &catalog, &Selection::default())?)?;
+    host::packages::ensure(&matrix::host_uses(&matrix::expand(
+        suite,
+        &catalog,
+        &Selection::default(),
+    )?))?;
     let bin = crate::payload::build()?;
     eprintln!("payload: {}", bin.display());
     let cache = host::cache_dir();

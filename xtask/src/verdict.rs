@@ -2,6 +2,7 @@
 
 use crate::config::Expect;
 use crate::detect::Kind;
+pub use crate::error::InfraCause;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,47 +33,6 @@ pub enum Verdict {
     Infra { cause: InfraCause, reason: String },
 }
 
-/// Why a cell could not be judged: always the host's or the harness's side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum InfraCause {
-    /// A host tool (QEMU, GRUB, a compiler) is missing and could not be installed.
-    ToolMissing,
-    /// A kernel, package or image could not be fetched or failed its hash check.
-    Download,
-    /// A kernel, disk image, ISO or initramfs could not be built.
-    ImageBuild,
-    /// The guest payload (or the Mach bootstrap task) did not build.
-    PayloadBuild,
-    /// QEMU did not start, or exited with an error of its own.
-    QemuStart,
-    /// The ssh or serial-shell channel failed while the kernel showed no crash.
-    Transport,
-    /// Ctrl-C or SIGTERM stopped the cell.
-    Interrupted,
-    /// kstorm itself failed (writing results, a bug).
-    Harness,
-    /// A tool the payload runs in the guest (stress-ng) could not run its load there: out of
-    /// resources, not implemented, bad options.
-    GuestTool,
-}
-
-impl InfraCause {
-    pub fn word(self) -> &'static str {
-        match self {
-            InfraCause::ToolMissing => "tool missing",
-            InfraCause::Download => "download",
-            InfraCause::ImageBuild => "image build",
-            InfraCause::PayloadBuild => "payload build",
-            InfraCause::QemuStart => "QEMU start",
-            InfraCause::Transport => "transport",
-            InfraCause::Interrupted => "interrupted",
-            InfraCause::Harness => "harness",
-            InfraCause::GuestTool => "guest tool",
-        }
-    }
-}
-
 impl Verdict {
     pub fn infra(cause: InfraCause, reason: impl Into<String>) -> Verdict {
         Verdict::Infra {
@@ -84,7 +44,7 @@ impl Verdict {
     /// The verdict for an error that stopped a cell before or while it ran: the cause an
     /// inner step typed, else `fallback` (the step that failed).
     pub fn from_error(e: &anyhow::Error, fallback: InfraCause) -> Verdict {
-        let cause = crate::host::InfraError::find(e).map_or(fallback, |i| i.cause);
+        let cause = crate::error::InfraError::find(e).map_or(fallback, |i| i.cause);
         Verdict::infra(cause, format!("{e:#}"))
     }
 }

@@ -4,8 +4,8 @@
 //! parsers on the seed's own output and on fixtures of the documented formats.
 
 use kstorm::config::{ArchiveFormat, PublishedDisk, Source};
+use kstorm::error::{InfraCause, InfraError};
 use kstorm::guest::{capture, hurd, series, vmstat, StatsFormat};
-use kstorm::host::{InfraCause, InfraError};
 use kstorm::images::download;
 use kstorm::images::published::{self, LockEntry, LockFile};
 use std::io::Write;
@@ -443,7 +443,7 @@ fn every_image_file_parses_and_published_sources_are_well_formed() {
     let mut published_names = Vec::new();
     for (name, image) in &catalog.images {
         if let Source::PublishedDisk(p) = &image.source {
-            published::check(p).unwrap();
+            p.check().unwrap();
             assert!(p.url.starts_with("https://"), "{name}: {}", p.url);
             assert!(image.guest.is_some(), "{name} has no guest recipe");
             published_names.push(name.as_str());

@@ -153,7 +153,7 @@ cases:
     let r = only(records);
     match &r.verdict {
         Verdict::Infra { cause, reason } => {
-            assert_eq!(*cause, kstorm::verdict::InfraCause::Download);
+            assert_eq!(*cause, kstorm::error::InfraCause::Download);
             assert!(
                 reason.contains("linux-image-kstorm-does-not-exist"),
                 "{reason}"
@@ -205,7 +205,7 @@ cases:
     let r = only(records);
     match &r.verdict {
         Verdict::Infra { cause, reason } => {
-            assert_eq!(*cause, kstorm::verdict::InfraCause::Download);
+            assert_eq!(*cause, kstorm::error::InfraCause::Download);
             assert!(reason.contains("SHA-256 mismatch"), "{reason}")
         }
         v => panic!("expected infra, got {}", v.describe()),

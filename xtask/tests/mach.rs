@@ -9,7 +9,7 @@ mod common;
 use kstorm::cell::{self, CellEnv, CellRecord};
 use kstorm::config::{Deadlines, HumanDuration, Image, Name, RamSize};
 use kstorm::images::{self, BootArtifacts, PreparedImage};
-use kstorm::qemu::{Accel, Profile};
+use kstorm::qemu::{Accel, BootMedium, Profile};
 use kstorm::verdict::Verdict;
 use kstorm_payload::frame::{decode, Frame, Message, Outcome};
 use kstorm_payload::plan::{Plan, ScenarioSpec};
@@ -120,12 +120,14 @@ fn no_module_boot(prepared: &PreparedImage) -> BootArtifacts {
     };
     let iso = images::mach_task::prepare_iso(&mach.kernel, None, &[], &cache_dir()).unwrap();
     BootArtifacts {
-        profile: Profile::GrubIso,
-        kernel: None,
-        initrd: None,
-        cmdline: Vec::new(),
-        cdrom: Some(iso.cdrom),
-        disk_base: None,
+        medium: BootMedium {
+            profile: Profile::GrubIso,
+            kernel: None,
+            initrd: None,
+            cmdline: Vec::new(),
+            cdrom: Some(iso.cdrom),
+            disk_base: None,
+        },
         provenance: iso.provenance,
     }
 }
@@ -452,8 +454,8 @@ mod through_the_harness {
                 &cache,
             )
             .unwrap();
-            assert!(boot.cdrom.is_some() && boot.kernel.is_none());
-            assert_eq!(boot.profile, Profile::GrubIso);
+            assert!(boot.medium.cdrom.is_some() && boot.medium.kernel.is_none());
+            assert_eq!(boot.medium.profile, Profile::GrubIso);
             assert!(boot.provenance.patch.is_some() && boot.provenance.kernel_sha256.is_some());
             assert!(boot.provenance.extra.contains_key("bootstrap_sha256"));
             let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());

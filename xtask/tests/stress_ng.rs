@@ -6,7 +6,8 @@
 mod common;
 
 use common::*;
-use kstorm::verdict::{InfraCause, Verdict};
+use kstorm::error::InfraCause;
+use kstorm::verdict::Verdict;
 use kstorm_payload::frame::Outcome;
 use kstorm_payload::stress_ng;
 use std::path::PathBuf;

@@ -8,8 +8,9 @@ use common::*;
 use kstorm::cell::FrameChannel;
 use kstorm::config::Image;
 use kstorm::detect::Kind;
+use kstorm::error::InfraCause;
 use kstorm::transport::Faults;
-use kstorm::verdict::{InfraCause, Verdict};
+use kstorm::verdict::Verdict;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 

@@ -6,11 +6,12 @@
 use super::log::{BisectLog, RunEntry, Step};
 use super::rule::{Decision, Rule, RunClass, SkipReason, Tally};
 use crate::config::Catalog;
+use crate::error::InfraCause;
 use crate::host;
 use crate::images::kernel_tree::BuildRecord;
 use crate::matrix::{self, Cell, Selection};
 use crate::run::{self, AccelChoice, RunOptions};
-use crate::verdict::{InfraCause, Verdict};
+use crate::verdict::Verdict;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 

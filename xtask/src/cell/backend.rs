@@ -7,7 +7,7 @@ use super::judge::last_line;
 use super::monitor::CellEvent;
 use super::GuestFiles;
 use crate::config::{TransportKind, TransportSpec};
-use crate::host::{InfraCause, InfraError};
+use crate::error::{InfraCause, InfraError};
 use crate::qemu::{self, Forward, QemuProcess, QemuSpec};
 use crate::transport::{self, Faults, Transport};
 use anyhow::{Context, Result};

@@ -2,8 +2,9 @@
 
 use super::monitor::{Ending, Observed};
 use crate::detect::Kind;
+use crate::error::InfraCause;
 use crate::transport::TransportError;
-use crate::verdict::{InfraCause, Verdict};
+use crate::verdict::Verdict;
 use kstorm_payload::frame::Outcome;
 
 /// `total_s` is the cell's wall time, `qemu_stderr` what QEMU printed on its own behalf.

@@ -12,11 +12,12 @@ pub mod monitor;
 
 use crate::config::{Expect, TransportSpec};
 use crate::detect::{Detector, Report};
+use crate::error::InfraCause;
 use crate::images::{BootArtifacts, Provenance};
 use crate::matrix::Cell;
 use crate::qemu::{Accel, Profile, QemuSpec};
 use crate::transport::{Faults, TransportStats};
-use crate::verdict::{self, InfraCause, Verdict};
+use crate::verdict::{self, Verdict};
 use anyhow::{Context, Result};
 use backend::{Backend, Launch};
 use kstorm_payload::frame::ScenarioResult;
@@ -188,7 +189,7 @@ pub fn run(cell: &Cell, env: CellEnv<'_>) -> CellRecord {
         env.accel,
         Verdict::infra(InfraCause::Harness, "not run"),
     );
-    record.machine = Some(env.boot.profile);
+    record.machine = Some(env.boot.medium.profile);
     record.provenance = env.boot.provenance.clone();
     if let Err(e) = boot_and_watch(cell, &env, &mut record) {
         record.verdict = Verdict::from_error(&e, InfraCause::QemuStart);
@@ -204,21 +205,21 @@ pub fn run(cell: &Cell, env: CellEnv<'_>) -> CellRecord {
 /// Boots the cell, feeds the monitor until it decides, stops QEMU and fills in the record.
 fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Result<()> {
     std::fs::create_dir_all(&env.dir).with_context(|| format!("creating {}", env.dir.display()))?;
-    let mut spec = QemuSpec::new(env.boot.clone(), cell.ram.mib(), env.accel);
+    let mut spec = QemuSpec::new(env.boot.medium.clone(), cell.ram.mib(), env.accel);
     spec.name = Some(env.dir.display().to_string());
     spec.guest_reboots = env
         .guest
         .as_ref()
         .and_then(|g| g.job.as_ref())
         .is_some_and(|j| !j.tunables.is_empty());
-    if let Some(base) = &env.boot.disk_base {
+    if let Some(base) = &env.boot.medium.disk_base {
         // The base image is shared and never written: the guest writes to an overlay.
         let overlay = env.dir.join("disk.qcow2");
         let _ = std::fs::remove_file(&overlay);
         crate::images::disk::overlay(base, &overlay)?;
         spec.disk = Some(overlay);
     }
-    let channel = FrameChannel::of(&cell.transport, env.boot.profile);
+    let channel = FrameChannel::of(&cell.transport, env.boot.medium.profile);
     let detector = Detector::new(cell.image.os)?;
     let backend = Backend::start(
         spec,

@@ -3,7 +3,8 @@
 use super::*;
 use crate::cell::judge;
 use crate::detect::Os;
-use crate::verdict::{InfraCause, Verdict};
+use crate::error::InfraCause;
+use crate::verdict::Verdict;
 use kstorm_payload::frame::{encode, Outcome};
 use std::os::unix::process::ExitStatusExt;
 

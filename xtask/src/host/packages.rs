@@ -5,8 +5,6 @@
 
 use super::cmd::{shell_quote, Cmd};
 use super::{find_program, InfraCause, InfraError};
-use crate::config::Source;
-use crate::matrix::Cell;
 use anyhow::{bail, Result};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -56,7 +54,8 @@ struct Needs {
     bench: BTreeMap<String, Vec<String>>,
 }
 
-/// What a selection of cells uses, in the terms of the table's `needs:`.
+/// What a selection uses, in the terms of the table's `needs:` (the caller, which knows cells
+/// and images, fills it in).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Uses {
     pub sources: BTreeSet<String>,
@@ -70,35 +69,11 @@ pub struct Uses {
 }
 
 impl Uses {
-    pub fn of_cells(cells: &[Cell]) -> Uses {
-        let mut uses = Uses::default();
-        for cell in cells {
-            uses.sources.insert(source_kind(&cell.image.source).into());
-            uses.disk |= cell.image.disk.is_some();
-            uses.transports.insert(cell.transport.kind().to_string());
-            uses.scenarios
-                .insert(cell.case.scenario.as_str().to_string());
-        }
-        uses
-    }
-
     pub fn everything() -> Uses {
         Uses {
             everything: true,
             ..Uses::default()
         }
-    }
-}
-
-/// The `source:` key of an image file, as `needs.source` spells it.
-fn source_kind(source: &Source) -> &'static str {
-    match source {
-        Source::DebianKernel { .. } => "debian-kernel",
-        Source::DownloadedKernel { .. } => "downloaded-kernel",
-        Source::DebianGnumach { .. } => "debian-gnumach",
-        Source::PublishedDisk(_) => "published-disk",
-        Source::LocalKernel { .. } => "local-kernel",
-        Source::KernelTree { .. } => "kernel-tree",
     }
 }
 
@@ -135,7 +110,7 @@ impl Table {
 
     pub fn parse(text: &str) -> Result<Table> {
         let (table, _): (Table, _) =
-            crate::config::parse_yaml(std::path::Path::new(TABLE_FILE), text)?;
+            crate::yaml::parse_yaml(std::path::Path::new(TABLE_FILE), text)?;
         let needs = &table.needs;
         let all = needs
             .run
@@ -468,12 +443,6 @@ pub fn one_line(plan: &Plan, update_first: bool) -> String {
     format!("{update}apt-get {}", words.join(" "))
 }
 
-/// Makes sure the host has what `cells` need: installs it as root, else fails (exit 2) with the
-/// line to run. Costs nothing but a few PATH look-ups when everything is there.
-pub fn ensure_for_cells(cells: &[Cell]) -> Result<()> {
-    ensure(&Uses::of_cells(cells))
-}
-
 /// Makes sure the host has everything the table knows of (`cargo xtask test`).
 pub fn ensure_for_tests() -> Result<()> {
     ensure(&Uses::everything())
@@ -487,7 +456,10 @@ pub fn ensure_for_bench(name: &str) -> Result<()> {
     })
 }
 
-fn ensure(uses: &Uses) -> Result<()> {
+/// Makes sure the host has what `uses` needs (its caller says what a selection uses): installs
+/// it as root, else fails (exit 2) with the line to run. Costs nothing but a few PATH look-ups
+/// when everything is there.
+pub fn ensure(uses: &Uses) -> Result<()> {
     let table = Table::builtin();
     let needs = table.needs(uses);
     let present = |t: &str| table.present(t);

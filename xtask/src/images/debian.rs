@@ -9,7 +9,8 @@
 //! Every Debian package kstorm fetches (kernels, GNU Mach, the packages of disk images) goes
 //! through [`package_info`], [`download`] and [`unpack`].
 
-use crate::host::{self, Cmd, InfraCause, InfraError};
+use crate::error::{InfraCause, InfraError};
+use crate::host::{self, Cmd};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;

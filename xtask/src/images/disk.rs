@@ -9,7 +9,8 @@
 use super::initramfs::{self, Entry};
 use super::{debian, linux::LinuxKernel};
 use crate::config::DiskRecipe;
-use crate::host::{self, CacheKey, Cmd, InfraCause, InfraError};
+use crate::error::{InfraCause, InfraError};
+use crate::host::{self, CacheKey, Cmd};
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -4,7 +4,8 @@
 //! A partial download is kept as `<file>.part` and resumed with a `Range` request; the file
 //! appears under its final name only once its hash matches.
 
-use crate::host::{self, InfraCause, InfraError};
+use crate::error::{InfraCause, InfraError};
+use crate::host::{self};
 use anyhow::{Context, Result};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

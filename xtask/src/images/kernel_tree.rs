@@ -6,7 +6,7 @@
 
 use super::linux::LinuxKernel;
 use super::provenance::SourceKind;
-use crate::host::{InfraCause, InfraError};
+use crate::error::{InfraCause, InfraError};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

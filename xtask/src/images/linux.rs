@@ -4,7 +4,8 @@
 
 use super::provenance::{Provenance, SourceKind};
 use super::{debian, download};
-use crate::host::{self, InfraCause, InfraError};
+use crate::error::{InfraCause, InfraError};
+use crate::host::{self};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@
 use super::gnumach::write_cached;
 use super::linux::{has_pvh_note, LinuxKernel};
 use super::provenance::{Provenance, SourceKind};
-use crate::config::UsageError;
+use crate::error::UsageError;
 use anyhow::Result;
 use object::{Architecture, Object};
 use std::io::Read;

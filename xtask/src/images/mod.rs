@@ -18,25 +18,14 @@ pub mod stress_ng;
 pub use provenance::{Provenance, SourceKind};
 
 use crate::config::{Image, Machine, Source};
-use crate::qemu::Profile;
+use crate::qemu::{BootMedium, Profile};
 use anyhow::{Context, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// What QEMU boots for one cell.
+/// What QEMU boots for one cell, and where it came from.
 #[derive(Debug, Clone)]
 pub struct BootArtifacts {
-    /// How the machine is set up (`xtask/machines.yaml`).
-    pub profile: Profile,
-    /// `-kernel`
-    pub kernel: Option<PathBuf>,
-    /// `-initrd`
-    pub initrd: Option<PathBuf>,
-    /// `-append`, word by word (the profile may add words of its own).
-    pub cmdline: Vec<String>,
-    /// `-cdrom` (a GRUB rescue ISO)
-    pub cdrom: Option<PathBuf>,
-    /// A read-only base disk image; the cell boots a qcow2 overlay of it, never the base.
-    pub disk_base: Option<PathBuf>,
+    pub medium: BootMedium,
     /// Versions and hashes of what was booted, recorded in every result.
     pub provenance: Provenance,
 }
@@ -183,12 +172,14 @@ pub fn cell_artifacts(
     };
     provenance.boot = Some(format!("{} on {profile}", kernel_file.display()));
     Ok(BootArtifacts {
-        profile,
-        kernel: Some(kernel_file),
-        initrd: Some(initrd),
-        cmdline: kernel_command_line(image, extra_cmdline),
-        cdrom: None,
-        disk_base: disk.map(|d| d.base.clone()),
+        medium: BootMedium {
+            profile,
+            kernel: Some(kernel_file),
+            initrd: Some(initrd),
+            cmdline: kernel_command_line(image, extra_cmdline),
+            cdrom: None,
+            disk_base: disk.map(|d| d.base.clone()),
+        },
         provenance,
     })
 }
@@ -230,12 +221,14 @@ fn mach_artifacts(
     let kernel_args = kernel_command_line(image, extra_cmdline);
     let boot = mach.cell_iso(&plan, &kernel_args, cache)?;
     Ok(BootArtifacts {
-        profile: Profile::GrubIso,
-        kernel: None,
-        initrd: None,
-        cmdline: Vec::new(),
-        cdrom: Some(boot.cdrom),
-        disk_base: None,
+        medium: BootMedium {
+            profile: Profile::GrubIso,
+            kernel: None,
+            initrd: None,
+            cmdline: Vec::new(),
+            cdrom: Some(boot.cdrom),
+            disk_base: None,
+        },
         provenance: boot.provenance,
     })
 }
@@ -264,12 +257,14 @@ fn published_artifacts(
     };
     provenance.boot = Some(format!("{} on {profile}", d.base.display()));
     Ok(BootArtifacts {
-        profile,
-        kernel: None,
-        initrd: None,
-        cmdline: Vec::new(),
-        cdrom,
-        disk_base: Some(d.base.clone()),
+        medium: BootMedium {
+            profile,
+            kernel: None,
+            initrd: None,
+            cmdline: Vec::new(),
+            cdrom,
+            disk_base: Some(d.base.clone()),
+        },
         provenance,
     })
 }

@@ -8,8 +8,10 @@
 //! it is an `Infra` failure, never silently re-pinned.
 
 use super::download::{self, Digest};
-use crate::config::{ArchiveFormat, Image, PublishedBoot, PublishedDisk, Source, UsageError};
-use crate::host::{self, InfraCause, InfraError};
+use crate::config::{ArchiveFormat, Image, PublishedBoot, PublishedDisk, Source};
+use crate::error::UsageError;
+use crate::error::{InfraCause, InfraError};
+use crate::host::{self};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -55,36 +57,6 @@ impl LockFile {
         text.push('\n');
         host::write_atomic(path, text.as_bytes())
     }
-}
-
-/// The checks of a recipe that the YAML types cannot express: `(field, message)` on failure.
-pub fn check(p: &PublishedDisk) -> Result<(), (String, String)> {
-    let err = |f: &str, m: String| Err((format!("source.published-disk.{f}"), m));
-    if !is_http_url(&p.url) {
-        return err("url", format!("{:?} is not an http(s) URL", p.url));
-    }
-    match (&p.sha256, &p.sha512_sums, &p.lock) {
-        (Some(h), None, None) if is_hex(h, 64) => Ok(()),
-        (Some(h), None, None) => err("sha256", format!("{h:?} is not 64 hex digits")),
-        (None, Some(sums), Some(_)) if is_http_url(sums) => Ok(()),
-        (None, Some(sums), Some(_)) => {
-            err("sha512_sums", format!("{sums:?} is not an http(s) URL"))
-        }
-        _ => err(
-            "sha256",
-            "give either `sha256`, or both `sha512_sums` and `lock`".into(),
-        ),
-    }
-}
-
-fn is_http_url(u: &str) -> bool {
-    (u.starts_with("https://") || u.starts_with("http://"))
-        && u.len() > "https://x".len()
-        && !u.contains(char::is_whitespace)
-}
-
-fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.chars().all(|c| c.is_ascii_hexdigit())
 }
 
 /// The file name a URL ends in.
@@ -270,7 +242,7 @@ pub fn sums_entry(text: &str, file: &str) -> Option<String> {
             .trim_start()
             .trim_start_matches('*')
             .trim_start_matches("./");
-        (name == file && is_hex(hash, 128)).then(|| hash.to_ascii_lowercase())
+        (name == file && crate::config::is_hex(hash, 128)).then(|| hash.to_ascii_lowercase())
     })
 }
 

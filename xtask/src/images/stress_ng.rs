@@ -9,7 +9,8 @@
 //! cached by the package's hash, with stress-ng's `--version` for the cell's provenance.
 
 use super::{debian, disk};
-use crate::host::{self, Cmd, InfraCause, InfraError};
+use crate::error::{InfraCause, InfraError};
+use crate::host::{self, Cmd};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};

@@ -10,7 +10,6 @@ pub mod profile;
 pub use process::{install_signal_handler, interrupted, QemuProcess};
 pub use profile::{MachineProfile, Profile};
 
-use crate::images::BootArtifacts;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -43,10 +42,28 @@ pub struct Forward {
     pub restrict: bool,
 }
 
+/// What QEMU boots: the machine profile and the boot media (kernel, initrd, command line, CD,
+/// base disk). `images` prepares it; this module turns it into an argument vector.
+#[derive(Debug, Clone)]
+pub struct BootMedium {
+    /// How the machine is set up (`xtask/machines.yaml`).
+    pub profile: Profile,
+    /// `-kernel`
+    pub kernel: Option<PathBuf>,
+    /// `-initrd`
+    pub initrd: Option<PathBuf>,
+    /// `-append`, word by word (the profile may add words of its own).
+    pub cmdline: Vec<String>,
+    /// `-cdrom` (a GRUB rescue ISO)
+    pub cdrom: Option<PathBuf>,
+    /// A read-only base disk image; the cell boots a qcow2 overlay of it, never the base.
+    pub disk_base: Option<PathBuf>,
+}
+
 /// Everything QEMU needs to boot one cell.
 #[derive(Debug, Clone)]
 pub struct QemuSpec {
-    pub boot: BootArtifacts,
+    pub boot: BootMedium,
     pub ram_mib: u64,
     pub accel: Accel,
     /// Unix socket QEMU listens on for the results serial port (COM2), on profiles that have
@@ -66,7 +83,7 @@ pub struct QemuSpec {
 
 impl QemuSpec {
     /// A spec with only what every cell has: no results socket, name, disk or network.
-    pub fn new(boot: BootArtifacts, ram_mib: u64, accel: Accel) -> QemuSpec {
+    pub fn new(boot: BootMedium, ram_mib: u64, accel: Accel) -> QemuSpec {
         QemuSpec {
             boot,
             ram_mib,
@@ -210,14 +227,13 @@ mod tests {
     use super::*;
 
     fn spec(profile: Profile) -> QemuSpec {
-        let boot = BootArtifacts {
+        let boot = BootMedium {
             profile,
             kernel: Some("/k/vmlinux".into()),
             initrd: Some("/k/i.cpio".into()),
             cmdline: vec!["console=ttyS0".into(), "panic=-1".into(), "it's".into()],
             cdrom: None,
             disk_base: None,
-            provenance: Default::default(),
         };
         let mut s = QemuSpec::new(boot, 128, Accel::Tcg);
         s.results_socket = Some("/tmp/x/r.sock".into());

@@ -1,7 +1,8 @@
 //! A running QEMU: its own process group, killed with the harness (PDEATHSIG), on Ctrl-C or
 //! SIGTERM (every group at once), and when its handle is dropped. No QEMU outlives its cell.
 
-use crate::host::{self, InfraCause, InfraError};
+use crate::error::{InfraCause, InfraError};
+use crate::host::{self};
 use anyhow::{Context, Result};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;

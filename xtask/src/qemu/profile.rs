@@ -111,8 +111,7 @@ fn table() -> &'static BTreeMap<Profile, MachineProfile> {
 pub fn load(path: &std::path::Path) -> Result<BTreeMap<Profile, MachineProfile>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let (table, _): (BTreeMap<Profile, MachineProfile>, _) =
-        crate::config::parse_yaml(path, &text)?;
+    let (table, _): (BTreeMap<Profile, MachineProfile>, _) = crate::yaml::parse_yaml(path, &text)?;
     for p in Profile::ALL {
         if !table.contains_key(&p) {
             bail!("{}: no entry for the machine profile {p}", path.display());

@@ -1,6 +1,6 @@
 use super::*;
 use crate::config::{Catalog, TransportKind};
-use crate::matrix::{self, Selection};
+use crate::matrix::{self, Cell, Selection};
 
 const V7: &str = "1:7.2+dfsg-7+deb12u18+b3";
 const V7_OLD: &str = "1:7.2+dfsg-7+deb12u15";
@@ -109,7 +109,7 @@ fn a_bad_table_is_refused_with_the_tool_named() {
 #[test]
 fn linux_cells_need_qemu_and_apt_but_no_grub() {
     let table = Table::builtin();
-    let uses = Uses::of_cells(&cells(&["linux"], None));
+    let uses = crate::matrix::host_uses(&cells(&["linux"], None));
     assert_eq!(uses.sources, BTreeSet::from(["debian-kernel".to_string()]));
     assert!(!uses.disk);
     let needs = table.needs(&uses);
@@ -125,7 +125,7 @@ fn linux_cells_need_qemu_and_apt_but_no_grub() {
 #[test]
 fn gnumach_cells_need_the_grub_iso_tools() {
     let table = Table::builtin();
-    let uses = Uses::of_cells(&cells(&["gnumach"], None));
+    let uses = crate::matrix::host_uses(&cells(&["gnumach"], None));
     let groups = table.missing(&table.needs(&uses), &|_| false);
     let all = packages(&groups);
     for want in [
@@ -150,7 +150,7 @@ fn gnumach_cells_need_the_grub_iso_tools() {
 #[test]
 fn disk_cells_over_ssh_need_the_disk_tools() {
     let table = Table::builtin();
-    let uses = Uses::of_cells(&cells(&["linux-disk"], Some(TransportKind::Ssh)));
+    let uses = crate::matrix::host_uses(&cells(&["linux-disk"], Some(TransportKind::Ssh)));
     assert!(uses.disk);
     assert_eq!(uses.transports, BTreeSet::from(["ssh".to_string()]));
     let groups = table.missing(&table.needs(&uses), &|_| false);
@@ -314,7 +314,7 @@ fn stress_ng_cells_need_the_tools_that_fetch_it() {
     let catalog = Catalog::load(&crate::host::workspace_root()).unwrap();
     let suite = catalog.suite("stress").unwrap();
     let stress_cells = matrix::expand(suite, &catalog, &Selection::default()).unwrap();
-    let uses = Uses::of_cells(&stress_cells);
+    let uses = crate::matrix::host_uses(&stress_cells);
     assert!(uses.scenarios.contains("stress-ng"), "{uses:?}");
     let needs = table.needs(&uses);
     let need = needs
@@ -324,7 +324,7 @@ fn stress_ng_cells_need_the_tools_that_fetch_it() {
     for tool in ["apt-get", "apt-cache", "dpkg-deb"] {
         assert!(need.tools.iter().any(|t| t == tool), "{tool} in {need:?}");
     }
-    let default = Uses::of_cells(&cells(&["linux"], None));
+    let default = crate::matrix::host_uses(&cells(&["linux"], None));
     assert!(!table
         .needs(&default)
         .iter()

@@ -6,83 +6,17 @@
 //! unknown images, scenario parameters at expansion) name the file, the field and the line of
 //! its key, from the parser's spans ([`Layout`]). Every such error is a [`UsageError`].
 
-mod layout;
+pub mod guest_recipe;
 
-pub use layout::Layout;
-
+pub use crate::error::UsageError;
+use crate::yaml::{parse_yaml, read, Origin};
 use anyhow::{Context, Result};
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
-
-/// What the user wrote (a suite, an image, a command-line selection) does not hold: nothing
-/// was built or booted. `cargo xtask` exits 2 on it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UsageError {
-    pub file: Option<PathBuf>,
-    pub line: Option<u64>,
-    /// Where in the file (`cases[3].params.children`) or which option (`--image`).
-    pub field: String,
-    pub message: String,
-}
-
-impl UsageError {
-    /// An error about the command line rather than a file.
-    pub fn option(option: &str, message: impl Into<String>) -> UsageError {
-        UsageError {
-            file: None,
-            line: None,
-            field: option.to_string(),
-            message: message.into(),
-        }
-    }
-
-    /// True when `e` is, or was caused by, a usage error.
-    pub fn is_in(e: &anyhow::Error) -> bool {
-        e.chain().any(|c| c.is::<UsageError>())
-    }
-}
-
-impl fmt::Display for UsageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(file) = &self.file {
-            write!(f, "{}: ", file.display())?;
-        }
-        if let Some(line) = self.line {
-            write!(f, "line {line}: ")?;
-        }
-        if !self.field.is_empty() {
-            write!(f, "{}: ", self.field)?;
-        }
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for UsageError {}
-
-/// The file a suite or image was read from, and where each of its keys stands.
-#[derive(Debug, Clone, Default)]
-pub struct Origin {
-    pub path: PathBuf,
-    pub layout: Arc<Layout>,
-}
-
-impl Origin {
-    /// An error about `field` (a path like `cases[2].images[0]`), at the line of its key.
-    pub fn error(&self, field: impl Into<String>, message: impl Into<String>) -> UsageError {
-        let field = field.into();
-        UsageError {
-            file: Some(self.path.clone()),
-            line: self.layout.line(&field),
-            field,
-            message: message.into(),
-        }
-    }
-}
 
 /// How a kernel is fetched and booted (`images/<name>.yaml`).
 #[derive(Debug, Clone, Deserialize)]
@@ -111,7 +45,7 @@ pub struct Image {
     /// The guest's own steps (login prompts, tunables, statistics, the payload's route) for
     /// images that are not Linux: data read by `guest::driver`.
     #[serde(default)]
-    pub guest: Option<crate::guest::GuestRecipe>,
+    pub guest: Option<guest_recipe::GuestRecipe>,
 }
 
 impl Image {
@@ -321,6 +255,20 @@ pub enum Source {
         #[serde(default)]
         config: Vec<PathBuf>,
     },
+}
+
+impl Source {
+    /// The `source:` key as the image file spells it (`debian-kernel`, `kernel-tree`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::DebianKernel { .. } => "debian-kernel",
+            Source::DownloadedKernel { .. } => "downloaded-kernel",
+            Source::DebianGnumach { .. } => "debian-gnumach",
+            Source::PublishedDisk(_) => "published-disk",
+            Source::LocalKernel { .. } => "local-kernel",
+            Source::KernelTree { .. } => "kernel-tree",
+        }
+    }
 }
 
 fn default_kernel_base() -> String {
@@ -639,56 +587,43 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
-/// Parses YAML text into `T` and reads where each key stands; errors name the file, the line
-/// and the field.
-pub fn parse_yaml<T: for<'de> Deserialize<'de>>(
-    path: &Path,
-    text: &str,
-) -> Result<(T, Origin), UsageError> {
-    let at = |e: &serde_saphyr::Error, layout: Option<&Layout>| {
-        let loc = e.location();
-        UsageError {
-            file: Some(path.to_path_buf()),
-            line: loc.map(|l| l.line()),
-            field: loc
-                .and_then(|l| layout?.path_at(l.line(), l.column()))
-                .unwrap_or_default(),
-            message: yaml_message(e),
-        }
-    };
-    let layout = Layout::parse(text).map_err(|e| at(&e, None))?;
-    let value =
-        serde_saphyr::from_str_with_options(text, serde_saphyr::options! { with_snippet: false })
-            .map_err(|e| at(&e, Some(&layout)))?;
-    let origin = Origin {
-        path: path.to_path_buf(),
-        layout: Arc::new(layout),
-    };
-    Ok((value, origin))
-}
-
-/// The parser's message without the position it appends (the error names it already).
-fn yaml_message(e: &serde_saphyr::Error) -> String {
-    let text = e.without_snippet().to_string();
-    match text.rfind(" at line ") {
-        Some(i) => text[..i].to_string(),
-        None => text,
-    }
-}
-
-fn read(path: &Path) -> Result<String, UsageError> {
-    std::fs::read_to_string(path).map_err(|e| UsageError {
-        file: Some(path.to_path_buf()),
-        line: None,
-        field: String::new(),
-        message: format!("reading: {e}"),
-    })
-}
-
 fn file_stem(path: &Path) -> &str {
     path.file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or_default()
+}
+
+/// The checks of a recipe that the YAML types cannot express: `(field, message)` on failure.
+impl PublishedDisk {
+    pub fn check(&self) -> Result<(), (String, String)> {
+        let p = self;
+        let err = |f: &str, m: String| Err((format!("source.published-disk.{f}"), m));
+        if !is_http_url(&p.url) {
+            return err("url", format!("{:?} is not an http(s) URL", p.url));
+        }
+        match (&p.sha256, &p.sha512_sums, &p.lock) {
+            (Some(h), None, None) if is_hex(h, 64) => Ok(()),
+            (Some(h), None, None) => err("sha256", format!("{h:?} is not 64 hex digits")),
+            (None, Some(sums), Some(_)) if is_http_url(sums) => Ok(()),
+            (None, Some(sums), Some(_)) => {
+                err("sha512_sums", format!("{sums:?} is not an http(s) URL"))
+            }
+            _ => err(
+                "sha256",
+                "give either `sha256`, or both `sha512_sums` and `lock`".into(),
+            ),
+        }
+    }
+}
+
+fn is_http_url(u: &str) -> bool {
+    (u.starts_with("https://") || u.starts_with("http://"))
+        && u.len() > "https://x".len()
+        && !u.contains(char::is_whitespace)
+}
+
+pub(crate) fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.chars().all(|c| c.is_ascii_hexdigit())
 }
 
 /// Reads and validates one image file.
@@ -705,7 +640,7 @@ pub fn load_image(path: &Path) -> Result<Image, UsageError> {
         ));
     }
     if let Source::PublishedDisk(p) = &image.source {
-        crate::images::published::check(p).map_err(|(field, m)| origin.error(field, m))?;
+        p.check().map_err(|(field, m)| origin.error(field, m))?;
     }
     let own_init = image.disk.is_some() || matches!(image.source, Source::PublishedDisk(_));
     let needs_disk = image.transport.iter().any(|t| *t != TransportSpec::Pid1);
