@@ -17,27 +17,21 @@
 //! - [`bisect`]: the `bisect-run` verb: one `git bisect run` step under a sequential rule;
 //! - [`run`]: the `run` verb: the whole matrix, in parallel, with progress bars.
 
-pub mod bench;
-pub mod bisect;
 pub mod cell;
-pub mod compare;
 pub mod config;
 pub mod detect;
 pub mod error;
 pub mod guest;
 pub mod host;
-pub mod html_report;
 pub mod images;
-pub mod list;
 pub mod matrix;
 pub mod payload;
 pub mod qemu;
-pub mod report;
-pub mod resume;
-pub mod run;
-pub mod shard;
-pub mod sweep;
+pub mod render;
+pub mod results;
+pub mod session;
+pub mod stats;
 pub mod transport;
+pub mod verbs;
 pub mod verdict;
-pub mod verify;
 pub mod yaml;

@@ -3,9 +3,11 @@
 use clap::{Args, Parser, Subcommand};
 use kstorm::config::RamSize;
 use kstorm::error::UsageError;
+use kstorm::host;
 use kstorm::matrix::{Profile, Selection};
-use kstorm::run::{AccelChoice, RunOptions};
-use kstorm::{bench, host};
+use kstorm::session::AccelChoice;
+use kstorm::verbs::run::RunOptions;
+use kstorm::verbs::{self, bench};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,10 +37,17 @@ enum Verb {
     Report(ReportArgs),
     /// Compare two runs: new and fixed crashes, verdict changes, numbers beyond noise
     /// (exit 1 when B is worse).
-    Compare { a: PathBuf, b: PathBuf },
+    Compare {
+        a: PathBuf,
+        b: PathBuf,
+        /// Accept cells of A that B lacks, and an incomplete B (a deliberate subset); without
+        /// it, missing data makes B worse.
+        #[arg(long)]
+        allow_missing: bool,
+    },
     /// One `git bisect run` step on one cell under a sequential rule: exit 0 good, 1 bad,
     /// 125 skip (see README, "Bisecting a regression").
-    BisectRun(kstorm::bisect::run::BisectArgs),
+    BisectRun(kstorm::verbs::bisect::run::BisectArgs),
     /// Build the guest payload and prepare the images, without booting anything.
     Build(BuildArgs),
     /// Download a published disk image (FreeBSD, GNU/Hurd) ahead of time, or take one brought in
@@ -114,7 +123,7 @@ struct RunArgs {
     kernel: Option<PathBuf>,
     /// Only shard I of N of the matrix (the same cells on every machine), e.g. --shard 2/4.
     #[arg(long)]
-    shard: Option<kstorm::shard::Shard>,
+    shard: Option<kstorm::matrix::Shard>,
     /// Continue the interrupted run in RUN_DIR (its own options are used; finished cells are
     /// kept, the cut ones run again).
     #[arg(long, value_name = "RUN_DIR")]
@@ -185,9 +194,9 @@ struct ExecArgs {
 impl ExecArgs {
     fn apply(self, opts: &mut RunOptions) {
         if let Some(j) = self.jobs {
-            opts.jobs = j;
+            opts.session.jobs = j;
         }
-        opts.accel = self.accel;
+        opts.session.accel = self.accel;
         if let Some(r) = self.results {
             opts.results_root = r;
         }
@@ -291,7 +300,7 @@ fn main() -> ExitCode {
         Verb::Run(a) => run(a),
         Verb::List(a) => {
             let (suite, sel) = a.selection();
-            match kstorm::list::list(&suite, &sel) {
+            match verbs::list::list(&suite, &sel) {
                 Ok(text) => {
                     print!("{text}");
                     0
@@ -302,9 +311,13 @@ fn main() -> ExitCode {
         Verb::Sweep(a) => report(sweep(a)),
         Verb::VerifySuites(a) => verify_suites(a),
         Verb::Report(a) => report(write_report(a)),
-        Verb::Compare { a, b } => compare(&a, &b),
-        Verb::BisectRun(a) => kstorm::bisect::run::bisect_run(&a),
-        Verb::Build(a) => report(kstorm::run::build(&a.suite)),
+        Verb::Compare {
+            a,
+            b,
+            allow_missing,
+        } => compare(&a, &b, allow_missing),
+        Verb::BisectRun(a) => verbs::bisect::run::bisect_run(&a),
+        Verb::Build(a) => report(verbs::build::build(&a.suite)),
         Verb::Fetch(a) => report(kstorm::images::published::fetch_verb(
             &a.image,
             a.from.as_deref(),
@@ -317,12 +330,12 @@ fn main() -> ExitCode {
             BenchWhich::Scenarios => report(bench::scenarios()),
             BenchWhich::StressNg { rounds } => report(bench::stress_ng(rounds)),
             BenchWhich::Mach { boots } => report(bench::mach(boots)),
-            BenchWhich::Bisect { bisections } => report(kstorm::bisect::sim::bench(bisections)),
-            BenchWhich::RealBisect { work } => report(kstorm::bisect::real::bench(work)),
+            BenchWhich::Bisect { bisections } => report(verbs::bisect::sim::bench(bisections)),
+            BenchWhich::RealBisect { work } => report(verbs::bisect::real::bench(work)),
         },
         Verb::Scan(a) => kstorm::detect::scan::run(&a),
-        Verb::Test { cargo_args } => test(&cargo_args),
-        Verb::Clean(a) => report(clean(a.results)),
+        Verb::Test { cargo_args } => verbs::test::test(&cargo_args),
+        Verb::Clean(a) => report(verbs::clean::clean(a.results)),
     };
     ExitCode::from(code as u8)
 }
@@ -333,7 +346,7 @@ fn parse_error(e: &clap::Error) -> i32 {
     let _ = e.print();
     let bisect_run = std::env::args().nth(1).as_deref() == Some("bisect-run");
     if e.use_stderr() && bisect_run {
-        kstorm::bisect::run::ABORT
+        verbs::bisect::run::ABORT
     } else {
         e.exit_code()
     }
@@ -361,7 +374,7 @@ fn run_with(a: RunArgs) -> i32 {
     opts.resume = a.resume.clone();
     opts.kernel = a.kernel;
     a.exec.apply(&mut opts);
-    match kstorm::run::run(&opts) {
+    match verbs::run::run(&opts) {
         Ok(outcome) => outcome.exit_code(a.bisect),
         Err(e) => error_exit(&e, a.bisect),
     }
@@ -384,7 +397,7 @@ fn error_exit(e: &anyhow::Error, bisect: bool) -> i32 {
 
 /// The first run's arguments, with `--resume` pointing at its folder.
 fn resume_args(dir: &std::path::Path) -> anyhow::Result<RunArgs> {
-    let first = kstorm::resume::read_request(dir)?;
+    let first = verbs::run::resumed_request(dir)?;
     let cli = Cli::try_parse_from(std::iter::once("xtask".to_string()).chain(first))?;
     let Verb::Run(mut args) = cli.verb else {
         anyhow::bail!("{}: not the folder of a `run`", dir.display());
@@ -398,7 +411,7 @@ fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     run.selection.ram = (!a.ram.is_empty()).then_some(a.ram);
     run.selection.images = (!a.images.is_empty()).then_some(a.images);
     a.exec.apply(&mut run);
-    kstorm::sweep::sweep(&kstorm::sweep::SweepOptions {
+    verbs::sweep::sweep(&verbs::sweep::SweepOptions {
         case: a.case,
         param: a.param,
         variants: a.variants,
@@ -416,58 +429,35 @@ fn sweep(a: SweepArgs) -> anyhow::Result<()> {
 fn verify_suites(a: VerifyArgs) -> i32 {
     let mut run = RunOptions::new("default");
     a.exec.apply(&mut run);
-    let opts = kstorm::verify::VerifyOptions {
+    let opts = verbs::verify::VerifyOptions {
         suites: a.suites,
         repeat: a.repeat,
         run,
     };
-    match kstorm::verify::verify(&opts) {
+    match verbs::verify::verify(&opts) {
         Ok(v) => v.exit_code(),
         Err(e) => error_exit(&e, false),
     }
 }
 
 fn write_report(a: ReportArgs) -> anyhow::Result<()> {
-    let results = host::workspace_root().join("results");
-    if !a.merge.is_empty() {
-        let out = a.out.unwrap_or_else(|| {
-            results.join(format!(
-                "merged-{}",
-                chrono::Local::now().format("%Y%m%d-%H%M%S")
-            ))
-        });
-        let run = kstorm::shard::merge(&a.merge, &out)?;
-        println!("{}", run.root.join("report.html").display());
-        return Ok(());
-    }
-    let dir = a.run_dir.unwrap_or_else(|| results.join("latest"));
-    kstorm::html_report::write(&dir)?;
-    println!("{}", dir.join("report.html").display());
+    let written = if a.merge.is_empty() {
+        let dir = a
+            .run_dir
+            .unwrap_or_else(|| host::workspace_root().join("results/latest"));
+        verbs::report::render_again(&dir)?
+    } else {
+        verbs::report::merge_shards(&a.merge, a.out)?.join("report.html")
+    };
+    println!("{}", written.display());
     Ok(())
 }
 
-/// 0: B is not worse than A; 1: worse; 2: error. Writes the comparison into B's report.
-fn compare(a: &std::path::Path, b: &std::path::Path) -> i32 {
-    let result = (|| -> anyhow::Result<bool> {
-        let c = kstorm::compare::compare_dirs(a, b)?;
-        print!("{}", kstorm::compare::text(&c));
-        host::write_atomic(
-            &b.join("compare.json"),
-            serde_json::to_string_pretty(&c)?.as_bytes(),
-        )?;
-        host::write_atomic(
-            &b.join("compare.html"),
-            kstorm::compare::html(&c, a).as_bytes(),
-        )?;
-        kstorm::html_report::write(b)?;
-        Ok(c.worse())
-    })();
-    match result {
+/// 0: B is not worse than A; 1: worse; 2: error. Writes the comparison into B's folder.
+fn compare(a: &std::path::Path, b: &std::path::Path, allow_missing: bool) -> i32 {
+    match verbs::compare::compare_verb(a, b, allow_missing) {
         Ok(worse) => worse as i32,
-        Err(e) => {
-            eprintln!("kstorm: error: {e:#}");
-            2
-        }
+        Err(e) => error_exit(&e, false),
     }
 }
 
@@ -476,44 +466,4 @@ fn report(r: anyhow::Result<()>) -> i32 {
         Ok(()) => 0,
         Err(e) => error_exit(&e, false),
     }
-}
-
-fn test(cargo_args: &[String]) -> i32 {
-    if let Err(e) = host::packages::ensure_for_tests() {
-        eprintln!("kstorm: error: {e:#}");
-        return 2;
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut argv = vec!["test".to_string(), "--workspace".to_string()];
-    argv.extend(cargo_args.iter().cloned());
-    let argv: Vec<std::ffi::OsString> = argv.into_iter().map(Into::into).collect();
-    host::echo(&cargo.to_string_lossy(), &argv);
-    match std::process::Command::new(&cargo)
-        .args(&argv)
-        .current_dir(host::workspace_root())
-        .status()
-    {
-        Ok(st) => st.code().unwrap_or(2),
-        Err(e) => {
-            eprintln!("kstorm: error: starting cargo: {e}");
-            2
-        }
-    }
-}
-
-fn clean(results: bool) -> anyhow::Result<()> {
-    let mut dirs = vec![
-        host::cache_dir(),
-        host::workspace_root().join("target/payload"),
-    ];
-    if results {
-        dirs.push(host::workspace_root().join("results"));
-    }
-    for d in dirs {
-        if d.exists() {
-            eprintln!("removing {}", d.display());
-            std::fs::remove_dir_all(&d)?;
-        }
-    }
-    Ok(())
 }

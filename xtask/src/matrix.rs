@@ -12,6 +12,7 @@ use crate::config::{
 };
 use crate::error::UsageError;
 use kstorm_payload::params::{self, ParamError, RawParams};
+use sha2::{Digest, Sha256};
 
 /// Parameter profile: `quick` (the defaults, seconds under TCG) or `deep` (nightly counts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -242,4 +243,86 @@ pub fn host_uses(cells: &[Cell]) -> crate::host::packages::Uses {
             .insert(cell.case.scenario.as_str().to_string());
     }
     uses
+}
+
+/// `--shard I/N`: one part of a matrix spread over the runners of a CI engine.
+///
+/// A shard is chosen from the cell ids alone (ordered by a hash of the id, then dealt out in
+/// turn), so every machine given the same suite and options picks the same cells, the shards
+/// are disjoint, together they are the whole matrix, and their sizes differ by at most one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// 1-based.
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Shard, String> {
+        let bad = || format!("--shard {s}: expected I/N with 1 <= I <= N, e.g. 2/4");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let index: usize = i.trim().parse().map_err(|_| bad())?;
+        let count: usize = n.trim().parse().map_err(|_| bad())?;
+        if index == 0 || index > count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl Shard {
+    /// This shard's cells, in their original order.
+    pub fn select(&self, cells: Vec<Cell>) -> Vec<Cell> {
+        let ids: Vec<&str> = cells.iter().map(|c| c.id.as_str()).collect();
+        let mine = self.ids(&ids);
+        cells.into_iter().filter(|c| mine.contains(&c.id)).collect()
+    }
+
+    /// The ids among `ids` that fall to this shard.
+    pub fn ids(&self, ids: &[&str]) -> Vec<String> {
+        let mut keyed: Vec<([u8; 32], &str)> = ids
+            .iter()
+            .map(|id| (Sha256::digest(id.as_bytes()).into(), *id))
+            .collect();
+        keyed.sort();
+        keyed
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % self.count == self.index - 1)
+            .map(|(_, (_, id))| id.to_string())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_partition_and_balance() {
+        let ids: Vec<String> = (0..37)
+            .map(|i| format!("case{i}@linux-128M-base"))
+            .collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut all: Vec<String> = Vec::new();
+        for index in 1..=4 {
+            let part = Shard { index, count: 4 }.ids(&refs);
+            assert!((9..=10).contains(&part.len()), "{}", part.len());
+            all.extend(part);
+        }
+        all.sort();
+        let mut expected = ids.clone();
+        expected.sort();
+        assert_eq!(all, expected);
+    }
+
+    #[test]
+    fn parses_and_rejects() {
+        assert_eq!("2/4".parse::<Shard>(), Ok(Shard { index: 2, count: 4 }));
+        for bad in ["0/4", "5/4", "x/2", "3"] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
+    }
 }

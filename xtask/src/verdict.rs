@@ -184,7 +184,7 @@ mod tests {
     /// verdict may repeat one of the record's (`scenario` did).
     #[test]
     fn a_hang_record_round_trips() {
-        let cell = crate::run::probe_cell().unwrap();
+        let cell = crate::session::accel::probe_cell().unwrap();
         let rec = crate::cell::CellRecord::unstarted(
             &cell,
             crate::qemu::Accel::Tcg,

@@ -5,7 +5,8 @@
 mod common;
 
 use kstorm::matrix::Selection;
-use kstorm::run::{self, AccelChoice, RunOptions};
+use kstorm::session::AccelChoice;
+use kstorm::verbs::run::{self, RunOptions};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -17,9 +18,9 @@ fn options(results: &Path, filters: &[&str]) -> RunOptions {
         ..Selection::default()
     };
     opts.results_root = results.to_path_buf();
-    opts.progress = false;
-    opts.jobs = 1;
-    opts.accel = AccelChoice::Auto;
+    opts.session.progress = false;
+    opts.session.jobs = 1;
+    opts.session.accel = AccelChoice::Auto;
     opts
 }
 
@@ -112,7 +113,7 @@ fn report_shards_merge_and_compare() {
     assert_eq!(ids.len(), 3, "{ids:?}");
 
     // The report holds every cell and its plots, and opens in a browser.
-    let html = std::fs::read_to_string(single.dir.root.join("report.html")).unwrap();
+    let html = std::fs::read_to_string(single.root.join("report.html")).unwrap();
     for id in &ids {
         assert!(
             html.contains(&format!("data-cell=\"{id}\"")),
@@ -137,7 +138,7 @@ fn report_shards_merge_and_compare() {
     }
     let png = kstorm::host::workspace_root().join("target/test-artifacts/report.png");
     std::fs::create_dir_all(png.parent().unwrap()).unwrap();
-    let (w, h) = screenshot(&single.dir.root.join("report.html"), &png);
+    let (w, h) = screenshot(&single.root.join("report.html"), &png);
     assert_eq!((w, h), (1280, 2000));
 
     // Two shards: disjoint, together every cell, and merged equal to the single run.
@@ -145,17 +146,17 @@ fn report_shards_merge_and_compare() {
     let mut seen: Vec<String> = Vec::new();
     for index in 1..=2 {
         let mut opts = options(&tmp.path().join(format!("shard{index}")), &filters);
-        opts.shard = Some(kstorm::shard::Shard { index, count: 2 });
+        opts.shard = Some(kstorm::matrix::Shard { index, count: 2 });
         let out = run::run(&opts).unwrap();
         seen.extend(out.records.iter().map(|r| r.id.clone()));
-        shard_dirs.push(out.dir.root.clone());
+        shard_dirs.push(out.root.clone());
     }
     seen.sort();
     assert_eq!(seen, ids, "shards must cover every cell exactly once");
     let merged = tmp.path().join("merged");
-    kstorm::shard::merge(&shard_dirs, &merged).unwrap();
+    kstorm::results::merge::merge(&shard_dirs, &merged).unwrap();
     let m = json(&merged.join("summary.json"));
-    let s = json(&single.dir.root.join("summary.json"));
+    let s = json(&single.root.join("summary.json"));
     assert_eq!(comparable(&m), comparable(&s));
     let junit = std::fs::read_to_string(merged.join("junit.xml")).unwrap();
     for id in &ids {
@@ -168,8 +169,8 @@ fn report_shards_merge_and_compare() {
 
     // Compare: the merged run is not worse than the single one; a shard without the panic
     // cell against the single run shows the crash as new, and the verb exits 1.
-    let same = kstorm::compare::compare_dirs(&single.dir.root, &merged).unwrap();
-    assert!(!same.worse(), "{}", kstorm::compare::text(&same));
+    let same = kstorm::verbs::compare::compare_dirs(&single.root, &merged, false).unwrap();
+    assert!(!same.worse(), "{}", kstorm::verbs::compare::text(&same));
     assert!(same.new_crashes.is_empty() && same.verdict_changes.is_empty());
     let without_panic = shard_dirs
         .iter()
@@ -178,13 +179,13 @@ fn report_shards_merge_and_compare() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
         .arg("compare")
         .arg(without_panic)
-        .arg(&single.dir.root)
+        .arg(&single.root)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("new crashes:\n  kernel panic"), "{text}");
-    let report = std::fs::read_to_string(single.dir.root.join("report.html")).unwrap();
+    let report = std::fs::read_to_string(single.root.join("report.html")).unwrap();
     assert!(
         report.contains("Compared with"),
         "no compare section in the report"
@@ -288,7 +289,7 @@ fn sweep_mach_task_hoard() {
     run.suite = "hurd-zone".into();
     run.selection.images = Some(vec!["gnumach".into()]);
     run.selection.ram = Some(vec!["64M".parse().unwrap()]);
-    let file = kstorm::sweep::sweep(&kstorm::sweep::SweepOptions {
+    let file = kstorm::verbs::sweep::sweep(&kstorm::verbs::sweep::SweepOptions {
         case: "mach-task-hoard".into(),
         param: "limit".into(),
         variants: Vec::new(),
@@ -303,7 +304,11 @@ fn sweep_mach_task_hoard() {
     .unwrap();
     assert_eq!(file.groups.len(), 1);
     let g = &file.groups[0];
-    assert_eq!(g.mode, Some(kstorm::sweep::search::Mode::Counting), "{g:?}");
+    assert_eq!(
+        g.mode,
+        Some(kstorm::stats::breaking_point::Mode::Counting),
+        "{g:?}"
+    );
     assert!(g.cells.len() >= 2, "{g:?}");
     let interval = g.estimate.interval().expect("an interval");
     assert!(

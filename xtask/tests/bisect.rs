@@ -7,7 +7,7 @@ mod common;
 
 use kstorm::images::{self, PreparedImage, SourceKind};
 use kstorm::matrix::Selection;
-use kstorm::run::{self, RunOptions};
+use kstorm::verbs::run::{self, RunOptions};
 use kstorm::verdict::Verdict;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -70,8 +70,8 @@ fn run_with_kernel(image: &str, filter: &str, kernel: &Path) -> kstorm::cell::Ce
     };
     opts.kernel = Some(kernel.to_path_buf());
     opts.results_root = dir.path().join("results");
-    opts.progress = false;
-    opts.jobs = 1;
+    opts.session.progress = false;
+    opts.session.jobs = 1;
     let mut out = run::run(&opts).expect("run completes");
     assert_eq!(out.records.len(), 1);
     common::assert_no_qemu_mentioning(dir.path());

@@ -199,7 +199,7 @@ cases:
   - {name: smoke, scenario: smoke, expect: pass}
 "#,
         vec![image],
-        |opts| opts.cache = cache,
+        |opts| opts.session.cache = cache,
     );
     handle.join().unwrap();
     let r = only(records);

@@ -59,7 +59,9 @@ fn leaks_show_in_the_evidence_and_non_leaks_do_not() {
         .map(|e| e.path())
         .find(|p| p.join("summary.json").exists())
         .expect("a run folder");
-    let records = kstorm::html_report::load_records(&run_dir).expect("results load");
+    let records = kstorm::results::Run::load(&run_dir)
+        .expect("results load")
+        .records;
     assert_eq!(records.len(), live.len());
 
     // 16 MiB in tmpfs and back: Shmem rose by the fill and fell back, and nothing obtainable
@@ -116,7 +118,7 @@ fn leaks_show_in_the_evidence_and_non_leaks_do_not() {
     assert!(e.kernel_held_kib < 2048, "{}", e.summary());
 
     // The run's output and its report name the leaking cells and where the memory went.
-    let text = kstorm::report::leak_evidence(&records).expect("leaks listed");
+    let text = kstorm::render::text::leak_evidence(&records).expect("leaks listed");
     assert_eq!(text.lines().count(), 2, "{text}");
     assert!(
         text.contains("held-open@linux-128M-base: ") && text.contains("Shmem +"),

@@ -72,7 +72,7 @@ fn boot(patched: bool, id: &str, ram: u64, scenarios: Vec<ScenarioSpec>, heartbe
         let plan_json = serde_json::to_vec(&plan).unwrap();
         images::cell_artifacts(prepared, image, &[], &[], &plan_json, &cache_dir()).unwrap()
     };
-    let mut cell = kstorm::run::probe_cell().unwrap();
+    let mut cell = kstorm::session::accel::probe_cell().unwrap();
     cell.id = id.into();
     cell.image = image.clone();
     cell.ram = RamSize(ram);
@@ -444,7 +444,7 @@ mod through_the_harness {
         let mut records = Vec::new();
         for c in &cells {
             let prepared = images::prepare(&c.image, &cache).unwrap();
-            let plan = kstorm::run::plan_for(c);
+            let plan = kstorm::session::plan_for(c);
             let boot = images::cell_artifacts(
                 &prepared,
                 &c.image,

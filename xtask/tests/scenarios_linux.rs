@@ -55,7 +55,7 @@ fn fact<'a>(res: &'a ScenarioResult, name: &str) -> &'a str {
 
 #[test]
 fn every_scenario_measures_on_the_real_kernel() {
-    let (records, _dir) = run_suite_with(SUITE, vec![], |o| o.jobs = 2);
+    let (records, _dir) = run_suite_with(SUITE, vec![], |o| o.session.jobs = 2);
     for r in &records {
         assert!(r.as_expected, "{}: {}", r.id, r.verdict.describe());
         for res in &r.results {

@@ -45,7 +45,7 @@ fn same_suite_passes_over_ssh_and_serial_with_the_same_shape() {
         disk_image(dir.path(), "disk-serial", SERIAL),
     ];
     let yaml = "name: inline\ndescription: smoke over both transports\nimages: [disk-ssh, disk-serial]\nram: [256M]\ncases:\n  - {name: smoke, scenario: smoke, expect: pass}\n";
-    let (records, _d) = run_suite_with(yaml, images, |o| o.jobs = 2);
+    let (records, _d) = run_suite_with(yaml, images, |o| o.session.jobs = 2);
     assert_eq!(records.len(), 2);
     for r in &records {
         assert_eq!(
@@ -94,7 +94,7 @@ fn sshd_killed_mid_run_is_lost_connection_not_crash() {
         ),
         vec![image],
         |o| {
-            o.faults = Faults {
+            o.session.faults = Faults {
                 ssh_on_start: Some("killall dropbear".into()),
                 ..Default::default()
             }
@@ -151,7 +151,7 @@ fn wrong_password_is_infra_with_a_clear_message() {
         ),
     ];
     let yaml = "name: inline\ndescription: wrong password\nimages: [disk-ssh-badpw, disk-serial-badpw]\nram: [256M]\ncases:\n  - {name: smoke, scenario: smoke, expect: pass}\n";
-    let (records, _d) = run_suite_with(yaml, images, |o| o.jobs = 2);
+    let (records, _d) = run_suite_with(yaml, images, |o| o.session.jobs = 2);
     for r in &records {
         match &r.verdict {
             Verdict::Infra { cause, reason } => {
@@ -183,7 +183,7 @@ fn serial_line_dropping_bytes_is_retried_never_wrong() {
         ),
         vec![image],
         |o| {
-            o.faults = Faults {
+            o.session.faults = Faults {
                 // One byte in 1499 lost after login: most answers survive, some do not.
                 serial_drop_every: Some(1499),
                 ..Default::default()
@@ -240,7 +240,7 @@ fn guest_connections_to_unforwarded_port(restrict: bool) -> usize {
         ),
         vec![image],
         |o| {
-            o.faults = Faults {
+            o.session.faults = Faults {
                 ssh_on_start: Some(probe),
                 unrestricted_net: !restrict,
                 ..Default::default()

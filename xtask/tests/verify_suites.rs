@@ -3,8 +3,8 @@
 
 mod common;
 
-use kstorm::run::RunOptions;
-use kstorm::verify::{verify, VerifyOptions};
+use kstorm::verbs::run::RunOptions;
+use kstorm::verbs::verify::{verify, VerifyOptions};
 
 #[test]
 fn every_variant_and_repeat_runs_and_a_wrong_expectation_is_listed_with_its_reason() {
@@ -31,8 +31,8 @@ cases:
     .unwrap();
     let mut run = RunOptions::new("two-variants");
     run.results_root = dir.path().join("results");
-    run.progress = false;
-    run.jobs = 1;
+    run.session.progress = false;
+    run.session.jobs = 1;
     let opts = VerifyOptions {
         suites: vec![suite.display().to_string()],
         repeat: 2,

@@ -6,7 +6,8 @@
 use kstorm::cell::CellRecord;
 use kstorm::config::{self, Catalog, Image};
 use kstorm::matrix::{self, Selection};
-use kstorm::run::{self, AccelChoice, RunOptions};
+use kstorm::session::AccelChoice;
+use kstorm::verbs::run::{self, RunOptions};
 use std::path::Path;
 
 /// The workspace's real images and suites.
@@ -42,9 +43,9 @@ pub fn run_suite_with(
     let cells = matrix::expand(&suite, &catalog, &Selection::default()).unwrap();
     let mut opts = RunOptions::new("inline");
     opts.results_root = dir.path().join("results");
-    opts.progress = false;
-    opts.jobs = 1;
-    opts.accel = AccelChoice::Auto;
+    opts.session.progress = false;
+    opts.session.jobs = 1;
+    opts.session.accel = AccelChoice::Auto;
     adjust(&mut opts);
     let outcome = run::run_cells("inline", cells, &opts).expect("run completes");
     assert_no_qemu_mentioning(dir.path());

@@ -4,8 +4,10 @@
 
 use crate::cell::CellRecord;
 use crate::host;
-use crate::sweep::{self, SweepFile};
-use anyhow::{anyhow, Context, Result};
+use crate::results::sweep::{SweepFile, SWEEP_FILE};
+use crate::results::{Run, RunInfo};
+use crate::stats::breaking_point::{Estimate, Mode};
+use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -16,59 +18,28 @@ const EXCERPT_LINES: usize = 40;
 /// Measurements plotted per scenario (summary.json has them all).
 const PLOTTED_MEASUREMENTS: usize = 6;
 
-/// Writes `run_dir/report.html` from the files of the run (cells, summary, sweep, compare).
+/// Reads the run folder back and writes its `report.html` (a damaged file stops it, named).
 pub fn write(run_dir: &Path) -> Result<()> {
-    let html = render(run_dir)?;
-    host::write_atomic(&run_dir.join("report.html"), html.as_bytes())
+    let run = Run::load(run_dir)?;
+    host::write_atomic(&run_dir.join("report.html"), render(&run)?.as_bytes())
 }
 
-/// Every `cells/*/result.json` of a run, sorted by cell id.
-pub fn load_records(run_dir: &Path) -> Result<Vec<CellRecord>> {
-    let cells = run_dir.join("cells");
-    let mut out = Vec::new();
-    let entries =
-        std::fs::read_dir(&cells).with_context(|| format!("reading {}", cells.display()))?;
-    for entry in entries.flatten() {
-        let path = entry.path().join("result.json");
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        out.push(parse_record(&text).with_context(|| format!("parsing {}", path.display()))?);
-    }
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(out)
-}
-
-/// A `result.json`.
-pub fn parse_record(text: &str) -> Result<CellRecord> {
-    Ok(serde_json::from_str(text)?)
-}
-
-pub fn render(run_dir: &Path) -> Result<String> {
-    let records = load_records(run_dir)?;
-    let summary: serde_json::Value = std::fs::read_to_string(run_dir.join("summary.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
+pub fn render(run: &Run) -> Result<String> {
+    let records = &run.records;
     let mut body = String::new();
-    let title = format!(
-        "kstorm {} {}",
-        summary["suite"].as_str().unwrap_or(""),
-        summary["run_id"].as_str().unwrap_or("")
-    );
+    let title = format!("kstorm {} {}", run.info.suite, run.info.run_id);
     writeln!(body, "<h1>{}</h1>", esc(&title))?;
-    body.push_str(&headline(&summary, &records));
-    if let Ok(text) = std::fs::read_to_string(run_dir.join("compare.html")) {
+    body.push_str(&headline(&run.info, records));
+    if let Ok(text) = std::fs::read_to_string(run.root.join("compare.html")) {
         body.push_str(&text);
     }
-    if let Ok(text) = std::fs::read_to_string(run_dir.join("sweep.json")) {
-        let file: SweepFile = serde_json::from_str(&text).context("parsing sweep.json")?;
+    if let Some(file) = run.optional_json::<SweepFile>(SWEEP_FILE)? {
         body.push_str(&sweep_section(&file)?);
     }
-    body.push_str(&matrix(&records));
-    body.push_str(&scenario_plots(&records)?);
-    body.push_str(&environment(&summary, &records));
-    body.push_str(&cell_details(run_dir, &records));
+    body.push_str(&matrix(records));
+    body.push_str(&scenario_plots(records)?);
+    body.push_str(&environment(&run.info, records));
+    body.push_str(&cell_details(&run.root, records));
     Ok(format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{}</title>\
          <style>{STYLE}</style></head><body>{body}</body></html>\n",
@@ -91,14 +62,14 @@ pub fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn headline(summary: &serde_json::Value, records: &[CellRecord]) -> String {
+fn headline(info: &RunInfo, records: &[CellRecord]) -> String {
     let ok = records.iter().filter(|r| r.as_expected).count();
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for r in records {
         *counts.entry(r.verdict.word()).or_default() += 1;
     }
     let counts: Vec<String> = counts.iter().map(|(w, n)| format!("{w} {n}")).collect();
-    let complete = if summary["complete"].as_bool() == Some(false) {
+    let complete = if !info.complete {
         " (run incomplete: partial results)"
     } else {
         ""
@@ -398,7 +369,7 @@ fn sweep_section(file: &SweepFile) -> Result<String> {
         "<h2>Breaking point: {} of {}</h2><pre>{}</pre><div class=\"plots\">",
         esc(&file.param),
         esc(&file.case),
-        esc(&sweep::table(file))
+        esc(&super::text::sweep_table(file))
     );
     for g in &file.groups {
         let name = format!("{} {}M {}", g.image, g.ram_mib, g.variant);
@@ -408,13 +379,13 @@ fn sweep_section(file: &SweepFile) -> Result<String> {
             .map(|c| {
                 let o = &c.observation;
                 match g.mode {
-                    Some(sweep::search::Mode::Counting) => (o.value, o.count.unwrap_or(o.value)),
+                    Some(Mode::Counting) => (o.value, o.count.unwrap_or(o.value)),
                     _ => (o.value, if o.survived { 1.0 } else { 0.0 }),
                 }
             })
             .collect();
         let chart = match (&g.mode, &g.estimate) {
-            (Some(sweep::search::Mode::Counting), _) => {
+            (Some(Mode::Counting), _) => {
                 let counts: Vec<(f64, f64)> = observed
                     .iter()
                     .enumerate()
@@ -423,9 +394,7 @@ fn sweep_section(file: &SweepFile) -> Result<String> {
                 let title = format!("count at failure per repeat: {name}");
                 line_chart(&title, "repeat", "count", &[(name, counts)], true)?
             }
-            (_, sweep::search::Estimate::Survival { fit }) => {
-                survival_chart(&name, &observed, fit)?
-            }
+            (_, Estimate::Survival { fit }) => survival_chart(&name, &observed, fit)?,
             _ => continue,
         };
         out.push_str(&chart);
@@ -437,7 +406,7 @@ fn sweep_section(file: &SweepFile) -> Result<String> {
 fn survival_chart(
     name: &str,
     observed: &[(f64, f64)],
-    fit: &sweep::stats::SurvivalFit,
+    fit: &crate::stats::SurvivalFit,
 ) -> Result<String> {
     let mut series = vec![("observed (1 = survived)".to_string(), observed.to_vec())];
     let (x, _) = ranges(observed.iter().copied());
@@ -454,58 +423,41 @@ fn survival_chart(
     line_chart(&title, "value", "survival", &sorted, true)
 }
 
-fn environment(summary: &serde_json::Value, records: &[CellRecord]) -> String {
-    let mut rows: BTreeMap<String, String> = BTreeMap::new();
-    rows.insert(
-        "accelerator".into(),
-        format!(
-            "{} ({})",
-            summary["accel"].as_str().unwrap_or("?"),
-            summary["accel_reason"].as_str().unwrap_or("")
+fn environment(info: &RunInfo, records: &[CellRecord]) -> String {
+    let mut rows: Vec<(String, String)> = vec![
+        (
+            "accelerator".into(),
+            format!("{} ({})", info.accel, info.accel_reason),
         ),
-    );
-    rows.insert(
-        "profile".into(),
-        summary["profile"].as_str().unwrap_or("").into(),
-    );
-    rows.insert("host".into(), host_line());
-    rows.insert("kstorm commit".into(), git_commit());
+        ("profile".into(), info.profile.clone()),
+        ("started".into(), info.started_at.clone()),
+    ];
+    let runs: Vec<&RunInfo> = match info.shards.is_empty() {
+        true => vec![info],
+        false => info.shards.iter().collect(),
+    };
+    for (i, r) in runs.iter().enumerate() {
+        let which = match runs.len() {
+            1 => String::new(),
+            _ => format!(" (shard {} of {}: {})", i + 1, runs.len(), r.run_id),
+        };
+        rows.push((format!("host{which}"), r.host.line()));
+        rows.push((format!("QEMU{which}"), r.host.qemu.clone()));
+        rows.push((format!("kstorm{which}"), r.kstorm.describe.clone()));
+    }
+    let mut images: BTreeMap<String, String> = BTreeMap::new();
     for r in records {
         for (k, v) in r.provenance.entries() {
-            rows.entry(format!("{}: {k}", r.image)).or_insert(v);
+            images.entry(format!("{}: {k}", r.image)).or_insert(v);
         }
     }
+    rows.extend(images);
     let mut out = String::from("<h2>Environment</h2><table>");
     for (k, v) in rows {
         let _ = write!(out, "<tr><th>{}</th><td>{}</td></tr>", esc(&k), esc(&v));
     }
     out.push_str("</table>");
     out
-}
-
-fn host_line() -> String {
-    let read = |p: &str| {
-        std::fs::read_to_string(p)
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    };
-    format!(
-        "{} Linux {} ({} CPUs)",
-        read("/proc/sys/kernel/hostname"),
-        read("/proc/sys/kernel/osrelease"),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
-    )
-}
-
-fn git_commit() -> String {
-    duct::cmd!("git", "rev-parse", "--short=12", "HEAD")
-        .dir(host::workspace_root())
-        .stderr_null()
-        .read()
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Per cell: verdict, links to its files, and the console around the crash or before the hang.

@@ -1,7 +1,7 @@
 //! The adaptive part of a sweep: from the observations so far, which value to run next, or
 //! why to stop. Pure (no cells run here), so it is tested against simulated kernels.
 
-use super::stats::{self, Interval, SurvivalFit, Trial};
+use crate::stats::{self, Interval, SurvivalFit, Trial};
 use serde::{Deserialize, Serialize};
 
 /// How a sweep reads its cells, decided by the first informative one.

@@ -1,226 +1,11 @@
-//! Results on disk: `results/<run-id>/` holds, per cell, `cells/<cell-id>/console.log`,
-//! `qemu.stderr`, `qemu.cmd` and `result.json`; per run, `summary.json` and `junit.xml`. Every
-//! file is written atomically, and `summary.json` is rewritten after each cell, so an
-//! interrupted run keeps what it finished.
+//! What the verbs print on the terminal: the verdict table, a table per scenario, leak
+//! evidence, repeat statistics and a sweep's breaking points.
 
 use crate::cell::CellRecord;
-use crate::host;
-use anyhow::{Context, Result};
-use serde::Serialize;
+use crate::results::summary::expected_text;
+use crate::results::sweep::SweepFile;
+use crate::stats::breaking_point::Estimate;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-
-pub struct RunDir {
-    pub root: PathBuf,
-    pub id: String,
-}
-
-impl RunDir {
-    /// Creates `results_root/<run-id>` and points `results_root/latest` at it.
-    pub fn create(results_root: &Path) -> Result<RunDir> {
-        Self::create_prefixed(results_root, "")
-    }
-
-    /// [`RunDir::create`] with the id starting with `prefix` (e.g. `sweep-`).
-    pub fn create_prefixed(results_root: &Path, prefix: &str) -> Result<RunDir> {
-        let id = format!(
-            "{prefix}{}-{}",
-            chrono::Local::now().format("%Y%m%d-%H%M%S"),
-            std::process::id()
-        );
-        let root = results_root.join(&id);
-        std::fs::create_dir_all(root.join("cells"))
-            .with_context(|| format!("creating {}", root.display()))?;
-        let latest = results_root.join("latest");
-        let _ = std::fs::remove_file(&latest);
-        let _ = std::os::unix::fs::symlink(&id, &latest);
-        Ok(RunDir { root, id })
-    }
-
-    pub fn cell_dir(&self, cell_id: &str) -> PathBuf {
-        self.root.join("cells").join(cell_id)
-    }
-
-    pub fn write_cell(&self, record: &CellRecord) -> Result<()> {
-        let path = self.cell_dir(&record.id).join("result.json");
-        host::write_atomic(&path, serde_json::to_string_pretty(record)?.as_bytes())
-    }
-
-    /// Writes `summary.json` and `junit.xml` for the cells finished so far.
-    pub fn write_summary(&self, meta: &RunMeta, records: &[CellRecord]) -> Result<()> {
-        let summary = Summary::new(meta, records);
-        host::write_atomic(
-            &self.root.join("summary.json"),
-            serde_json::to_string_pretty(&summary)?.as_bytes(),
-        )?;
-        host::write_atomic(
-            &self.root.join("junit.xml"),
-            junit(meta, records)?.as_bytes(),
-        )?;
-        Ok(())
-    }
-}
-
-/// Facts about the run as a whole.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunMeta {
-    pub run_id: String,
-    pub suite: String,
-    pub accel: String,
-    pub accel_reason: String,
-    pub profile: String,
-    pub cells_planned: usize,
-    pub complete: bool,
-}
-
-#[derive(Serialize)]
-struct Summary<'a> {
-    #[serde(flatten)]
-    meta: &'a RunMeta,
-    counts: BTreeMap<&'static str, usize>,
-    as_expected: usize,
-    cells: Vec<CellLine<'a>>,
-    /// Per scenario, one row per cell with every measurement: the numbers to compare across
-    /// RAM sizes and variants.
-    tables: BTreeMap<String, Table>,
-}
-
-#[derive(Serialize)]
-struct CellLine<'a> {
-    id: &'a str,
-    image: &'a str,
-    ram_mib: u64,
-    variant: &'a str,
-    scenario: &'a str,
-    verdict: String,
-    expected: String,
-    as_expected: bool,
-    kernel: Option<&'a String>,
-    boot_s: Option<f64>,
-    total_s: f64,
-}
-
-#[derive(Serialize, Default)]
-struct Table {
-    columns: Vec<String>,
-    rows: Vec<Row>,
-}
-
-#[derive(Serialize)]
-struct Row {
-    cell: String,
-    ram_mib: u64,
-    variant: String,
-    image: String,
-    verdict: String,
-    values: BTreeMap<String, f64>,
-}
-
-impl<'a> Summary<'a> {
-    fn new(meta: &'a RunMeta, records: &'a [CellRecord]) -> Self {
-        let mut counts = BTreeMap::new();
-        for r in records {
-            *counts.entry(r.verdict.word()).or_insert(0) += 1;
-        }
-        let cells = records
-            .iter()
-            .map(|r| CellLine {
-                id: &r.id,
-                image: &r.image,
-                ram_mib: r.ram_mib,
-                variant: &r.variant,
-                scenario: &r.scenario,
-                verdict: r.verdict.describe(),
-                expected: expected_text(r),
-                as_expected: r.as_expected,
-                kernel: Some(&r.provenance.version).filter(|v| !v.is_empty()),
-                boot_s: r.timings.boot_s,
-                total_s: r.timings.total_s,
-            })
-            .collect();
-        Summary {
-            meta,
-            counts,
-            as_expected: records.iter().filter(|r| r.as_expected).count(),
-            cells,
-            tables: tables(records),
-        }
-    }
-}
-
-pub(crate) fn expected_text(r: &CellRecord) -> String {
-    let word = serde_json::to_value(r.expect)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
-    match &r.expect_title {
-        Some(t) => format!("{word} ({t})"),
-        None => word,
-    }
-}
-
-fn tables(records: &[CellRecord]) -> BTreeMap<String, Table> {
-    let mut out: BTreeMap<String, Table> = BTreeMap::new();
-    for r in records {
-        for res in &r.results {
-            let t = out.entry(res.scenario.clone()).or_default();
-            let values: BTreeMap<String, f64> = res
-                .measurements
-                .iter()
-                .map(|(k, m)| (format!("{k} [{}]", m.unit), m.value))
-                .collect();
-            for k in values.keys() {
-                if !t.columns.contains(k) {
-                    t.columns.push(k.clone());
-                }
-            }
-            t.rows.push(Row {
-                cell: r.id.clone(),
-                ram_mib: r.ram_mib,
-                variant: r.variant.clone(),
-                image: r.image.clone(),
-                verdict: r.verdict.word().to_string(),
-                values,
-            });
-        }
-    }
-    for t in out.values_mut() {
-        t.rows.sort_by(|a, b| {
-            (&a.image, &a.variant, a.ram_mib, &a.cell)
-                .cmp(&(&b.image, &b.variant, b.ram_mib, &b.cell))
-        });
-    }
-    out
-}
-
-fn junit(meta: &RunMeta, records: &[CellRecord]) -> Result<String> {
-    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
-    let mut report = Report::new(format!("kstorm {}", meta.suite));
-    let mut suite = TestSuite::new(meta.suite.clone());
-    for r in records {
-        let status = if r.as_expected {
-            TestCaseStatus::success()
-        } else if r.verdict.is_infra() {
-            let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
-            s.set_message(r.verdict.describe());
-            s
-        } else {
-            let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
-            s.set_message(format!(
-                "expected {}, got {}",
-                expected_text(r),
-                r.verdict.describe()
-            ));
-            s
-        };
-        let mut case = TestCase::new(r.id.clone(), status);
-        case.set_classname(format!("{}.{}", meta.suite, r.image));
-        case.set_time(std::time::Duration::from_secs_f64(r.timings.total_s));
-        suite.add_test_case(case);
-    }
-    report.add_test_suite(suite);
-    Ok(report.to_string()?)
-}
 
 /// The table printed at the end of a run.
 pub fn table(records: &[CellRecord]) -> String {
@@ -256,7 +41,7 @@ pub fn table(records: &[CellRecord]) -> String {
 }
 
 /// Left-aligned columns, two spaces apart.
-pub(crate) fn text_table(header: &[String], rows: &[Vec<String>]) -> String {
+pub fn text_table(header: &[String], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, c) in widths.iter_mut().zip(row) {
@@ -428,5 +213,70 @@ fn truncate(s: &str, n: usize) -> String {
         s.to_string()
     } else {
         format!("{}...", s.chars().take(n - 3).collect::<String>())
+    }
+}
+
+/// The terminal table: one line per group.
+pub fn sweep_table(file: &SweepFile) -> String {
+    let mut out = format!(
+        "breaking point of {} in {} ({} = swept parameter)\n",
+        file.case, file.suite, file.param
+    );
+    out.push_str(&format!(
+        "{:<12} {:>6} {:<14} {:<9} {:>5} {:>12} {:>25}  stopped\n",
+        "image", "RAM", "variant", "mode", "cells", "estimate", "95% interval"
+    ));
+    for g in &file.groups {
+        let (mode, estimate, interval) = describe(&g.estimate);
+        out.push_str(&format!(
+            "{:<12} {:>5}M {:<14} {:<9} {:>5} {:>12} {:>25}  {}\n",
+            g.image,
+            g.ram_mib,
+            g.variant,
+            mode,
+            g.cells.len(),
+            estimate,
+            interval,
+            g.stopped
+        ));
+    }
+    out.push_str(&format!(
+        "counting: {}\nsurvival: {}\n",
+        file.methods.counting, file.methods.survival
+    ));
+    out
+}
+
+/// (mode, estimate, interval) as short texts.
+pub fn describe(e: &Estimate) -> (&'static str, String, String) {
+    let end = |v: Option<f64>| {
+        v.map(|v| format!("{v:.0}"))
+            .unwrap_or_else(|| "open".into())
+    };
+    match e {
+        Estimate::Counting { median, .. } => (
+            "counting",
+            format!("{:.0}", median.estimate),
+            format!("{} - {}", end(median.lo), end(median.hi)),
+        ),
+        Estimate::Survival {
+            fit: crate::stats::SurvivalFit::Logistic { x50, .. },
+        } => (
+            "survival",
+            format!("{:.1}", x50.estimate),
+            format!("{} - {}", end(x50.lo), end(x50.hi)),
+        ),
+        Estimate::Survival {
+            fit:
+                crate::stats::SurvivalFit::Separated {
+                    last_survived,
+                    first_failed,
+                },
+        } => (
+            "survival",
+            "-".into(),
+            format!("between {} and {}", end(*last_survived), end(*first_failed)),
+        ),
+        Estimate::None => ("-", "-".into(), "-".into()),
     }
 }

@@ -6,11 +6,13 @@
 //! explain there), so this is run by hand or nightly on the kernel of the day; it is too long
 //! for CI under TCG.
 
+use super::run::{self, RunOptions};
 use crate::cell::CellRecord;
 use crate::config::Catalog;
 use crate::host;
 use crate::matrix::{self, Selection};
-use crate::run::{self, RunOptions};
+use crate::results::{RunInfo, Store};
+use crate::session::Session;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -108,13 +110,25 @@ pub fn verify(opts: &VerifyOptions) -> Result<Verification> {
         kernel: Vec::new(),
         suites: Vec::new(),
     };
+    // One session for every suite: packages, payload, images and the probe, once (a suite
+    // whose published image cannot be had says so in its row and is left out of it).
+    let cache = &opts.run.session.cache;
+    let has_images = |cells: &[matrix::Cell]| {
+        crate::images::published::ensure_all(cells.iter().map(|c| &c.image), cache)
+    };
+    let all: Vec<matrix::Cell> = planned
+        .iter()
+        .filter(|(_, c)| has_images(c).is_ok())
+        .flat_map(|(_, c)| c.clone())
+        .collect();
+    let session = Session::prepare(&all, opts.run.session.clone())?;
     for (name, cells) in planned {
         if crate::qemu::interrupted() {
             break;
         }
         verification
             .suites
-            .push(verify_suite(&name, cells, opts, &root));
+            .push(verify_suite(&session, &name, cells, opts, &root));
         verification.kernel = kernels(&verification.suites);
         // Rewritten after each suite, so an interrupted verification keeps what it finished.
         write(&root, &verification)?;
@@ -125,6 +139,7 @@ pub fn verify(opts: &VerifyOptions) -> Result<Verification> {
 }
 
 fn verify_suite(
+    session: &Session,
     name: &str,
     cells: Vec<matrix::Cell>,
     opts: &VerifyOptions,
@@ -143,16 +158,19 @@ fn verify_suite(
         misses: Vec::new(),
     };
     eprintln!("kstorm: verify: suite {name}, {} cells", cells.len());
-    let ran = crate::images::published::ensure_all(cells.iter().map(|c| &c.image), &opts.run.cache)
-        .and_then(|()| {
-            let mut run_opts = opts.run.clone();
-            run_opts.suite = name.to_string();
-            run_opts.results_root = root.join(name);
-            run::run_cells(name, cells, &run_opts)
-        });
+    let ran = crate::images::published::ensure_all(
+        cells.iter().map(|c| &c.image),
+        &opts.run.session.cache,
+    )
+    .and_then(|()| {
+        let mut info = RunInfo::new("verify-suites", name, std::env::args().skip(1).collect());
+        info.cells_planned = cells.len();
+        let store = Store::create(&root.join(name), "", info)?;
+        run::run_in(session, &store, cells)
+    });
     match ran {
         Ok(run) => {
-            outcome.run_dir = Some(run.dir.root.clone());
+            outcome.run_dir = Some(run.root.clone());
             outcome.cells = run.records.len();
             outcome.as_expected = run.records.iter().filter(|r| r.as_expected).count();
             outcome.infra = run.records.iter().filter(|r| r.verdict.is_infra()).count();
@@ -192,7 +210,7 @@ fn misses(records: &[CellRecord]) -> Vec<Miss> {
             got.sort();
             got.dedup();
             Miss {
-                expected: crate::report::expected_text(runs[0]),
+                expected: crate::results::summary::expected_text(runs[0]),
                 missed: runs.iter().filter(|r| !r.as_expected).count(),
                 runs: runs.len(),
                 cell,
@@ -247,7 +265,7 @@ pub fn text(v: &Verification) -> String {
         })
         .collect();
     let mut out = format!("kernels: {}\n", v.kernel.join(", "));
-    out.push_str(&crate::report::text_table(&header, &rows));
+    out.push_str(&crate::render::text::text_table(&header, &rows));
     for s in &v.suites {
         for m in &s.misses {
             out.push_str(&format!(

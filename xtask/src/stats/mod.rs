@@ -1,4 +1,7 @@
-//! The statistics of a breaking-point sweep.
+//! Statistics the verbs share, pure and tested against simulated data: the breaking point of a
+//! sweep ([`breaking_point`]), and below, its estimators.
+//!
+//! The estimators of a breaking-point sweep:
 //!
 //! - Counting scenarios (how far a cell got before the kernel stopped): the median count at
 //!   failure with a percentile-bootstrap 95% interval.
@@ -6,6 +9,8 @@
 //!   fitted by maximum likelihood (Newton's method on the concave log-likelihood), with a 95%
 //!   profile-likelihood interval for `x50`, the value at 50% survival: every `x50` whose best
 //!   log-likelihood lies within chi2(1, 0.95) / 2 of the maximum.
+
+pub mod breaking_point;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};

@@ -42,6 +42,10 @@ pub enum RunClass {
 #[serde(rename_all = "kebab-case")]
 pub enum SkipReason {
     BuildFailure,
+    /// `--filter` selects no cell (or several) at this commit.
+    NoCell,
+    /// The suite file or the kernel path does not load at this commit.
+    DoesNotLoad,
     BootFailure,
     /// `max_other` unrelated crashes.
     UnrelatedCrashes,

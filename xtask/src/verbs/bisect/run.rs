@@ -5,12 +5,14 @@
 
 use super::log::{BisectLog, RunEntry, Step};
 use super::rule::{Decision, Rule, RunClass, SkipReason, Tally};
+use crate::cell::CellRecord;
 use crate::config::Catalog;
-use crate::error::InfraCause;
+use crate::error::{InfraCause, UsageError};
 use crate::host;
 use crate::images::kernel_tree::BuildRecord;
 use crate::matrix::{self, Cell, Selection};
-use crate::run::{self, AccelChoice, RunOptions};
+use crate::results::{RunInfo, Store};
+use crate::session::{AccelChoice, Feed, Next, Session, SessionOptions};
 use crate::verdict::Verdict;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -59,6 +61,10 @@ pub struct BisectArgs {
     pub results: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
     pub accel: AccelChoice,
+    /// Runs of the step at once (the rule and its error bound are unchanged: a target crash in
+    /// any run makes the step bad, clean runs add up).
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
 }
 
 /// Runs one step; returns the exit code.
@@ -104,26 +110,43 @@ pub fn bisect_run(a: &BisectArgs) -> i32 {
     }
     let started = Instant::now();
     let mut build = None;
-    let (decision, tally, runs) = match select_cell(a).and_then(|c| build_first(c, &mut build)) {
+    let first_step = log.steps.is_empty();
+    let judged = select_cell(a).and_then(|c| match build_first(c, &mut build) {
+        Ok(cell) => Ok(cell),
+        Err(e) => Err(NotHere::Build(e)),
+    });
+    let (decision, tally, runs) = match judged {
         Ok(cell) => {
             let dir = root.join(&commit);
             let known = title.is_some();
-            let Some(r) = judge_commit(&rule, &cell, a, &dir, &mut title) else {
-                eprintln!("kstorm: interrupted: the bisection stops here");
-                return ABORT;
+            let r = match judge_commit(&rule, &cell, a, &dir, &mut title) {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    eprintln!("kstorm: interrupted: the bisection stops here");
+                    return ABORT;
+                }
+                // The host cannot run cells at all (no QEMU, a results folder it cannot
+                // write): no commit can be judged, so the bisection stops.
+                Err(e) => {
+                    eprintln!("kstorm: error: {e:#}\nkstorm: the bisection stops here");
+                    return ABORT;
+                }
             };
             if !known && title.is_some() {
                 title_from = Some(format!("first crash, at commit {commit}"));
             }
             r
         }
-        Err(e) => {
-            println!("commit {commit}: the suite or the kernel does not load or build here ({e:#}): skip");
-            (
-                Decision::Skip(SkipReason::BuildFailure),
-                Tally::default(),
-                Vec::new(),
-            )
+        // At the first step a selection or suite that does not work is the command line's
+        // fault: skipping would make `git bisect run` skip every commit.
+        Err(NotHere::Selection(e)) | Err(NotHere::DoesNotLoad(e)) if first_step => {
+            eprintln!("kstorm: usage error: {e:#}\nkstorm: the bisection stops here");
+            return ABORT;
+        }
+        Err(not_here) => {
+            let (reason, e) = not_here.reason();
+            println!("commit {commit}: {e:#}: skip ({reason:?})");
+            (Decision::Skip(reason), Tally::default(), Vec::new())
         }
     };
     let step = Step {
@@ -155,17 +178,57 @@ pub fn bisect_run(a: &BisectArgs) -> i32 {
     decision.exit_code()
 }
 
-/// The one cell of this commit's suite, with the kernel in place. Any error here is the
-/// commit's (its suite, its kernel path), so the caller skips the commit.
-fn select_cell(a: &BisectArgs) -> anyhow::Result<Cell> {
-    let catalog = Catalog::load(&host::workspace_root())?;
-    let suite = catalog.resolve_suite(&a.suite)?;
+/// Why a commit cannot be judged.
+enum NotHere {
+    /// `--filter` selects no cell, or several, in this commit's suite.
+    Selection(anyhow::Error),
+    /// The suite, or the kernel path, does not load at this commit.
+    DoesNotLoad(anyhow::Error),
+    /// The kernel tree does not build.
+    Build(anyhow::Error),
+}
+
+impl NotHere {
+    fn reason(self) -> (SkipReason, anyhow::Error) {
+        match self {
+            NotHere::Selection(e) => (SkipReason::NoCell, e),
+            NotHere::DoesNotLoad(e) => (SkipReason::DoesNotLoad, e),
+            NotHere::Build(e) => (SkipReason::BuildFailure, e),
+        }
+    }
+}
+
+/// The one cell of this commit's suite, with the kernel in place.
+fn select_cell(a: &BisectArgs) -> Result<Cell, NotHere> {
     let sel = Selection {
         filters: vec![a.filter.clone()],
         ..Selection::default()
     };
-    let cells = matrix::expand(&suite, &catalog, &sel)?;
-    let mut cells = crate::images::local::apply(cells, a.kernel.as_deref())?;
+    let cells = (|| {
+        let catalog = Catalog::load(&host::workspace_root())?;
+        let suite = catalog.resolve_suite(&a.suite)?;
+        let cells = matrix::expand(&suite, &catalog, &sel)?;
+        crate::images::local::apply(cells, a.kernel.as_deref()).map_err(anyhow::Error::from)
+    })()
+    .map_err(NotHere::DoesNotLoad)?;
+    let mut cells = with_tree(cells, a).map_err(NotHere::DoesNotLoad)?;
+    match cells.len() {
+        1 => Ok(cells.remove(0)),
+        n => Err(NotHere::Selection(
+            UsageError::option(
+                "--filter",
+                format!(
+                    "{:?} selects {n} cells of suite {}, not one",
+                    a.filter, a.suite
+                ),
+            )
+            .into(),
+        )),
+    }
+}
+
+/// With `--kernel-tree`, the cells boot the tree's build.
+fn with_tree(mut cells: Vec<Cell>, a: &BisectArgs) -> anyhow::Result<Vec<Cell>> {
     if let Some(tree) = &a.kernel_tree {
         let default = host::workspace_root().join("images/kconfig/kstorm.config");
         let config = match a.fragments.is_empty() {
@@ -184,10 +247,7 @@ fn select_cell(a: &BisectArgs) -> anyhow::Result<Cell> {
             };
         }
     }
-    match cells.len() {
-        1 => Ok(cells.remove(0)),
-        n => anyhow::bail!("--filter {:?} selects {n} cells, not one", a.filter),
-    }
+    Ok(cells)
 }
 
 /// Builds the cell's kernel tree before the first run, so that the build is timed on its own
@@ -224,50 +284,110 @@ fn build_first(cell: Cell, record: &mut Option<BuildRecord>) -> anyhow::Result<C
     Ok(cell)
 }
 
-/// Runs `cell` until the rule decides. `None` when interrupted.
+/// Runs `cell` until the rule decides, `--jobs` runs at a time, in one session and one run
+/// folder for the commit (`dir`). `None` when interrupted.
 fn judge_commit(
     rule: &Rule,
     cell: &Cell,
     a: &BisectArgs,
     dir: &Path,
     title: &mut Option<String>,
-) -> Option<(Decision, Tally, Vec<RunEntry>)> {
-    let mut tally = Tally::default();
-    let mut runs = Vec::new();
-    loop {
-        let n = tally.attempts + 1;
-        let mut opts = RunOptions::new(&a.suite);
-        opts.jobs = 1;
-        opts.accel = a.accel;
-        opts.progress = false;
-        opts.results_root = dir.join(format!("run-{n:02}"));
-        let (verdict, hello, where_) = match run::run_cells(&cell.suite, vec![cell.clone()], &opts)
-        {
-            Ok(out) if crate::qemu::interrupted() || !out.complete => return None,
-            Ok(out) => {
-                let r = &out.records[0];
-                (
-                    r.verdict.clone(),
-                    r.hello.is_some(),
-                    out.dir.root.display().to_string(),
-                )
-            }
-            Err(e) => (
-                Verdict::from_error(&e, InfraCause::Harness),
-                false,
-                String::new(),
-            ),
-        };
-        let class = classify(&verdict, hello, title);
-        println!("run {n}: {} -> {class:?}", verdict.describe());
-        runs.push(RunEntry {
+) -> anyhow::Result<Option<(Decision, Tally, Vec<RunEntry>)>> {
+    let opts = SessionOptions {
+        jobs: a.jobs,
+        accel: a.accel,
+        progress: false,
+        ..SessionOptions::default()
+    };
+    let mut info = RunInfo::new(
+        "bisect-run",
+        &cell.suite,
+        std::env::args().skip(1).collect(),
+    );
+    info.cells_planned = rule.clean_needed as usize;
+    if dir.exists() {
+        // The same commit judged again (a bisection restarted): its old runs are not evidence.
+        std::fs::remove_dir_all(dir)?;
+    }
+    let store = Store::create_at(dir, info)?;
+    let session = Session::prepare(std::slice::from_ref(cell), opts)?;
+    session.stamp(&store)?;
+    let mut feed = RuleFeed {
+        rule,
+        template: cell,
+        title: title.clone(),
+        tally: Tally::default(),
+        runs: Vec::new(),
+        started: 0,
+        seen: 0,
+        decision: None,
+        root: store.root().to_path_buf(),
+    };
+    session.run_fed(&mut feed, rule.clean_needed as usize, &store);
+    store.finish(feed.decision.is_some())?;
+    *title = feed.title.clone();
+    Ok(feed.decision.map(|d| (d, feed.tally, feed.runs)))
+}
+
+/// The rule as a session's feed: starts runs while the rule can still need them, reads the
+/// finished ones in the order they ended, and stops once it has decided and every run it
+/// started is in (a target crash in a run still going when "good" was reached makes it bad).
+struct RuleFeed<'a> {
+    rule: &'a Rule,
+    template: &'a Cell,
+    title: Option<String>,
+    tally: Tally,
+    runs: Vec<RunEntry>,
+    /// Runs started so far.
+    started: u32,
+    /// Records already read.
+    seen: usize,
+    decision: Option<Decision>,
+    root: PathBuf,
+}
+
+impl Feed for RuleFeed<'_> {
+    fn next(&mut self, finished: &[CellRecord], running: usize) -> Next {
+        for r in &finished[self.seen..] {
+            self.read(r);
+        }
+        self.seen = finished.len();
+        if self.decision.is_some() {
+            return if running == 0 { Next::Done } else { Next::Wait };
+        }
+        let pending = self.tally.clean + running as u32;
+        let budget_left = self.tally.attempts + (running as u32) < self.rule.max_runs;
+        // Clean runs already in flight may be all the rule needs: wait for them.
+        if pending >= self.rule.clean_needed || !budget_left {
+            return Next::Wait;
+        }
+        self.started += 1;
+        let mut cell = self.template.clone();
+        cell.id = format!("{}.run-{:02}", self.template.id, self.started);
+        Next::Run(cell)
+    }
+}
+
+impl RuleFeed<'_> {
+    /// One finished run: its class printed, logged and counted; after a decision, only a target
+    /// crash still counts (it turns the decision to bad).
+    fn read(&mut self, r: &CellRecord) {
+        let class = classify(&r.verdict, r.hello.is_some(), &mut self.title);
+        let n = self.runs.len() as u32 + 1;
+        println!("run {n}: {} -> {class:?}", r.verdict.describe());
+        self.runs.push(RunEntry {
             n,
-            verdict: verdict.describe(),
+            verdict: r.verdict.describe(),
             class,
-            dir: where_,
+            dir: self.root.join("cells").join(&r.id).display().to_string(),
         });
-        if let Some(d) = rule.record(&mut tally, class) {
-            return Some((d, tally, runs));
+        match self.decision {
+            None => self.decision = self.rule.record(&mut self.tally, class),
+            Some(_) if class == RunClass::Target => {
+                self.tally.attempts += 1;
+                self.decision = Some(Decision::Bad);
+            }
+            Some(_) => self.tally.attempts += 1,
         }
     }
 }

@@ -1,25 +1,23 @@
 //! The `sweep` verb: where a case stops surviving, per image, RAM size and variant.
 //!
-//! Each (image, RAM, variant) of the case is a group with its own [`search::Search`]. Every step
-//! runs the next cell of each group still searching (real cells, through [`run::run_cells`]),
-//! feeds the verdicts back, and stops at the cell or time cap or when every interval is narrow
-//! enough. Results: `sweep.json` and, like a run, `cells/`, `summary.json` and `report.html`
-//! in `results/sweep-<id>/`.
+//! Each (image, RAM, variant) of the case is a group with its own [`Search`]. One session is
+//! prepared for all groups; every step runs the next cell of each group still searching (real
+//! cells), feeds the verdicts back, and stops at the cell or time cap or when every interval is
+//! narrow enough. Results: `sweep.json` and, like a run, `cells/`, `summary.json` and
+//! `report.html` in `results/sweep-<id>/`.
 
-pub mod search;
-pub mod stats;
-
+use super::run::RunOptions;
 use crate::cell::CellRecord;
 use crate::config::Catalog;
 use crate::host;
 use crate::matrix::{self, Cell, Selection};
-use crate::report::{RunDir, RunMeta};
-use crate::run::{self, RunOptions};
+use crate::render;
+use crate::results::sweep::{Group, Methods, SweepFile, SweptCell, SWEEP_FILE};
+use crate::results::{RunInfo, Store};
+use crate::session::Session;
+use crate::stats::breaking_point::{Limits, Next, Observation, Search};
 use crate::verdict::Verdict;
-use anyhow::{bail, Context, Result};
-use search::{Estimate, Limits, Mode, Next, Observation, Search};
-use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use anyhow::{bail, Result};
 use std::time::{Duration, Instant};
 
 pub struct SweepOptions {
@@ -39,55 +37,6 @@ pub struct SweepOptions {
     pub run: RunOptions,
 }
 
-/// `sweep.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SweepFile {
-    pub suite: String,
-    pub case: String,
-    pub param: String,
-    pub seed: u64,
-    pub methods: Methods,
-    pub groups: Vec<Group>,
-}
-
-/// Which statistics produced the intervals (written out so a reader need not guess).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Methods {
-    pub counting: String,
-    pub survival: String,
-}
-
-impl Default for Methods {
-    fn default() -> Self {
-        Methods {
-            counting: "median count at failure; 95% percentile bootstrap (4000 resamples)".into(),
-            survival: "logistic fit by maximum likelihood; value at 50% survival with a 95% \
-                       profile-likelihood interval"
-                .into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Group {
-    pub image: String,
-    pub ram_mib: u64,
-    pub variant: String,
-    pub mode: Option<Mode>,
-    pub cells: Vec<SweptCell>,
-    pub estimate: Estimate,
-    /// Why the search stopped (target reached, a cap, or what the data showed).
-    pub stopped: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SweptCell {
-    pub cell: String,
-    pub verdict: String,
-    #[serde(flatten)]
-    pub observation: Observation,
-}
-
 /// A group while it is being searched.
 struct Live {
     template: Cell,
@@ -104,43 +53,45 @@ pub fn sweep(opts: &SweepOptions) -> Result<SweepFile> {
     let catalog = Catalog::load(&host::workspace_root())?;
     let suite = catalog.suite(&opts.run.suite)?;
     let mut groups = groups(suite, &catalog, opts)?;
-    let dir = RunDir::create_prefixed(&opts.run.results_root, "sweep-")?;
+    let mut info = RunInfo::new("sweep", &opts.run.suite, std::env::args().skip(1).collect());
+    info.profile = format!("{:?}", opts.run.selection.profile).to_lowercase();
+    info.cells_planned = opts.max_cells;
+    let store = Store::create(&opts.run.results_root, "sweep-", info)?;
+    let templates: Vec<Cell> = groups.iter().map(|g| g.template.clone()).collect();
+    let session = Session::prepare(&templates, opts.run.session.clone())?;
+    session.stamp(&store)?;
     eprintln!(
         "kstorm: sweeping {} of {} over {} group(s), results in {}",
         opts.param,
         opts.case,
         groups.len(),
-        dir.root.display()
+        store.root().display()
     );
     let start = Instant::now();
-    let mut records: Vec<CellRecord> = Vec::new();
-    let mut step = 0;
+    let mut ran = 0;
     loop {
-        let budget = opts.max_cells.saturating_sub(records.len());
+        let budget = opts.max_cells.saturating_sub(ran);
         if budget == 0 || start.elapsed() >= opts.max_time || crate::qemu::interrupted() {
             let why = if budget == 0 { "cell cap" } else { "time cap" };
             stop_all(&mut groups, why);
             break;
         }
-        let batch = next_cells(&mut groups, &opts.param, budget, &mut step);
+        let batch = next_cells(&mut groups, &opts.param, budget);
         if batch.is_empty() {
             break;
         }
-        let mut step_opts = opts.run.clone();
-        step_opts.results_root = dir.root.join("steps").join(format!("{step:03}"));
-        let outcome = run::run_cells(&opts.run.suite, batch, &step_opts)?;
-        for record in outcome.records {
-            adopt_cell_dir(&outcome.dir, &dir, &record.id)?;
-            dir.write_cell(&record)?;
+        for record in session.run(batch, &store) {
             observe(&mut groups, &record, &opts.param);
-            records.push(record);
+            ran += 1;
         }
-        write(&dir, &sweep_file(opts, &groups), &records, opts)?;
+        store.write_json(SWEEP_FILE, &sweep_file(opts, &groups))?;
     }
     let file = sweep_file(opts, &groups);
-    write(&dir, &file, &records, opts)?;
-    println!("{}", table(&file));
-    println!("sweep results in {}", dir.root.display());
+    store.write_json(SWEEP_FILE, &file)?;
+    store.finish(file.groups.iter().all(|g| g.stopped != "running"))?;
+    render::html::write(store.root())?;
+    println!("{}", render::text::sweep_table(&file));
+    println!("sweep results in {}", store.root().display());
     Ok(file)
 }
 
@@ -215,8 +166,7 @@ fn stop_all(groups: &mut [Live], why: &str) {
 }
 
 /// The next cell of every group still searching, at most `budget` of them.
-fn next_cells(groups: &mut [Live], param: &str, budget: usize, step: &mut usize) -> Vec<Cell> {
-    *step += 1;
+fn next_cells(groups: &mut [Live], param: &str, budget: usize) -> Vec<Cell> {
     let mut batch = Vec::new();
     for g in groups.iter_mut().filter(|g| g.stopped.is_none()) {
         if batch.len() == budget {
@@ -238,17 +188,6 @@ fn next_cells(groups: &mut [Live], param: &str, budget: usize, step: &mut usize)
         }
     }
     batch
-}
-
-/// Moves a cell's folder from a step's run into the sweep's own `cells/`.
-fn adopt_cell_dir(step: &RunDir, sweep: &RunDir, cell: &str) -> Result<()> {
-    let from = step.cell_dir(cell);
-    if !from.exists() {
-        return Ok(());
-    }
-    let to: PathBuf = sweep.cell_dir(cell);
-    std::fs::rename(&from, &to)
-        .with_context(|| format!("moving {} to {}", from.display(), to.display()))
 }
 
 fn observe(groups: &mut [Live], record: &CellRecord, param: &str) {
@@ -301,98 +240,5 @@ fn sweep_file(opts: &SweepOptions, groups: &[Live]) -> SweepFile {
                 stopped: g.stopped.clone().unwrap_or_else(|| "running".into()),
             })
             .collect(),
-    }
-}
-
-/// `sweep.json`, the run files of the cells so far, and the HTML report (atomically, each).
-fn write(
-    dir: &RunDir,
-    file: &SweepFile,
-    records: &[CellRecord],
-    opts: &SweepOptions,
-) -> Result<()> {
-    host::write_atomic(
-        &dir.root.join("sweep.json"),
-        serde_json::to_string_pretty(file)?.as_bytes(),
-    )?;
-    let accel = records
-        .first()
-        .map(|r| r.accel.to_string())
-        .unwrap_or_default();
-    let meta = RunMeta {
-        run_id: dir.id.clone(),
-        suite: opts.run.suite.clone(),
-        accel,
-        accel_reason: "chosen per step".into(),
-        profile: format!("{:?}", opts.run.selection.profile).to_lowercase(),
-        cells_planned: opts.max_cells,
-        complete: file.groups.iter().all(|g| g.stopped != "running"),
-    };
-    dir.write_summary(&meta, records)?;
-    crate::html_report::write(&dir.root)
-}
-
-/// The terminal table: one line per group.
-pub fn table(file: &SweepFile) -> String {
-    let mut out = format!(
-        "breaking point of {} in {} ({} = swept parameter)\n",
-        file.case, file.suite, file.param
-    );
-    out.push_str(&format!(
-        "{:<12} {:>6} {:<14} {:<9} {:>5} {:>12} {:>25}  stopped\n",
-        "image", "RAM", "variant", "mode", "cells", "estimate", "95% interval"
-    ));
-    for g in &file.groups {
-        let (mode, estimate, interval) = describe(&g.estimate);
-        out.push_str(&format!(
-            "{:<12} {:>5}M {:<14} {:<9} {:>5} {:>12} {:>25}  {}\n",
-            g.image,
-            g.ram_mib,
-            g.variant,
-            mode,
-            g.cells.len(),
-            estimate,
-            interval,
-            g.stopped
-        ));
-    }
-    out.push_str(&format!(
-        "counting: {}\nsurvival: {}\n",
-        file.methods.counting, file.methods.survival
-    ));
-    out
-}
-
-/// (mode, estimate, interval) as short texts.
-pub fn describe(e: &Estimate) -> (&'static str, String, String) {
-    let end = |v: Option<f64>| {
-        v.map(|v| format!("{v:.0}"))
-            .unwrap_or_else(|| "open".into())
-    };
-    match e {
-        Estimate::Counting { median, .. } => (
-            "counting",
-            format!("{:.0}", median.estimate),
-            format!("{} - {}", end(median.lo), end(median.hi)),
-        ),
-        Estimate::Survival {
-            fit: stats::SurvivalFit::Logistic { x50, .. },
-        } => (
-            "survival",
-            format!("{:.1}", x50.estimate),
-            format!("{} - {}", end(x50.lo), end(x50.hi)),
-        ),
-        Estimate::Survival {
-            fit:
-                stats::SurvivalFit::Separated {
-                    last_survived,
-                    first_failed,
-                },
-        } => (
-            "survival",
-            "-".into(),
-            format!("between {} and {}", end(*last_survived), end(*first_failed)),
-        ),
-        Estimate::None => ("-", "-".into(), "-".into()),
     }
 }

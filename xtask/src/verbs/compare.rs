@@ -7,12 +7,15 @@
 //!   p < 0.05, with Cliff's delta as the effect size and the change of the medians.
 //!
 //! Worse (exit 1): a new crash, a cell that met its expectation in A and does not in B (infra
-//! excepted: that is the host's), or a count at failure (the last progress of a cell that did
-//! not pass) significantly lower in B.
+//! excepted: that is the host's), a count at failure (the last progress of a cell that did
+//! not pass) significantly lower in B, or missing data: a cell of A that B lacks, or a B that
+//! did not complete (`--allow-missing` accepts a deliberate subset). A gate never passes a run
+//! that lost its cells.
 
 use crate::cell::CellRecord;
-use crate::html_report::{self, esc};
-use crate::sweep::stats::median;
+use crate::render::html::esc;
+use crate::results::Run;
+use crate::stats::median;
 use crate::verdict::Verdict;
 use anyhow::Result;
 use serde::Serialize;
@@ -38,6 +41,12 @@ pub struct Comparison {
     pub untested: usize,
     pub only_in_a: Vec<String>,
     pub only_in_b: Vec<String>,
+    /// B's run did not finish (interrupted, or cells left unrun).
+    #[serde(default)]
+    pub b_incomplete: bool,
+    /// Cells missing from B, and an incomplete B, are accepted (`--allow-missing`).
+    #[serde(default)]
+    pub allow_missing: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -64,17 +73,39 @@ pub struct NumericChange {
 
 impl Comparison {
     pub fn worse(&self) -> bool {
-        !self.new_crashes.is_empty()
+        self.missing_data()
+            || !self.new_crashes.is_empty()
             || self.verdict_changes.iter().any(|c| c.worse)
             || self.numeric_changes.iter().any(|c| c.worse)
     }
+
+    /// B lacks cells of A, or did not complete, and that was not allowed.
+    pub fn missing_data(&self) -> bool {
+        !self.allow_missing && (!self.only_in_a.is_empty() || self.b_incomplete)
+    }
 }
 
-pub fn compare_dirs(a: &Path, b: &Path) -> Result<Comparison> {
-    Ok(compare(
-        &html_report::load_records(a)?,
-        &html_report::load_records(b)?,
-    ))
+/// The `compare` verb: prints the comparison, writes `compare.json` and `compare.html` into B's
+/// folder and renders B's report again; true when B is worse.
+pub fn compare_verb(a: &Path, b: &Path, allow_missing: bool) -> Result<bool> {
+    let c = compare_dirs(a, b, allow_missing)?;
+    print!("{}", text(&c));
+    crate::host::write_atomic(
+        &b.join("compare.json"),
+        serde_json::to_string_pretty(&c)?.as_bytes(),
+    )?;
+    crate::host::write_atomic(&b.join("compare.html"), html(&c, a).as_bytes())?;
+    crate::render::html::write(b)?;
+    Ok(c.worse())
+}
+
+/// Compares two run folders, each read back whole (a damaged file is an error naming it).
+pub fn compare_dirs(a: &Path, b: &Path, allow_missing: bool) -> Result<Comparison> {
+    let (ra, rb) = (Run::load(a)?, Run::load(b)?);
+    let mut c = compare(&ra.records, &rb.records);
+    c.b_incomplete = !rb.info.complete;
+    c.allow_missing = allow_missing;
+    Ok(c)
 }
 
 pub fn compare(a: &[CellRecord], b: &[CellRecord]) -> Comparison {
@@ -220,7 +251,18 @@ pub fn text(c: &Comparison) -> String {
             n.cliffs_delta
         );
     }
-    list(&mut out, "cells only in A", &c.only_in_a);
+    let missing = match c.allow_missing {
+        true => "cells only in A (allowed: --allow-missing)",
+        false => "MISSING: cells of A that B lacks",
+    };
+    list(&mut out, missing, &c.only_in_a);
+    if c.b_incomplete {
+        let _ = writeln!(
+            out,
+            "{}: B did not complete (interrupted, or cells left unrun)",
+            if c.allow_missing { "note" } else { "MISSING" }
+        );
+    }
     list(&mut out, "cells only in B", &c.only_in_b);
     let _ = writeln!(
         out,

@@ -1,12 +1,13 @@
 //! `cargo xtask bench ...`: speed targets, measured as ratios against a baseline taken in the
 //! same run (absolute times under TCG vary too much between machines to mean anything alone).
 
+use super::run;
 use crate::cell::{self, CellEnv};
 use crate::config::Catalog;
 use crate::host;
 use crate::images::{self, PreparedImage};
 use crate::qemu::{Accel, QemuSpec};
-use crate::run::{self, AccelChoice};
+use crate::session::{self, accel, AccelChoice};
 use anyhow::{bail, Context, Result};
 use kstorm_payload::plan::{Plan, ScenarioSpec};
 use std::collections::BTreeMap;
@@ -42,7 +43,7 @@ fn linux_bench() -> Result<LinuxBench> {
     let prepared = images::prepare(&image, &cache)?;
     let mut map = BTreeMap::new();
     map.insert("linux".to_string(), Ok(prepared.clone()));
-    let (accel, why) = run::choose_accel(AccelChoice::Auto, &map, &payload, &cache);
+    let (accel, why) = accel::choose(AccelChoice::Auto, &map, &payload, &cache);
     eprintln!("accelerator: {accel} ({why})");
     Ok(LinuxBench {
         image,
@@ -247,7 +248,7 @@ pub fn detect() -> Result<()> {
 }
 
 fn smoke_cell(image: &crate::config::Image) -> Result<crate::matrix::Cell> {
-    let mut cell = run::probe_cell()?;
+    let mut cell = accel::probe_cell()?;
     cell.id = "bench-smoke".into();
     cell.image = image.clone();
     cell.ram = crate::config::RamSize(256);
@@ -291,7 +292,7 @@ pub fn transport(upload_mb: usize) -> Result<()> {
         cell.id = format!("bench-{kind}");
         cell.transport = disk_image.transport(Some(kind))?.clone();
         cell.deadlines.cell = Some(crate::config::HumanDuration(Duration::from_secs(900)));
-        let plan_json = serde_json::to_vec(&run::plan_for(&cell))?;
+        let plan_json = serde_json::to_vec(&session::plan_for(&cell))?;
         let boot = images::cell_artifacts(
             &disk,
             &disk_image,
@@ -371,8 +372,8 @@ cases:
     let cells = crate::matrix::expand(&suite, &catalog, &Default::default())?;
     let mut opts = run::RunOptions::new("bench-scenarios");
     opts.results_root = dir.path().join("results");
-    opts.progress = false;
-    opts.jobs = 1;
+    opts.session.progress = false;
+    opts.session.jobs = 1;
     let outcome = run::run_cells("bench-scenarios", cells, &opts)?;
     println!(
         "{:<14} {:>9} {:>12} {:>10}  verdict",
@@ -450,7 +451,7 @@ fn run_pid1_cell(
     cell: &crate::matrix::Cell,
     dir: std::path::PathBuf,
 ) -> Result<cell::CellRecord> {
-    let plan = run::plan_for(cell);
+    let plan = session::plan_for(cell);
     let boot = images::cell_artifacts(
         &b.prepared,
         &b.image,
