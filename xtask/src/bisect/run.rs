@@ -6,6 +6,7 @@
 use super::log::{BisectLog, RunEntry, Step};
 use super::rule::{Decision, Rule, RunClass, SkipReason, Tally};
 use crate::config::Catalog;
+use crate::detect::title::CrashTitles;
 use crate::host;
 use crate::images::kernel_tree::BuildRecord;
 use crate::matrix::{self, Cell, Selection};
@@ -240,24 +241,27 @@ fn judge_commit(
         opts.accel = a.accel;
         opts.progress = false;
         opts.results_root = dir.join(format!("run-{n:02}"));
-        let (verdict, hello, where_) = match run::run_cells(&cell.suite, vec![cell.clone()], &opts)
-        {
-            Ok(out) if crate::qemu::interrupted() || !out.complete => return None,
-            Ok(out) => {
-                let r = &out.records[0];
-                (
-                    r.verdict.clone(),
-                    r.hello.is_some(),
-                    out.dir.root.display().to_string(),
-                )
-            }
-            Err(e) => (
-                Verdict::from_error(&e, InfraCause::Harness),
-                false,
-                String::new(),
-            ),
-        };
-        let class = classify(&verdict, hello, title);
+        let (verdict, alts, hello, where_) =
+            match run::run_cells(&cell.suite, vec![cell.clone()], &opts) {
+                Ok(out) if crate::qemu::interrupted() || !out.complete => return None,
+                Ok(out) => {
+                    let r = &out.records[0];
+                    let first = crate::detect::Summary::of(&r.reports).crash;
+                    (
+                        r.verdict.clone(),
+                        first.map(|e| e.alt_titles).unwrap_or_default(),
+                        r.hello.is_some(),
+                        out.dir.root.display().to_string(),
+                    )
+                }
+                Err(e) => (
+                    Verdict::from_error(&e, InfraCause::Harness),
+                    Vec::new(),
+                    false,
+                    String::new(),
+                ),
+            };
+        let class = classify(&verdict, &alts, hello, title);
         println!("run {n}: {} -> {class:?}", verdict.describe());
         runs.push(RunEntry {
             n,
@@ -271,12 +275,18 @@ fn judge_commit(
     }
 }
 
-/// What a run's verdict says about the target crash. Without a title yet, the first crash
-/// becomes the target (and its title is kept in the log for the later steps).
-pub fn classify(verdict: &Verdict, booted: bool, title: &mut Option<String>) -> RunClass {
+/// What a run's verdict says about the target crash: its title, or one of the alternative
+/// titles of the same bug (`alts`, from the detector), contains the target. Without a title
+/// yet, the first crash becomes the target (and its title is kept in the log for later steps).
+pub fn classify(
+    verdict: &Verdict,
+    alts: &[String],
+    booted: bool,
+    title: &mut Option<String>,
+) -> RunClass {
     match verdict {
         Verdict::Crash { title: t, .. } => match title {
-            Some(want) if t.contains(want.as_str()) => RunClass::Target,
+            Some(want) if CrashTitles::new(t, alts).mentions(want) => RunClass::Target,
             Some(_) => RunClass::OtherCrash,
             None => {
                 *title = Some(t.clone());
@@ -332,27 +342,54 @@ mod tests {
         let mut title = None;
         // No title yet: the first crash becomes the target.
         assert_eq!(
-            classify(&crash("kernel panic: A"), true, &mut title),
+            classify(&crash("kernel panic: A"), &[], true, &mut title),
             RunClass::Target
         );
         assert_eq!(title.as_deref(), Some("kernel panic: A"));
         assert_eq!(
-            classify(&crash("kernel panic: A"), true, &mut title),
+            classify(&crash("kernel panic: A"), &[], true, &mut title),
             RunClass::Target
         );
         assert_eq!(
-            classify(&crash("BUG: B"), true, &mut title),
+            classify(&crash("BUG: B"), &[], true, &mut title),
             RunClass::OtherCrash
         );
-        assert_eq!(classify(&Verdict::Pass, true, &mut title), RunClass::Clean);
+        assert_eq!(
+            classify(&Verdict::Pass, &[], true, &mut title),
+            RunClass::Clean
+        );
         let silent = Verdict::Hang {
             last_progress: None,
             scenario: None,
         };
-        assert_eq!(classify(&silent, false, &mut title), RunClass::BootFailure);
+        assert_eq!(
+            classify(&silent, &[], false, &mut title),
+            RunClass::BootFailure
+        );
         let build = Verdict::infra(InfraCause::ImageBuild, "make failed");
-        assert_eq!(classify(&build, false, &mut title), RunClass::BuildFailure);
+        assert_eq!(
+            classify(&build, &[], false, &mut title),
+            RunClass::BuildFailure
+        );
         let qemu = Verdict::infra(InfraCause::QemuStart, "x");
-        assert_eq!(classify(&qemu, false, &mut title), RunClass::Infra);
+        assert_eq!(classify(&qemu, &[], false, &mut title), RunClass::Infra);
+    }
+
+    #[test]
+    fn the_same_bug_under_an_alternative_title_blames() {
+        let crash = Verdict::Crash {
+            kind: crate::detect::Kind::GeneralProtectionFault,
+            title: "general protection fault in f".into(),
+        };
+        let mut title = Some("bad-access in f".to_string());
+        assert_eq!(
+            classify(&crash, &[], true, &mut title),
+            RunClass::OtherCrash
+        );
+        let alts = ["bad-access in f".to_string()];
+        assert_eq!(classify(&crash, &alts, true, &mut title), RunClass::Target);
+        // Still a substring: part of an alternative names it too.
+        let mut part = Some("bad-access".to_string());
+        assert_eq!(classify(&crash, &alts, true, &mut part), RunClass::Target);
     }
 }
