@@ -491,12 +491,10 @@ impl Engine {
         }
         let (used, mut title) = title::render_indexed(sigs, &sig.titles, &vars);
         let mut corrupted = sig.corrupted;
-        if let Some(damaged) = &sig.corrupted_title {
+        if !sig.corrupted_title.is_empty() && used + 1 == sig.titles.len() {
             // Only the start-line template fitted: the trace named no culprit.
-            if used + 1 == sig.titles.len() {
-                title = title::render(sigs, std::slice::from_ref(damaged), &vars);
-                corrupted = true;
-            }
+            title = title::render(sigs, &sig.corrupted_title, &vars);
+            corrupted = true;
         }
         corrupted |= sigs.corrupted_titles.iter().any(|re| re.is_match(&title));
         let report = &mut self.reports[i];
@@ -510,9 +508,11 @@ impl Engine {
 /// The alternative titles that fit, without the title itself and without repeats.
 fn alternatives(sigs: &Signatures, sig: &Signature, vars: &Vars, title: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for alt in title::render_all(sigs, &sig.alt_titles, vars) {
-        if alt != title && !out.contains(&alt) {
-            out.push(alt);
+    for choices in &sig.alt_titles {
+        if let Some(alt) = title::render_first(sigs, choices, vars) {
+            if alt != title && !out.contains(&alt) {
+                out.push(alt);
+            }
         }
     }
     out

@@ -192,13 +192,14 @@ struct RawSignature {
     literal: OneOrMany,
     start: String,
     title: OneOrMany,
-    /// Alternative titles of the same bug, filled like `title`; those that do not fit are left out.
+    /// Alternative titles of the same bug: each entry a template, or a list of them of which the
+    /// first that fits is taken; entries that do not fit are left out.
     #[serde(default)]
-    alt: Option<OneOrMany>,
-    /// The title when the trace gave none of the variables the better `title` templates need
-    /// (no usable frame): the report is then marked corrupted.
+    alt: Vec<OneOrMany>,
+    /// The title (templates, first fitting wins) when the trace gave none of the variables the
+    /// better `title` templates need (no usable frame): the report is then marked corrupted.
     #[serde(default)]
-    corrupted_title: Option<String>,
+    corrupted_title: Option<OneOrMany>,
     /// Every report of this signature is a fragment of a report (marked corrupted).
     #[serde(default)]
     corrupted: bool,
@@ -260,10 +261,10 @@ pub struct Signature {
     pub start: Regex,
     /// Title templates, best first; the first whose variables are all known wins.
     pub titles: Vec<Template>,
-    /// Alternative titles of the same bug.
-    pub alt_titles: Vec<Template>,
-    /// The title of a report whose trace filled only the last template (from start-line groups).
-    pub corrupted_title: Option<Template>,
+    /// Alternative titles of the same bug: per entry, templates of which the first fitting wins.
+    pub alt_titles: Vec<Vec<Template>>,
+    /// The title of a report whose trace filled only the last `titles` template.
+    pub corrupted_title: Vec<Template>,
     /// Every report of this signature is marked corrupted.
     pub corrupted: bool,
     /// Starts nothing; joins an open report of a `continues` kind.
@@ -688,12 +689,13 @@ fn compile_signature(
     }
     let start = ctx.regex(&at, "start", &s.start)?;
     let titles = compile_titles(ctx, &at, &start, &shared.var_names, s.title)?;
-    let alt_titles = match s.alt {
+    let alt_titles = s
+        .alt
+        .into_iter()
+        .map(|alt| compile_alt(ctx, &at, &start, &shared.var_names, alt))
+        .collect::<Result<Vec<_>>>()?;
+    let corrupted_title = match s.corrupted_title {
         None => Vec::new(),
-        Some(alt) => compile_alt(ctx, &at, &start, &shared.var_names, alt)?,
-    };
-    let corrupted_title = match &s.corrupted_title {
-        None => None,
         Some(_) if titles.len() < 2 => {
             return Err(ctx.err(
                 &at,
@@ -701,7 +703,7 @@ fn compile_signature(
                 "needs two or more 'title' templates (one naming a frame, one without)",
             ))
         }
-        Some(t) => Some(start_line_template(ctx, &at, &start, "corrupted_title", t)?),
+        Some(t) => compile_titles(ctx, &at, &start, &shared.var_names, t)?,
     };
     if s.inside_only && continues.is_empty() {
         return Err(ctx.err(
@@ -816,26 +818,6 @@ fn compile_alt(
             Ok(template)
         })
         .collect()
-}
-
-/// A template that may use only groups captured by `start` (it must fit every report).
-fn start_line_template(
-    ctx: &Ctx,
-    at: &str,
-    start: &Regex,
-    field: &str,
-    text: &str,
-) -> Result<Template> {
-    let template = Template::parse(text).map_err(|e| ctx.err(at, field, e))?;
-    let start_names: Vec<&str> = start.capture_names().flatten().collect();
-    if let Some(v) = template.vars().find(|v| !start_names.contains(v)) {
-        return Err(ctx.err(
-            at,
-            field,
-            format!("'{text}' uses '{{{v}}}'; only groups captured by 'start' may be used"),
-        ));
-    }
-    Ok(template)
 }
 
 fn compile_vars(ctx: &Ctx, raw: &[RawVar]) -> Result<Vec<VarRule>> {

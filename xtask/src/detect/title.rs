@@ -146,13 +146,12 @@ pub fn render_indexed(sigs: &Signatures, templates: &[Template], vars: &Vars) ->
     (i, polish(sigs, &title))
 }
 
-/// Every template that fits, each made a title (alternative titles).
-pub fn render_all(sigs: &Signatures, templates: &[Template], vars: &Vars) -> Vec<String> {
+/// The first template that fits, made a title; `None` when none fits (no fallback).
+pub fn render_first(sigs: &Signatures, templates: &[Template], vars: &Vars) -> Option<String> {
     templates
         .iter()
-        .filter_map(|t| t.render(sigs, vars))
+        .find_map(|t| t.render(sigs, vars))
         .map(|t| polish(sigs, &t))
-        .collect()
 }
 
 /// A filled template made a title: the file's `title_normalize` rules (each until nothing
