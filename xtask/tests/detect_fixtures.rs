@@ -6,6 +6,8 @@
 //! - `event:` (repeatable) `<kind> <title>` of a non-crash event that must be reported (OOM kills);
 //! - `events: none` when the log must produce no event at all;
 //! - `secondary:` (repeatable) `<kind> <title>` of a later crash that must be reported;
+//! - `alt:` (repeatable) an alternative title the first crash must carry;
+//! - `corrupted:` `yes` or `no`, whether the first crash is marked damaged;
 //! - `source:` where the log comes from (free text, required so real and hand-made logs are told apart).
 
 use kstorm::detect::{Detector, Event, Kind, Os, Summary};
@@ -14,10 +16,10 @@ use std::path::{Path, PathBuf};
 
 /// Fixture counts per OS: a fixture that fails to load or is deleted must fail a test.
 const EXPECTED_COUNTS: [(Os, usize); 6] = [
-    (Os::Linux, 75),
-    (Os::Freebsd, 16),
-    (Os::Openbsd, 7),
-    (Os::Netbsd, 7),
+    (Os::Linux, 90),
+    (Os::Freebsd, 19),
+    (Os::Openbsd, 9),
+    (Os::Netbsd, 8),
     (Os::Mach, 10),
     (Os::Hurd, 5),
 ];
@@ -30,6 +32,8 @@ struct Fixture {
     events: Vec<(String, String)>,
     no_events: bool,
     secondary: Vec<(String, String)>,
+    alt: Vec<String>,
+    corrupted: Option<bool>,
     log: Vec<u8>,
 }
 
@@ -75,6 +79,8 @@ fn parse(os: Os, path: PathBuf) -> Fixture {
         events: vec![],
         no_events: false,
         secondary: vec![],
+        alt: vec![],
+        corrupted: None,
         log,
     };
     for line in header.lines() {
@@ -101,6 +107,14 @@ fn parse(os: Os, path: PathBuf) -> Fixture {
                 f.no_events = true
             }
             "secondary" => f.secondary.push(kind_and_title(value, &path)),
+            "alt" => f.alt.push(value.to_string()),
+            "corrupted" => {
+                f.corrupted = Some(match value {
+                    "yes" => true,
+                    "no" => false,
+                    _ => panic!("{}: 'corrupted:' takes 'yes' or 'no'", path.display()),
+                })
+            }
             "source" => source = true,
             other => panic!("{}: unknown header key '{other}'", path.display()),
         }
@@ -161,6 +175,18 @@ fn check(f: &Fixture) -> Result<(), String> {
                     c.kind,
                     c.title,
                     describe(&summary)
+                ));
+            }
+            if let Some(missing) = f.alt.iter().find(|a| !c.alt_titles.contains(a)) {
+                return Err(format!(
+                    "{name}: expected the alternative title '{missing}', got {:?}",
+                    c.alt_titles
+                ));
+            }
+            if f.corrupted.is_some_and(|want| want != c.corrupted) {
+                return Err(format!(
+                    "{name}: expected corrupted: {:?}, got {}",
+                    f.corrupted, c.corrupted
                 ));
             }
             if let Some(line) = f.line {
@@ -445,6 +471,41 @@ fn kinds_are_validated_with_file_and_line() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("no stack rules named 'stalls'"), "{err}");
+}
+
+/// The first crash of a fixture (its log), as the detector reports it.
+fn first_crash(os: Os, file: &str) -> Event {
+    let f = parse(os, fixtures_dir().join(os.as_str()).join(file));
+    run(os, &f.log, None).1.crash.expect("the fixture crashes")
+}
+
+#[test]
+fn one_bug_under_two_titles_is_the_same_crash_and_damage_is_marked() {
+    use kstorm::detect::title::{same_crash, CrashTitles};
+    // A KASAN report and a GPF in the same function share "bad-access in ...".
+    let kasan = first_crash(Os::Linux, "kasan-memcpy-caller.log");
+    let mut gpf = kasan.clone();
+    gpf.title = "general protection fault in hci_event_packet".into();
+    gpf.alt_titles = vec!["bad-access in hci_event_packet".into()];
+    assert!(same_crash(
+        CrashTitles::from(&kasan),
+        CrashTitles::from(&gpf)
+    ));
+    let other = first_crash(Os::Linux, "hung-task-rtnl.log");
+    assert!(!same_crash(
+        CrashTitles::from(&kasan),
+        CrashTitles::from(&other)
+    ));
+    // A report cut before its trace: marked, titled "in corrupted", with no alternatives that
+    // would join it to other damaged reports.
+    let cut = first_crash(Os::Linux, "corrupted-truncated-hung-task.log");
+    assert!(cut.corrupted, "{cut:?}");
+    assert!(cut.title.ends_with(" in corrupted"), "{}", cut.title);
+    // Old results (no alt_titles, no corrupted) still parse.
+    let old: Event =
+        serde_json::from_str(r#"{"kind":"panic","title":"kernel panic: x","line":3,"crash":true}"#)
+            .unwrap();
+    assert!(old.alt_titles.is_empty() && !old.corrupted);
 }
 
 #[test]

@@ -460,6 +460,8 @@ fn silence_report(s: &Silence, deadlines: &Deadlines) -> Report {
             line: 0,
             crash: false,
             victim: None,
+            alt_titles: Vec::new(),
+            corrupted: false,
         },
         lines: Vec::new(),
     }

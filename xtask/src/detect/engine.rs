@@ -21,6 +21,10 @@ const MAX_REPORTS: usize = 1000;
 /// Frames kept per report while its guilty frame cannot be chosen yet.
 const MAX_FRAMES: usize = 64;
 
+/// Lines of other printk contexts an open report lets pass, per line of its own it may hold,
+/// before it is closed: interleaved output is skipped, but not forever.
+const FOREIGN_LINES_PER_LINE: usize = 4;
+
 /// Where an open report is in its stack trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FramesAt {
@@ -54,6 +58,25 @@ struct Open {
     /// Candidate frames (function names not on the file's skip list), in stack order.
     frames: Vec<String>,
     event: Event,
+    /// The printk caller of the start line (`T123`, `C1`), when the console shows it: lines of
+    /// other callers are another task's output interleaved with this report.
+    ctx: Option<String>,
+    /// Lines of any CPU context belong to the report (after "Sending NMI from CPU ...").
+    all_cpus: bool,
+    /// Lines of other contexts still let pass.
+    foreign_left: usize,
+}
+
+impl Open {
+    /// True for a line of another printk context than the report's.
+    fn is_foreign(&self, line_ctx: Option<&str>) -> bool {
+        match (&self.ctx, line_ctx) {
+            (None, _) => false,
+            (Some(own), Some(other)) if own == other => false,
+            (Some(_), Some(other)) if self.all_cpus && other.starts_with('C') => false,
+            _ => true,
+        }
+    }
 }
 
 pub struct Engine {
@@ -207,7 +230,11 @@ impl Engine {
             return;
         }
         let text = clean(raw);
-        let body = self.strip_prefix(&text);
+        let (body, line_ctx) = self.strip_prefix(&text);
+        if self.open.as_ref().is_some_and(|o| o.is_foreign(line_ctx)) {
+            self.foreign_line(&text, body, candidate, events);
+            return;
+        }
         if prompt_fired {
             // The prompt already opened or joined a report with this line's beginning: keep the
             // whole line in its place, as if the line had arrived at once.
@@ -220,11 +247,30 @@ impl Engine {
         }
         if candidate {
             if let Some((sig, vars)) = self.match_start(&text, body, false) {
-                self.start(sig, vars, &text, self.line_no, events);
+                self.start(sig, vars, &text, line_ctx, self.line_no, events);
                 return;
             }
         }
         self.trace_line(&text, body);
+    }
+
+    /// A line of another printk context while a report is open: not part of the report. It
+    /// may start a report of its own once the open one has the frames its title needs.
+    fn foreign_line(&mut self, text: &str, body: &str, candidate: bool, events: &mut Vec<Event>) {
+        let Some(open) = &mut self.open else { return };
+        let settled = open.frames_at == FramesAt::Done;
+        open.foreign_left = open.foreign_left.saturating_sub(1);
+        if open.foreign_left == 0 {
+            self.close();
+        }
+        if !candidate || (self.open.is_some() && !settled) {
+            return;
+        }
+        if let Some((sig, vars)) = self.match_start(text, body, false) {
+            let (_, line_ctx) = self.strip_prefix(text);
+            let line_ctx = line_ctx.map(str::to_string);
+            self.start(sig, vars, text, line_ctx.as_deref(), self.line_no, events);
+        }
     }
 
     /// A debugger prompt waits for input with no newline: look at the unterminated line.
@@ -236,20 +282,41 @@ impl Engine {
             return;
         }
         let text = clean(&self.partial);
-        let body = self.strip_prefix(&text);
+        let (body, line_ctx) = self.strip_prefix(&text);
+        if self.open.as_ref().is_some_and(|o| o.is_foreign(line_ctx)) {
+            return;
+        }
         if let Some((sig, vars)) = self.match_start(&text, body, true) {
             self.prompt_fired = true;
-            self.start(sig, vars, &text, self.line_no + 1, events);
+            let line_ctx = line_ctx.map(str::to_string);
+            self.start(
+                sig,
+                vars,
+                &text,
+                line_ctx.as_deref(),
+                self.line_no + 1,
+                events,
+            );
         }
     }
 
-    fn strip_prefix<'t>(&self, text: &'t str) -> &'t str {
-        match &self.sigs.prefix {
-            Some(re) => match re.find(text) {
-                Some(m) if m.start() == 0 => &text[m.end()..],
-                _ => text,
-            },
-            None => text,
+    /// The line without its console prefix, and the printk context the prefix names.
+    fn strip_prefix<'t>(&self, text: &'t str) -> (&'t str, Option<&'t str>) {
+        let Some(re) = &self.sigs.prefix else {
+            return (text, None);
+        };
+        if !self.sigs.prefix_has_ctx {
+            return match re.find(text) {
+                Some(m) if m.start() == 0 => (&text[m.end()..], None),
+                _ => (text, None),
+            };
+        }
+        match re.captures(text) {
+            Some(c) if c.get(0).is_some_and(|m| m.start() == 0) => {
+                let end = c.get(0).map_or(0, |m| m.end());
+                (&text[end..], c.name("ctx").map(|m| m.as_str()))
+            }
+            _ => (text, None),
         }
     }
 
@@ -259,6 +326,14 @@ impl Engine {
         for (i, sig) in self.sigs.signatures.iter().enumerate() {
             let body = if sig.whole_line { text } else { body };
             if prompts_only && !sig.prompt {
+                continue;
+            }
+            if sig.inside_only
+                && !self
+                    .open
+                    .as_ref()
+                    .is_some_and(|o| sig.continues.contains(&self.sigs.signatures[o.sig].kind))
+            {
                 continue;
             }
             if !sig.armed_by.is_empty()
@@ -292,6 +367,7 @@ impl Engine {
         sig_index: usize,
         vars: Vars,
         text: &str,
+        line_ctx: Option<&str>,
         line: u64,
         events: &mut Vec<Event>,
     ) {
@@ -309,12 +385,15 @@ impl Engine {
             }
         }
         self.close();
+        let title = title::render(&sigs, &sig.titles, &vars);
         let event = Event {
             kind: sig.kind,
-            title: title::render(&sigs, &sig.titles, &vars),
+            alt_titles: alternatives(&sigs, sig, &vars, &title),
+            title,
             line,
             crash: sig.crash,
             victim: victim(&sigs, &vars),
+            corrupted: sig.corrupted,
         };
         events.push(event.clone());
         let index = if self.reports.len() < MAX_REPORTS {
@@ -340,6 +419,9 @@ impl Engine {
             },
             frames: Vec::new(),
             event,
+            ctx: line_ctx.map(str::to_string),
+            all_cpus: false,
+            foreign_left: sig.max_lines.saturating_mul(FOREIGN_LINES_PER_LINE),
         });
         if sig.max_lines <= 1 {
             self.close();
@@ -350,6 +432,14 @@ impl Engine {
     fn trace_line(&mut self, text: &str, body: &str) {
         let sigs = Arc::clone(&self.sigs);
         let Some(open) = &mut self.open else { return };
+        if !open.all_cpus
+            && sigs
+                .other_cpus_after
+                .iter()
+                .any(|l| body.contains(l.as_str()))
+        {
+            open.all_cpus = true;
+        }
         for rule in &sigs.vars {
             if open.vars.has(&rule.name) {
                 continue;
@@ -388,22 +478,44 @@ impl Engine {
     /// Closes the open report: its final title may use variables learnt from the trace.
     fn close(&mut self) {
         let Some(open) = self.open.take() else { return };
-        let sig: &Signature = &self.sigs.signatures[open.sig];
-        if let Some(i) = open.index {
-            let mut vars = open.vars;
-            if let Some(frame) = sig
-                .stack
-                .as_ref()
-                .and_then(|s| guilty_frame(s, &open.frames))
-            {
-                vars.offer("frame", &frame);
+        let sigs = &self.sigs;
+        let sig: &Signature = &sigs.signatures[open.sig];
+        let Some(i) = open.index else { return };
+        let mut vars = open.vars;
+        if let Some(frame) = sig
+            .stack
+            .as_ref()
+            .and_then(|s| guilty_frame(s, &open.frames))
+        {
+            vars.offer("frame", &frame);
+        }
+        let (used, mut title) = title::render_indexed(sigs, &sig.titles, &vars);
+        let mut corrupted = sig.corrupted;
+        if !sig.corrupted_title.is_empty() && used + 1 == sig.titles.len() {
+            // Only the start-line template fitted: the trace named no culprit.
+            title = title::render(sigs, &sig.corrupted_title, &vars);
+            corrupted = true;
+        }
+        corrupted |= sigs.corrupted_titles.iter().any(|re| re.is_match(&title));
+        let report = &mut self.reports[i];
+        report.event.alt_titles = alternatives(sigs, sig, &vars, &title);
+        report.event.title = title;
+        report.event.corrupted = corrupted;
+        report.event.victim = victim(sigs, &vars).or(open.event.victim);
+    }
+}
+
+/// The alternative titles that fit, without the title itself and without repeats.
+fn alternatives(sigs: &Signatures, sig: &Signature, vars: &Vars, title: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for choices in &sig.alt_titles {
+        if let Some(alt) = title::render_first(sigs, choices, vars) {
+            if alt != title && !out.contains(&alt) {
+                out.push(alt);
             }
-            let open_vars = vars;
-            let report = &mut self.reports[i];
-            report.event.title = title::render(&self.sigs, &sig.titles, &open_vars);
-            report.event.victim = victim(&self.sigs, &open_vars).or(open.event.victim);
         }
     }
+    out
 }
 
 fn victim(sigs: &Signatures, vars: &Vars) -> Option<String> {
@@ -466,7 +578,7 @@ fn collect_frame(sigs: &Signatures, stack: &Stack, open: &mut Open, body: &str) 
 fn guilty_frame(stack: &Stack, frames: &[String]) -> Option<String> {
     if let Some(prefer) = &stack.prefer {
         if let Some(f) = frames.iter().find(|f| prefer.is_match(f)) {
-            return Some(f.clone());
+            return Some(renamed(stack, f));
         }
     }
     let kept: Vec<&String> = frames
@@ -480,10 +592,19 @@ fn guilty_frame(stack: &Stack, frames: &[String]) -> Option<String> {
         },
         None => *kept.first()?,
     };
-    Some(match &stack.strip {
+    let chosen = match &stack.strip {
         Some(re) => re.replace(chosen, "").into_owned(),
         None => chosen.clone(),
-    })
+    };
+    Some(renamed(stack, &chosen))
+}
+
+/// The frame's group name from the stack's `rename` rules, or the frame itself.
+fn renamed(stack: &Stack, frame: &str) -> String {
+    match stack.rename.iter().find(|(re, _)| re.is_match(frame)) {
+        Some((_, to)) => to.clone(),
+        None => frame.to_string(),
+    }
 }
 
 /// Counts `\n` bytes. Byte-wide sums over blocks of at most 255 bytes cannot overflow, and the

@@ -77,6 +77,15 @@ pub struct Event {
     /// For OOM kills: the killed process's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub victim: Option<String>,
+    /// Other titles of the same bug ("bad-access in X" beside "KASAN: use-after-free Read in
+    /// X"): two reports are the same crash when any of their titles agree
+    /// ([`title::same_crash`]). Absent in results written before they existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alt_titles: Vec<String>,
+    /// The report is damaged (its trace absent, cut or interleaved with other output), so its
+    /// title could not name the culprit: such titles read `<class> in corrupted`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub corrupted: bool,
 }
 
 /// An event with the lines of its report.

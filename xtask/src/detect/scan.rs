@@ -1,8 +1,10 @@
 //! `cargo xtask scan --os <os> [--json] FILE...`: the detector over saved console logs.
 //!
 //! Contract (other tools depend on it): with `--json`, one JSON object per input file per line,
-//! `{"file", "crashed", "kind", "title", "line", "events": [...]}` with `kind`/`title`/`line`
-//! null when nothing crashed and OOM kills only in `events`. Exit status 0 when no file crashed,
+//! `{"file", "crashed", "kind", "title", "alt_titles", "corrupted", "line", "events": [...]}`
+//! with `kind`/`title`/`line` null (`alt_titles` empty, `corrupted` false) when nothing crashed
+//! and OOM kills only in `events`. `alt_titles` are other titles of the same bug; `corrupted`
+//! says the report was damaged (no usable trace) and its title reads `<class> in corrupted`. Exit status 0 when no file crashed,
 //! 1 when any did, 2 on an error (missing file, bad signature file).
 
 use super::{Detector, Event, Os, Signatures, Summary};
@@ -35,6 +37,8 @@ pub struct FileScan {
     pub crashed: bool,
     pub kind: Option<String>,
     pub title: Option<String>,
+    pub alt_titles: Vec<String>,
+    pub corrupted: bool,
     pub line: Option<u64>,
     pub events: Vec<Event>,
 }
@@ -134,6 +138,12 @@ pub fn scan_file(sigs: &Arc<Signatures>, path: &Path) -> Result<FileScan> {
         crashed: summary.crashed(),
         kind: summary.crash.as_ref().map(|e| e.kind.as_str().to_string()),
         title: summary.crash.as_ref().map(|e| e.title.clone()),
+        alt_titles: summary
+            .crash
+            .as_ref()
+            .map(|e| e.alt_titles.clone())
+            .unwrap_or_default(),
+        corrupted: summary.crash.as_ref().is_some_and(|e| e.corrupted),
         line: summary.crash.as_ref().map(|e| e.line),
         events: summary.events,
     })

@@ -71,6 +71,12 @@ struct RawFile {
     function_suffix: Option<String>,
     #[serde(default)]
     normalize: Option<Vec<RawNormalize>>,
+    /// Rules applied to whole titles once filled (numbers, addresses, line numbers).
+    #[serde(default)]
+    title_normalize: Option<Vec<RawNormalize>>,
+    /// A finished title matching one of these is the sign of a damaged report.
+    #[serde(default)]
+    corrupted_titles: Vec<String>,
     #[serde(default)]
     suppress: Vec<String>,
     /// Titles longer than this many characters are cut.
@@ -119,6 +125,16 @@ struct RawStack {
     /// Removed from the chosen function name (`__x64_sys_foo` -> `sys_foo`).
     #[serde(default)]
     strip: Option<String>,
+    /// Names given to chosen frames that stand for a group (every `synchronize_*` hang is one).
+    #[serde(default)]
+    rename: Vec<RawRename>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRename {
+    regex: String,
+    to: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +150,10 @@ struct RawTrace {
     max_lines: usize,
     #[serde(default)]
     end: Vec<String>,
+    /// Once a report's own line holds one of these, lines of any CPU context join it (an
+    /// NMI backtrace of all CPUs).
+    #[serde(default)]
+    other_cpus_after: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,6 +170,9 @@ struct RawFrames {
     frame: OneOrMany,
     #[serde(default)]
     skip: Vec<String>,
+    /// Prefixes removed from every function name (the shortest result wins).
+    #[serde(default)]
+    strip_prefixes: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +192,21 @@ struct RawSignature {
     literal: OneOrMany,
     start: String,
     title: OneOrMany,
+    /// Alternative titles of the same bug: each entry a template, or a list of them of which the
+    /// first that fits is taken; entries that do not fit are left out.
+    #[serde(default)]
+    alt: Vec<OneOrMany>,
+    /// The title (templates, first fitting wins) when the trace gave none of the variables the
+    /// better `title` templates need (no usable frame): the report is then marked corrupted.
+    #[serde(default)]
+    corrupted_title: Option<OneOrMany>,
+    /// Every report of this signature is a fragment of a report (marked corrupted).
+    #[serde(default)]
+    corrupted: bool,
+    /// The line means something only inside an open report of a `continues` kind; alone it
+    /// starts nothing.
+    #[serde(default)]
+    inside_only: bool,
     #[serde(default)]
     continues: Vec<String>,
     #[serde(default)]
@@ -223,6 +261,14 @@ pub struct Signature {
     pub start: Regex,
     /// Title templates, best first; the first whose variables are all known wins.
     pub titles: Vec<Template>,
+    /// Alternative titles of the same bug: per entry, templates of which the first fitting wins.
+    pub alt_titles: Vec<Vec<Template>>,
+    /// The title of a report whose trace filled only the last `titles` template.
+    pub corrupted_title: Vec<Template>,
+    /// Every report of this signature is marked corrupted.
+    pub corrupted: bool,
+    /// Starts nothing; joins an open report of a `continues` kind.
+    pub inside_only: bool,
     /// While a report of one of these kinds is open, this line belongs to it.
     pub continues: Vec<Kind>,
     pub max_lines: usize,
@@ -251,6 +297,8 @@ pub struct Frames {
     pub frame: Vec<Regex>,
     /// Every skip pattern in one regex.
     pub skip: Option<Regex>,
+    /// Prefixes stripped from function names (`__x64_sys_`, `__do_sys_`, ...).
+    pub strip_prefixes: Vec<String>,
 }
 
 /// One signature's frame rules: the file's defaults with its own overrides applied.
@@ -263,6 +311,8 @@ pub struct Stack {
     pub prefer: Option<Regex>,
     pub anchors: Option<Regex>,
     pub strip: Option<Regex>,
+    /// The chosen frame, renamed by the first rule that matches it.
+    pub rename: Vec<(Regex, String)>,
 }
 
 impl Stack {
@@ -275,6 +325,7 @@ impl Stack {
             prefer: None,
             anchors: None,
             strip: None,
+            rename: Vec::new(),
         }
     }
 
@@ -291,13 +342,19 @@ pub struct Signatures {
     /// Where the definitions came from (for messages).
     pub source: String,
     pub prefix: Option<Regex>,
+    /// True when `prefix` has a `ctx` group (the printk caller, `T123` or `C1`): a report then
+    /// takes only the lines of its own context.
+    pub prefix_has_ctx: bool,
     pub trace_max_lines: usize,
     pub trace_end: Vec<Regex>,
+    pub other_cpus_after: Vec<String>,
     pub vars: Vec<VarRule>,
     pub frames: Option<Frames>,
     pub function_vars: Vec<String>,
     pub function_suffix: Option<Regex>,
     pub normalize: Vec<(Regex, String)>,
+    pub title_normalize: Vec<(Regex, String)>,
+    pub corrupted_titles: Vec<Regex>,
     pub suppress: Vec<Regex>,
     pub signatures: Vec<Signature>,
     /// Every literal of every signature, deduplicated: the prefilter over whole chunks.
@@ -425,6 +482,8 @@ fn merge(mut raw: RawFile, parent: Option<RawFile>) -> RawFile {
     raw.function_vars = raw.function_vars.or(p.function_vars);
     raw.function_suffix = raw.function_suffix.or(p.function_suffix);
     raw.normalize = raw.normalize.or(p.normalize);
+    raw.title_normalize = raw.title_normalize.or(p.title_normalize);
+    raw.corrupted_titles.extend(p.corrupted_titles);
     raw.title_max_len = raw.title_max_len.or(p.title_max_len);
     raw.vars.extend(p.vars);
     raw.suppress.extend(p.suppress);
@@ -475,6 +534,7 @@ fn compile_frames(ctx: &Ctx, raw: &RawFrames) -> Result<Frames> {
         start: ctx.regexes("frames:", "frames.start", &raw.start)?,
         frame: frame_regexes(ctx, "frame:", "frames.frame", &raw.frame)?,
         skip: any_of(ctx, "skip:", "frames.skip", &raw.skip)?,
+        strip_prefixes: raw.strip_prefixes.clone(),
     })
 }
 
@@ -517,6 +577,9 @@ fn fill_from(mut raw: RawStack, base: RawStack) -> RawStack {
     raw.start = raw.start.or(base.start);
     raw.frame = raw.frame.or(base.frame);
     raw.strip = raw.strip.or(base.strip);
+    if raw.rename.is_empty() {
+        raw.rename = base.rename;
+    }
     for (own, inherited) in [
         (&mut raw.skip, base.skip),
         (&mut raw.prefer, base.prefer),
@@ -549,6 +612,11 @@ fn compile_stack(ctx: &Ctx, at: &str, frames: &Frames, raw: &RawStack) -> Result
             Some(p) => Some(ctx.regex(at, "stack.strip", p)?),
             None => None,
         },
+        rename: raw
+            .rename
+            .iter()
+            .map(|r| Ok((ctx.regex(at, "stack.rename.regex", &r.regex)?, r.to.clone())))
+            .collect::<Result<_>>()?,
     })
 }
 
@@ -621,6 +689,29 @@ fn compile_signature(
     }
     let start = ctx.regex(&at, "start", &s.start)?;
     let titles = compile_titles(ctx, &at, &start, &shared.var_names, s.title)?;
+    let alt_titles = s
+        .alt
+        .into_iter()
+        .map(|alt| compile_alt(ctx, &at, &start, &shared.var_names, alt))
+        .collect::<Result<Vec<_>>>()?;
+    let corrupted_title = match s.corrupted_title {
+        None => Vec::new(),
+        Some(_) if titles.len() < 2 => {
+            return Err(ctx.err(
+                &at,
+                "corrupted_title",
+                "needs two or more 'title' templates (one naming a frame, one without)",
+            ))
+        }
+        Some(t) => compile_titles(ctx, &at, &start, &shared.var_names, t)?,
+    };
+    if s.inside_only && continues.is_empty() {
+        return Err(ctx.err(
+            &at,
+            "inside_only",
+            "needs the kinds it joins in 'continues'",
+        ));
+    }
     if s.max_lines == Some(0) {
         return Err(ctx.err(&at, "max_lines", "must be at least 1"));
     }
@@ -660,6 +751,10 @@ fn compile_signature(
         literals,
         start,
         titles,
+        alt_titles,
+        corrupted_title,
+        corrupted: s.corrupted,
+        inside_only: s.inside_only,
         continues,
         max_lines: s.max_lines.unwrap_or(shared.trace_max_lines),
         prompt: s.prompt,
@@ -701,6 +796,28 @@ fn compile_titles(
         )),
         Some(_) => Ok(titles),
     }
+}
+
+/// Alternative titles: every variable known, none required to come from the start line.
+fn compile_alt(
+    ctx: &Ctx,
+    at: &str,
+    start: &Regex,
+    var_names: &[String],
+    raw: OneOrMany,
+) -> Result<Vec<Template>> {
+    let mut known: Vec<&str> = start.capture_names().flatten().collect();
+    known.extend(var_names.iter().map(String::as_str));
+    raw.into_vec()
+        .iter()
+        .map(|t| {
+            let template = Template::parse(t).map_err(|e| ctx.err(at, "alt", e))?;
+            if let Some(v) = template.vars().find(|v| !known.contains(v)) {
+                return Err(ctx.err(at, "alt", format!("'{t}' uses unknown '{{{v}}}'")));
+            }
+            Ok(template)
+        })
+        .collect()
 }
 
 fn compile_vars(ctx: &Ctx, raw: &[RawVar]) -> Result<Vec<VarRule>> {
@@ -794,6 +911,9 @@ fn compile(
         Some(p) => Some(ctx.regex("prefix", "prefix", p)?),
         None => None,
     };
+    let prefix_has_ctx = prefix
+        .as_ref()
+        .is_some_and(|re| re.capture_names().flatten().any(|n| n == "ctx"));
     let trace = raw
         .trace
         .take()
@@ -811,6 +931,8 @@ fn compile(
         var_names.push("frame".to_string());
     }
     let normalize = compile_normalize(&ctx, raw.normalize.as_deref().unwrap_or_default())?;
+    let title_normalize =
+        compile_normalize(&ctx, raw.title_normalize.as_deref().unwrap_or_default())?;
     if raw.signatures.is_empty() {
         return Err(ctx.err("signatures", "signatures", "no signatures"));
     }
@@ -838,13 +960,21 @@ fn compile(
         os,
         source: file.to_string(),
         prefix,
+        prefix_has_ctx,
         trace_max_lines: trace.max_lines,
         trace_end: ctx.regexes("end:", "trace.end", &trace.end)?,
+        other_cpus_after: trace.other_cpus_after,
         vars,
         frames,
         function_vars: raw.function_vars.unwrap_or_default(),
         function_suffix,
         normalize,
+        title_normalize,
+        corrupted_titles: ctx.regexes(
+            "corrupted_titles:",
+            "corrupted_titles",
+            &raw.corrupted_titles,
+        )?,
         suppress: ctx.regexes("suppress:", "suppress", &raw.suppress)?,
         has_prompts: signatures.iter().any(|s| s.prompt),
         prefilter: prefilter(&signatures, &arms)?,

@@ -137,7 +137,36 @@ impl Vars {
 
 /// The title of a report: the first template whose variables are all known.
 pub fn render(sigs: &Signatures, templates: &[Template], vars: &Vars) -> String {
-    let title = first_fitting(sigs, templates, vars);
+    render_indexed(sigs, templates, vars).1
+}
+
+/// The title and the index of the template that made it (the last one when none fit).
+pub fn render_indexed(sigs: &Signatures, templates: &[Template], vars: &Vars) -> (usize, String) {
+    let (i, title) = first_fitting(sigs, templates, vars);
+    (i, polish(sigs, &title))
+}
+
+/// The first template that fits, made a title; `None` when none fits (no fallback).
+pub fn render_first(sigs: &Signatures, templates: &[Template], vars: &Vars) -> Option<String> {
+    templates
+        .iter()
+        .find_map(|t| t.render(sigs, vars))
+        .map(|t| polish(sigs, &t))
+}
+
+/// A filled template made a title: the file's `title_normalize` rules (each until nothing
+/// changes, as replacements can overlap: "0,1,2"), then the length cap.
+pub fn polish(sigs: &Signatures, title: &str) -> String {
+    let mut title = title.to_string();
+    for (re, with) in &sigs.title_normalize {
+        for _ in 0..8 {
+            let next = re.replace_all(&title, with.as_str());
+            if next == title {
+                break;
+            }
+            title = next.into_owned();
+        }
+    }
     match sigs.title_max_len {
         // Interleaved lines can make a message run on; the start of it is the stable part.
         Some(max) if title.chars().count() > max => title
@@ -150,24 +179,28 @@ pub fn render(sigs: &Signatures, templates: &[Template], vars: &Vars) -> String 
     }
 }
 
-fn first_fitting(sigs: &Signatures, templates: &[Template], vars: &Vars) -> String {
-    templates
+fn first_fitting(sigs: &Signatures, templates: &[Template], vars: &Vars) -> (usize, String) {
+    if let Some(found) = templates
         .iter()
-        .find_map(|t| t.render(sigs, vars))
-        .unwrap_or_else(|| {
-            // Validation guarantees the last template uses start-line groups only; an optional group
-            // that did not participate can still leave it empty, so fall back to its literal text.
-            let last = templates.last().expect("validated: at least one template");
-            last.parts
-                .iter()
-                .filter_map(|p| match p {
-                    Part::Text(t) => Some(t.as_str()),
-                    Part::Var { .. } | Part::If(_) => None,
-                })
-                .collect::<String>()
-                .trim()
-                .to_string()
-        })
+        .enumerate()
+        .find_map(|(i, t)| t.render(sigs, vars).map(|s| (i, s)))
+    {
+        return found;
+    }
+    (templates.len().saturating_sub(1), {
+        // Validation guarantees the last template uses start-line groups only; an optional group
+        // that did not participate can still leave it empty, so fall back to its literal text.
+        let last = templates.last().expect("validated: at least one template");
+        last.parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Text(t) => Some(t.as_str()),
+                Part::Var { .. } | Part::If(_) => None,
+            })
+            .collect::<String>()
+            .trim()
+            .to_string()
+    })
 }
 
 /// Normalises one variable: function names lose compiler suffixes (`.isra.0`, `.cold`) and
@@ -189,11 +222,22 @@ fn normalise(sigs: &Signatures, name: &str, value: &str) -> String {
         .to_string()
 }
 
-/// `foo.isra.0+0x12/0x40 [mod]` -> `foo`.
+/// `foo.isra.0+0x12/0x40 [mod]` -> `foo`; `__x64_sys_foo` -> `sys_foo` (the shortest of the
+/// file's `strip_prefixes` results: syscall entry names differ between architectures).
 pub fn clean_function(sigs: &Signatures, value: &str) -> String {
     let mut f = value.trim();
     if let Some(i) = f.find("+0x") {
         f = &f[..i];
+    }
+    if let Some(frames) = &sigs.frames {
+        let whole = f;
+        for p in &frames.strip_prefixes {
+            if let Some(rest) = whole.strip_prefix(p.as_str()) {
+                if !rest.is_empty() && rest.len() < f.len() {
+                    f = rest;
+                }
+            }
+        }
     }
     let mut f = f.to_string();
     if let Some(re) = &sigs.function_suffix {
@@ -207,6 +251,44 @@ pub fn clean_function(sigs: &Signatures, value: &str) -> String {
         }
     }
     f
+}
+
+/// A crash as [`same_crash`] sees it: its title and the alternatives that mean the same bug.
+#[derive(Debug, Clone, Copy)]
+pub struct CrashTitles<'a> {
+    pub title: &'a str,
+    pub alt_titles: &'a [String],
+}
+
+impl<'a> CrashTitles<'a> {
+    pub fn new(title: &'a str, alt_titles: &'a [String]) -> CrashTitles<'a> {
+        CrashTitles { title, alt_titles }
+    }
+
+    /// The title first, then the alternatives; a damaged report's alternatives ("bad-access
+    /// in corrupted") would join unrelated bugs, so none end in " in corrupted".
+    pub fn all(&self) -> impl Iterator<Item = &'a str> + 'a {
+        let alts = self.alt_titles.iter().map(String::as_str);
+        std::iter::once(self.title).chain(alts.filter(|t| !t.ends_with(" in corrupted")))
+    }
+
+    /// True when the title or an alternative contains `needle` (how `bisect-run --title`
+    /// names its target).
+    pub fn mentions(&self, needle: &str) -> bool {
+        self.all().any(|t| t.contains(needle))
+    }
+}
+
+impl<'a> From<&'a super::Event> for CrashTitles<'a> {
+    fn from(e: &'a super::Event) -> CrashTitles<'a> {
+        CrashTitles::new(&e.title, &e.alt_titles)
+    }
+}
+
+/// Whether two crash reports are the same bug: their titles, or any of their alternative
+/// titles, are equal. The one rule `compare` and `bisect-run` use.
+pub fn same_crash(a: CrashTitles, b: CrashTitles) -> bool {
+    a.all().any(|x| b.all().any(|y| x == y))
 }
 
 fn collapse_spaces(s: &str) -> String {
@@ -225,5 +307,22 @@ mod tests {
         assert!(Template::parse("a {}").is_err());
         let t = Template::parse("KASAN: {type} {access:raw} in {func}").unwrap();
         assert_eq!(t.vars().collect::<Vec<_>>(), ["type", "access", "func"]);
+    }
+
+    #[test]
+    fn same_crash_matches_on_any_title_but_not_on_corrupted_alternatives() {
+        let kasan = ["bad-access in foo".to_string()];
+        let gpf = ["bad-access in foo".to_string()];
+        let a = CrashTitles::new("KASAN: use-after-free Read in foo", &kasan);
+        let b = CrashTitles::new("general protection fault in foo", &gpf);
+        assert!(same_crash(a, b));
+        assert!(same_crash(a, CrashTitles::new("bad-access in foo", &[])));
+        assert!(!same_crash(a, CrashTitles::new("WARNING in foo", &[])));
+        let damaged = ["bad-access in corrupted".to_string()];
+        let c = CrashTitles::new("KASAN: use-after-free Read in corrupted", &damaged);
+        let d = CrashTitles::new("general protection fault in corrupted", &damaged);
+        assert!(!same_crash(c, d));
+        assert!(a.mentions("bad-access"));
+        assert!(!c.mentions("bad-access"));
     }
 }

@@ -13,6 +13,7 @@
 //! that lost its cells.
 
 use crate::cell::CellRecord;
+use crate::detect::title::{same_crash, CrashTitles};
 use crate::render::html::esc;
 use crate::results::Run;
 use crate::stats::median;
@@ -109,22 +110,14 @@ pub fn compare_dirs(a: &Path, b: &Path, allow_missing: bool) -> Result<Compariso
 }
 
 pub fn compare(a: &[CellRecord], b: &[CellRecord]) -> Comparison {
-    let titles = |rs: &[CellRecord]| -> BTreeSet<String> {
-        rs.iter()
-            .filter_map(|r| match &r.verdict {
-                Verdict::Crash { title, .. } => Some(title.clone()),
-                _ => None,
-            })
-            .collect()
-    };
-    let (ta, tb) = (titles(a), titles(b));
+    let (ca, cb) = (crashes(a), crashes(b));
     let by_id = |rs: &[CellRecord]| -> BTreeMap<String, CellRecord> {
         rs.iter().map(|r| (r.id.clone(), r.clone())).collect()
     };
     let (ia, ib) = (by_id(a), by_id(b));
     let mut out = Comparison {
-        new_crashes: tb.difference(&ta).cloned().collect(),
-        fixed_crashes: ta.difference(&tb).cloned().collect(),
+        new_crashes: unmatched(&cb, &ca),
+        fixed_crashes: unmatched(&ca, &cb),
         only_in_a: ia
             .keys()
             .filter(|k| !ib.contains_key(*k))
@@ -150,6 +143,42 @@ pub fn compare(a: &[CellRecord], b: &[CellRecord]) -> Comparison {
     }
     numeric(&samples(a), &samples(b), &mut out);
     out
+}
+
+/// The titles of the crashes in `these` that are no crash of `those`: a crash is new (or
+/// fixed) when no crash of the other run is the same bug, by title or a shared alternative
+/// title (`KASAN: ... Read in f` and `general protection fault in f` share `bad-access in f`).
+fn unmatched(these: &[(String, Vec<String>)], those: &[(String, Vec<String>)]) -> Vec<String> {
+    these
+        .iter()
+        .filter(|(t, alts)| {
+            !those
+                .iter()
+                .any(|(u, ualts)| same_crash(CrashTitles::new(t, alts), CrashTitles::new(u, ualts)))
+        })
+        .map(|(t, _)| t.clone())
+        .collect::<BTreeSet<String>>()
+        .into_iter()
+        .collect()
+}
+
+/// Every crash of a run: its title and, from the detector's report of it, its alternatives.
+fn crashes(records: &[CellRecord]) -> Vec<(String, Vec<String>)> {
+    records
+        .iter()
+        .filter_map(|r| match &r.verdict {
+            Verdict::Crash { title, .. } => {
+                let report = r.reports.iter().map(|rep| &rep.event);
+                let alts = report
+                    .into_iter()
+                    .find(|e| e.crash && &e.title == title)
+                    .map(|e| e.alt_titles.clone())
+                    .unwrap_or_default();
+                Some((title.clone(), alts))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Per cell without its repeat suffix, per measurement: the values over repeats.
@@ -294,6 +323,25 @@ pub fn html(c: &Comparison, a: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_crash_under_another_title_of_the_same_bug_is_neither_new_nor_fixed() {
+        let crash =
+            |t: &str, alts: &[&str]| (t.to_string(), alts.iter().map(|a| a.to_string()).collect());
+        let a = vec![crash(
+            "KASAN: use-after-free Read in f",
+            &["bad-access in f"],
+        )];
+        let b = vec![
+            crash("general protection fault in f", &["bad-access in f"]),
+            crash("WARNING in g", &[]),
+        ];
+        assert_eq!(unmatched(&b, &a), ["WARNING in g"]);
+        assert!(unmatched(&a, &b).is_empty());
+        // Old records carry no alternatives: the titles alone decide.
+        let old = vec![crash("general protection fault in f", &[])];
+        assert_eq!(unmatched(&old, &a), ["general protection fault in f"]);
+    }
 
     #[test]
     fn cliffs_delta_extremes() {

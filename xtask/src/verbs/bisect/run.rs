@@ -7,6 +7,7 @@ use super::log::{BisectLog, RunEntry, Step};
 use super::rule::{Decision, Rule, RunClass, SkipReason, Tally};
 use crate::cell::CellRecord;
 use crate::config::Catalog;
+use crate::detect::title::CrashTitles;
 use crate::error::{InfraCause, UsageError};
 use crate::host;
 use crate::images::kernel_tree::BuildRecord;
@@ -372,7 +373,11 @@ impl RuleFeed<'_> {
     /// One finished run: its class printed, logged and counted; after a decision, only a target
     /// crash still counts (it turns the decision to bad).
     fn read(&mut self, r: &CellRecord) {
-        let class = classify(&r.verdict, r.hello.is_some(), &mut self.title);
+        let alts = crate::detect::Summary::of(&r.reports)
+            .crash
+            .map(|e| e.alt_titles)
+            .unwrap_or_default();
+        let class = classify(&r.verdict, &alts, r.hello.is_some(), &mut self.title);
         let n = self.runs.len() as u32 + 1;
         println!("run {n}: {} -> {class:?}", r.verdict.describe());
         self.runs.push(RunEntry {
@@ -392,12 +397,18 @@ impl RuleFeed<'_> {
     }
 }
 
-/// What a run's verdict says about the target crash. Without a title yet, the first crash
-/// becomes the target (and its title is kept in the log for the later steps).
-pub fn classify(verdict: &Verdict, booted: bool, title: &mut Option<String>) -> RunClass {
+/// What a run's verdict says about the target crash: its title, or one of the alternative
+/// titles of the same bug (`alts`, from the detector), contains the target. Without a title
+/// yet, the first crash becomes the target (and its title is kept in the log for later steps).
+pub fn classify(
+    verdict: &Verdict,
+    alts: &[String],
+    booted: bool,
+    title: &mut Option<String>,
+) -> RunClass {
     match verdict {
         Verdict::Crash { title: t, .. } => match title {
-            Some(want) if t.contains(want.as_str()) => RunClass::Target,
+            Some(want) if CrashTitles::new(t, alts).mentions(want) => RunClass::Target,
             Some(_) => RunClass::OtherCrash,
             None => {
                 *title = Some(t.clone());
@@ -453,27 +464,54 @@ mod tests {
         let mut title = None;
         // No title yet: the first crash becomes the target.
         assert_eq!(
-            classify(&crash("kernel panic: A"), true, &mut title),
+            classify(&crash("kernel panic: A"), &[], true, &mut title),
             RunClass::Target
         );
         assert_eq!(title.as_deref(), Some("kernel panic: A"));
         assert_eq!(
-            classify(&crash("kernel panic: A"), true, &mut title),
+            classify(&crash("kernel panic: A"), &[], true, &mut title),
             RunClass::Target
         );
         assert_eq!(
-            classify(&crash("BUG: B"), true, &mut title),
+            classify(&crash("BUG: B"), &[], true, &mut title),
             RunClass::OtherCrash
         );
-        assert_eq!(classify(&Verdict::Pass, true, &mut title), RunClass::Clean);
+        assert_eq!(
+            classify(&Verdict::Pass, &[], true, &mut title),
+            RunClass::Clean
+        );
         let silent = Verdict::Hang {
             last_progress: None,
             scenario: None,
         };
-        assert_eq!(classify(&silent, false, &mut title), RunClass::BootFailure);
+        assert_eq!(
+            classify(&silent, &[], false, &mut title),
+            RunClass::BootFailure
+        );
         let build = Verdict::infra(InfraCause::ImageBuild, "make failed");
-        assert_eq!(classify(&build, false, &mut title), RunClass::BuildFailure);
+        assert_eq!(
+            classify(&build, &[], false, &mut title),
+            RunClass::BuildFailure
+        );
         let qemu = Verdict::infra(InfraCause::QemuStart, "x");
-        assert_eq!(classify(&qemu, false, &mut title), RunClass::Infra);
+        assert_eq!(classify(&qemu, &[], false, &mut title), RunClass::Infra);
+    }
+
+    #[test]
+    fn the_same_bug_under_an_alternative_title_blames() {
+        let crash = Verdict::Crash {
+            kind: crate::detect::Kind::GeneralProtectionFault,
+            title: "general protection fault in f".into(),
+        };
+        let mut title = Some("bad-access in f".to_string());
+        assert_eq!(
+            classify(&crash, &[], true, &mut title),
+            RunClass::OtherCrash
+        );
+        let alts = ["bad-access in f".to_string()];
+        assert_eq!(classify(&crash, &alts, true, &mut title), RunClass::Target);
+        // Still a substring: part of an alternative names it too.
+        let mut part = Some("bad-access".to_string());
+        assert_eq!(classify(&crash, &alts, true, &mut part), RunClass::Target);
     }
 }
