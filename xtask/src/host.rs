@@ -65,7 +65,7 @@ pub fn require_tools(tools: &[&str]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let table = packages::Table::builtin();
+    let table = packages::PackageTable::builtin();
     let mut names: Vec<&str> = missing
         .iter()
         .map(|m| table.package_of(m).unwrap_or(m))

@@ -4,7 +4,7 @@ use clap::{Args, Parser, Subcommand};
 use kstorm::config::RamSize;
 use kstorm::error::UsageError;
 use kstorm::host;
-use kstorm::matrix::{Profile, Selection};
+use kstorm::matrix::{ParamProfile, Selection};
 use kstorm::session::AccelChoice;
 use kstorm::verbs::run::RunOptions;
 use kstorm::verbs::{self, bench};
@@ -90,8 +90,8 @@ struct SelectArgs {
     #[arg(long, default_value_t = 1)]
     repeat: u32,
     /// Parameter profile: quick (default) or deep (nightly counts).
-    #[arg(long, value_enum, default_value_t = Profile::Quick)]
-    profile: Profile,
+    #[arg(long, value_enum, default_value_t = ParamProfile::Quick)]
+    profile: ParamProfile,
 }
 
 impl SelectArgs {
@@ -308,34 +308,34 @@ fn main() -> ExitCode {
                 Err(e) => error_exit(&e, false),
             }
         }
-        Verb::Sweep(a) => report(sweep(a)),
+        Verb::Sweep(a) => exit_of(sweep(a)),
         Verb::VerifySuites(a) => verify_suites(a),
-        Verb::Report(a) => report(write_report(a)),
+        Verb::Report(a) => exit_of(write_report(a)),
         Verb::Compare {
             a,
             b,
             allow_missing,
         } => compare(&a, &b, allow_missing),
         Verb::BisectRun(a) => verbs::bisect::run::bisect_run(&a),
-        Verb::Build(a) => report(verbs::build::build(&a.suite)),
-        Verb::Fetch(a) => report(kstorm::images::published::fetch_verb(
+        Verb::Build(a) => exit_of(verbs::build::build(&a.suite)),
+        Verb::Fetch(a) => exit_of(kstorm::images::published::fetch_verb(
             &a.image,
             a.from.as_deref(),
             &host::cache_dir(),
         )),
         Verb::Bench(a) => match a.which {
-            BenchWhich::Boot { rounds } => report(bench::boot(rounds)),
-            BenchWhich::Detect => report(bench::detect()),
-            BenchWhich::Transport { upload_mb } => report(bench::transport(upload_mb)),
-            BenchWhich::Scenarios => report(bench::scenarios()),
-            BenchWhich::StressNg { rounds } => report(bench::stress_ng(rounds)),
-            BenchWhich::Mach { boots } => report(bench::mach(boots)),
-            BenchWhich::Bisect { bisections } => report(verbs::bisect::sim::bench(bisections)),
-            BenchWhich::RealBisect { work } => report(verbs::bisect::real::bench(work)),
+            BenchWhich::Boot { rounds } => exit_of(bench::boot(rounds)),
+            BenchWhich::Detect => exit_of(bench::detect()),
+            BenchWhich::Transport { upload_mb } => exit_of(bench::transport(upload_mb)),
+            BenchWhich::Scenarios => exit_of(bench::scenarios()),
+            BenchWhich::StressNg { rounds } => exit_of(bench::stress_ng(rounds)),
+            BenchWhich::Mach { boots } => exit_of(bench::mach(boots)),
+            BenchWhich::Bisect { bisections } => exit_of(verbs::bisect::sim::bench(bisections)),
+            BenchWhich::RealBisect { work } => exit_of(verbs::bisect::real::bench(work)),
         },
         Verb::Scan(a) => kstorm::detect::scan::run(&a),
         Verb::Test { cargo_args } => verbs::test::test(&cargo_args),
-        Verb::Clean(a) => report(verbs::clean::clean(a.results)),
+        Verb::Clean(a) => exit_of(verbs::clean::clean(a.results)),
     };
     ExitCode::from(code as u8)
 }
@@ -461,7 +461,7 @@ fn compare(a: &std::path::Path, b: &std::path::Path, allow_missing: bool) -> i32
     }
 }
 
-fn report(r: anyhow::Result<()>) -> i32 {
+fn exit_of(r: anyhow::Result<()>) -> i32 {
     match r {
         Ok(()) => 0,
         Err(e) => error_exit(&e, false),

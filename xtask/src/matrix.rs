@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 /// Parameter profile: `quick` (the defaults, seconds under TCG) or `deep` (nightly counts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Profile {
+pub enum ParamProfile {
     Quick,
     Deep,
 }
@@ -31,7 +31,7 @@ pub struct Selection {
     /// Keep cells whose id contains any of these substrings (all when empty).
     pub filters: Vec<String>,
     pub repeat: u32,
-    pub profile: Profile,
+    pub profile: ParamProfile,
     /// Use this transport instead of each image's default (`run --transport`).
     pub transport: Option<TransportKind>,
 }
@@ -43,7 +43,7 @@ impl Default for Selection {
             ram: None,
             filters: Vec::new(),
             repeat: 1,
-            profile: Profile::Quick,
+            profile: ParamProfile::Quick,
             transport: None,
         }
     }
@@ -73,7 +73,7 @@ pub fn expand(suite: &Suite, catalog: &Catalog, sel: &Selection) -> Result<Vec<C
     for (index, case) in suite.cases.iter().enumerate() {
         let rams = rams_for(suite, case, sel);
         let mut params = case.params.clone();
-        if sel.profile == Profile::Deep {
+        if sel.profile == ParamProfile::Deep {
             params.extend(case.deep.clone());
         }
         for image_name in images_for(suite, case, sel) {

@@ -2,7 +2,7 @@
 //! file, the line and the field.
 
 use kstorm::config::{self, Catalog, Expect, RamSize};
-use kstorm::matrix::{self, Profile, Selection};
+use kstorm::matrix::{self, ParamProfile, Selection};
 use std::path::Path;
 
 fn write(dir: &Path, rel: &str, text: &str) -> std::path::PathBuf {
@@ -123,7 +123,7 @@ fn matrix_crosses_cases_ram_variants_repeats_and_profiles() {
 
     let sel = Selection {
         repeat: 3,
-        profile: Profile::Deep,
+        profile: ParamProfile::Deep,
         filters: vec!["a@img-256M-base".into()],
         ..Selection::default()
     };

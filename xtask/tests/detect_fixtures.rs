@@ -411,7 +411,7 @@ signatures:
     title: 'second banner'
 "#;
 
-fn custom_run(log: &str) -> Vec<kstorm::detect::Report> {
+fn custom_run(log: &str) -> Vec<kstorm::detect::CrashReport> {
     let sigs = kstorm::detect::Signatures::parse("custom.yaml", CUSTOM).unwrap();
     let mut d = Detector::with_signatures(std::sync::Arc::new(sigs));
     d.feed(log.as_bytes());

@@ -227,7 +227,7 @@ cases:
     );
     let r = only(records);
     assert_eq!(r.verdict, Verdict::Pass, "{}", r.verdict.describe());
-    assert_eq!(r.machine, Some(kstorm::qemu::Profile::Pc));
+    assert_eq!(r.machine, Some(kstorm::qemu::MachineKind::Pc));
     assert!(
         r.provenance
             .boot

@@ -9,7 +9,7 @@ mod common;
 use kstorm::cell::{self, CellEnv, CellRecord};
 use kstorm::config::{Deadlines, HumanDuration, Image, Name, RamSize};
 use kstorm::images::{self, BootArtifacts, PreparedImage};
-use kstorm::qemu::{Accel, BootMedium, Profile};
+use kstorm::qemu::{Accel, BootMedium, MachineKind};
 use kstorm::verdict::Verdict;
 use kstorm_payload::frame::{decode, Frame, Message, Outcome};
 use kstorm_payload::plan::{Plan, ScenarioSpec};
@@ -121,7 +121,7 @@ fn no_module_boot(prepared: &PreparedImage) -> BootArtifacts {
     let iso = images::mach_task::prepare_iso(&mach.kernel, None, &[], &cache_dir()).unwrap();
     BootArtifacts {
         medium: BootMedium {
-            profile: Profile::GrubIso,
+            profile: MachineKind::GrubIso,
             kernel: None,
             initrd: None,
             cmdline: Vec::new(),
@@ -177,7 +177,7 @@ fn smoke_cell_speaks_frames_and_reboots_cleanly() {
     }
     assert_eq!(b.record.frames.received, b.frames.len() as u64);
     assert_eq!(b.record.frames.missing, 0);
-    assert_eq!(b.record.machine, Some(Profile::GrubIso));
+    assert_eq!(b.record.machine, Some(MachineKind::GrubIso));
     assert!(b.record.timings.boot_s.unwrap() < 30.0);
 }
 
@@ -423,7 +423,7 @@ mod through_the_harness {
     use kstorm::images;
     use kstorm::matrix::{expand, Selection};
     use kstorm::qemu::Accel;
-    use kstorm::qemu::Profile;
+    use kstorm::qemu::MachineKind;
     use kstorm::verdict::Verdict;
     use std::path::Path;
 
@@ -455,7 +455,7 @@ mod through_the_harness {
             )
             .unwrap();
             assert!(boot.medium.cdrom.is_some() && boot.medium.kernel.is_none());
-            assert_eq!(boot.medium.profile, Profile::GrubIso);
+            assert_eq!(boot.medium.profile, MachineKind::GrubIso);
             assert!(boot.provenance.patch.is_some() && boot.provenance.kernel_sha256.is_some());
             assert!(boot.provenance.extra.contains_key("bootstrap_sha256"));
             let _one = ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner());

@@ -11,11 +11,11 @@ pub mod judge;
 pub mod monitor;
 
 use crate::config::{Expect, TransportSpec};
-use crate::detect::{Detector, Report};
+use crate::detect::{CrashReport, Detector};
 use crate::error::InfraCause;
 use crate::images::{BootArtifacts, Provenance};
 use crate::matrix::Cell;
-use crate::qemu::{Accel, Profile, QemuSpec};
+use crate::qemu::{Accel, MachineKind, QemuSpec};
 use crate::transport::{Faults, TransportStats};
 use crate::verdict::{self, Verdict};
 use anyhow::{Context, Result};
@@ -51,7 +51,7 @@ pub struct CellRecord {
     pub accel: Accel,
     /// The machine profile it booted on (`xtask/machines.yaml`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub machine: Option<Profile>,
+    pub machine: Option<MachineKind>,
     #[serde(default)]
     pub provenance: Provenance,
     /// The payload's hello: agent, kernel version, memory.
@@ -59,7 +59,7 @@ pub struct CellRecord {
     pub hello: Option<serde_json::Value>,
     pub results: Vec<ScenarioResult>,
     /// Everything the detector saw, crashes and OOM kills, with their report lines.
-    pub reports: Vec<Report>,
+    pub reports: Vec<CrashReport>,
     pub timings: Timings,
     pub frames: FrameStats,
     /// ssh or serial-shell cells: what the transport did.
@@ -170,7 +170,7 @@ pub enum FrameChannel {
 
 impl FrameChannel {
     /// The channel of a cell reached by `transport` on a machine of `profile`.
-    pub fn of(transport: &TransportSpec, profile: Profile) -> FrameChannel {
+    pub fn of(transport: &TransportSpec, profile: MachineKind) -> FrameChannel {
         match transport {
             TransportSpec::Ssh(_) => FrameChannel::Ssh,
             TransportSpec::SerialShell(_) => FrameChannel::Serial,
@@ -263,7 +263,7 @@ fn fill_record(
     record: &mut CellRecord,
     ending: &Ending,
     seen: Observed,
-    reports: Vec<Report>,
+    reports: Vec<CrashReport>,
     gone: Instant,
 ) {
     record.timings.boot_s = seen.boot_s;

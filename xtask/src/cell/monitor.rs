@@ -7,7 +7,7 @@
 
 use super::{FrameChannel, FrameStats};
 use crate::config::Deadlines;
-use crate::detect::{self, Detector, Kind, Report};
+use crate::detect::{self, CrashReport, Detector, Kind};
 use crate::transport::{TransportError, TransportStats};
 use kstorm_payload::frame::{self, Message, ScenarioResult};
 use std::collections::BTreeSet;
@@ -189,7 +189,7 @@ impl Monitor {
 
     /// The final ending and what was observed. A crash report that arrived with the last bytes
     /// (after the cell was already ending) still wins: it explains the rest.
-    pub fn finish(mut self) -> (Ending, Observed, Vec<Report>) {
+    pub fn finish(mut self) -> (Ending, Observed, Vec<CrashReport>) {
         let mut ending = self.ending.take().unwrap_or(Ending::Interrupted);
         if let Some((event, _)) = &self.seen.crash {
             if !matches!(ending, Ending::Crash(_)) {
@@ -435,7 +435,7 @@ impl Monitor {
 }
 
 /// Silence is a finding too: a report next to the console's own.
-fn silence_report(s: &Silence, deadlines: &Deadlines) -> Report {
+fn silence_report(s: &Silence, deadlines: &Deadlines) -> CrashReport {
     let (kind, title) = match s {
         Silence::NoConsole => (
             Kind::NoOutput,
@@ -453,7 +453,7 @@ fn silence_report(s: &Silence, deadlines: &Deadlines) -> Report {
             ),
         ),
     };
-    Report {
+    CrashReport {
         event: detect::Event {
             kind,
             title,

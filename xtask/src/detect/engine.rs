@@ -11,7 +11,7 @@
 use super::line::clean;
 use super::signatures::{Signature, Signatures, Stack, MAX_LINE};
 use super::title::{self, clean_function, Vars};
-use super::{Event, Report};
+use super::{CrashReport, Event};
 use memchr::{memchr, memmem, memrchr};
 use std::sync::Arc;
 
@@ -87,7 +87,7 @@ pub struct Engine {
     /// True once the current unterminated line has fired a prompt signature.
     prompt_fired: bool,
     line_no: u64,
-    reports: Vec<Report>,
+    reports: Vec<CrashReport>,
     open: Option<Open>,
     stats: Stats,
     /// Bit i: `arms[i]` was seen on an earlier line.
@@ -149,7 +149,7 @@ impl Engine {
         events
     }
 
-    pub fn finish(mut self) -> Vec<Report> {
+    pub fn finish(mut self) -> Vec<CrashReport> {
         if !self.partial.is_empty() {
             let line = std::mem::take(&mut self.partial);
             let mut sink = Vec::new();
@@ -397,7 +397,7 @@ impl Engine {
         };
         events.push(event.clone());
         let index = if self.reports.len() < MAX_REPORTS {
-            self.reports.push(Report {
+            self.reports.push(CrashReport {
                 event: event.clone(),
                 lines: vec![text.to_string()],
             });

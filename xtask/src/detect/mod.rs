@@ -1,7 +1,7 @@
 //! Crash, hang and OOM detection on console logs.
 //!
 //! The harness feeds console bytes as QEMU writes them; the detector answers with [`Event`]s as
-//! soon as a report starts, and with whole [`Report`]s (start line plus trace) at the end.
+//! soon as a report starts, and with whole [`CrashReport`]s (start line plus trace) at the end.
 //!
 //! What a crash looks like is data: `xtask/signatures/<os>.yaml` (see [`signatures`]). The
 //! engine ([`engine`]) prefilters whole chunks with a literal search and runs regexes only on
@@ -9,7 +9,7 @@
 //! (the first crash wins the title), [`scan`] is the offline CLI and [`bench`] the benchmark.
 //!
 //! An [`Event`]'s title is given when the start line is seen (for low latency); the matching
-//! [`Report`] from [`Detector::finish`] may carry a better title, learnt from the trace lines
+//! [`CrashReport`] from [`Detector::finish`] may carry a better title, learnt from the trace lines
 //! (the guilty function in `RIP:`, say). Use the report's title for verdicts.
 
 pub mod bench;
@@ -90,7 +90,7 @@ pub struct Event {
 
 /// An event with the lines of its report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Report {
+pub struct CrashReport {
     #[serde(flatten)]
     pub event: Event,
     pub lines: Vec<String>,
@@ -136,7 +136,7 @@ impl Detector {
     }
 
     /// Ends the stream; returns every report with its lines and final title.
-    pub fn finish(self) -> Vec<Report> {
+    pub fn finish(self) -> Vec<CrashReport> {
         self.engine.finish()
     }
 }

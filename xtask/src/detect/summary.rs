@@ -2,7 +2,7 @@
 //! kept as secondary (an Oops followed by "Kernel panic - not syncing: Fatal exception" is one
 //! crash titled by the Oops); events that are not crashes (OOM kills) are listed apart.
 
-use super::{Event, Report};
+use super::{CrashReport, Event};
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -16,7 +16,7 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn of(reports: &[Report]) -> Summary {
+    pub fn of(reports: &[CrashReport]) -> Summary {
         let events: Vec<Event> = reports.iter().map(|r| r.event.clone()).collect();
         let mut crashes = events.iter().filter(|e| e.crash).cloned();
         let crash = crashes.next();

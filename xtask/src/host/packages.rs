@@ -17,7 +17,7 @@ const TABLE_TEXT: &str = include_str!("../../host-packages.yaml");
 /// `xtask/host-packages.yaml`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Table {
+pub struct PackageTable {
     tools: BTreeMap<String, Tool>,
     needs: Needs,
     pinned_together: Vec<Vec<String>>,
@@ -96,20 +96,20 @@ pub struct Group {
 
 /// The installs a selection needs, in order, with a note for each pinned set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Plan {
+pub struct InstallPlan {
     pub groups: Vec<Group>,
     pub notes: Vec<String>,
 }
 
-impl Table {
+impl PackageTable {
     /// The table compiled into kstorm, checked.
-    pub fn builtin() -> &'static Table {
-        static TABLE: std::sync::OnceLock<Table> = std::sync::OnceLock::new();
-        TABLE.get_or_init(|| Table::parse(TABLE_TEXT).unwrap_or_else(|e| panic!("{e:#}")))
+    pub fn builtin() -> &'static PackageTable {
+        static TABLE: std::sync::OnceLock<PackageTable> = std::sync::OnceLock::new();
+        TABLE.get_or_init(|| PackageTable::parse(TABLE_TEXT).unwrap_or_else(|e| panic!("{e:#}")))
     }
 
-    pub fn parse(text: &str) -> Result<Table> {
-        let (table, _): (Table, _) =
+    pub fn parse(text: &str) -> Result<PackageTable> {
+        let (table, _): (PackageTable, _) =
             crate::yaml::parse_yaml(std::path::Path::new(TABLE_FILE), text)?;
         let needs = &table.needs;
         let all = needs
@@ -223,13 +223,13 @@ impl Table {
     /// Applies the `pinned_together` rule to `groups`: every member of a set that is to be
     /// installed or already installed is installed in one `apt-get`, at one version that the
     /// configured archives offer for all of them.
-    pub fn pin(&self, mut groups: Vec<Group>, policy: &Policy) -> Result<Plan> {
+    pub fn pin(&self, mut groups: Vec<Group>, policy: &Policy) -> Result<InstallPlan> {
         let mut notes = Vec::new();
         for set in &self.pinned_together {
             notes.extend(pin_set(set, &mut groups, policy)?);
         }
         groups.retain(|g| !g.packages.is_empty());
-        Ok(Plan { groups, notes })
+        Ok(InstallPlan { groups, notes })
     }
 }
 
@@ -424,7 +424,7 @@ pub fn install_args(group: &Group) -> Vec<String> {
 }
 
 /// One line a user can paste to install the whole plan.
-pub fn one_line(plan: &Plan, update_first: bool) -> String {
+pub fn one_line(plan: &InstallPlan, update_first: bool) -> String {
     let all = Group {
         why: String::new(),
         packages: plan
@@ -460,7 +460,7 @@ pub fn ensure_for_bench(name: &str) -> Result<()> {
 /// it as root, else fails (exit 2) with the line to run. Costs nothing but a few PATH look-ups
 /// when everything is there.
 pub fn ensure(uses: &Uses) -> Result<()> {
-    let table = Table::builtin();
+    let table = PackageTable::builtin();
     let needs = table.needs(uses);
     let present = |t: &str| table.present(t);
     let groups = table.missing(&needs, &present);
@@ -518,10 +518,10 @@ pub fn ensure(uses: &Uses) -> Result<()> {
 
 /// The plan with pins from `apt-cache policy`, and whether apt's lists lack a package (stale
 /// or never fetched: `apt-get update` first). Without apt (not Debian), the plan as is.
-fn plan_with_policy(table: &Table, groups: Vec<Group>) -> Result<(Plan, bool)> {
+fn plan_with_policy(table: &PackageTable, groups: Vec<Group>) -> Result<(InstallPlan, bool)> {
     if find_program("apt-cache").is_none() {
         return Ok((
-            Plan {
+            InstallPlan {
                 groups,
                 notes: Vec::new(),
             },
@@ -537,7 +537,7 @@ fn plan_with_policy(table: &Table, groups: Vec<Group>) -> Result<(Plan, bool)> {
         .any(|p| policy.get(p).is_none_or(|p| p.from_archives.is_empty()));
     if stale {
         return Ok((
-            Plan {
+            InstallPlan {
                 groups,
                 notes: Vec::new(),
             },
@@ -547,7 +547,7 @@ fn plan_with_policy(table: &Table, groups: Vec<Group>) -> Result<(Plan, bool)> {
     Ok((table.pin(groups, &policy)?, false))
 }
 
-fn print_plan(plan: &Plan) {
+fn print_plan(plan: &InstallPlan) {
     eprintln!("kstorm: Debian packages to install before the first cell:");
     for g in &plan.groups {
         eprintln!("  {}: {}", g.why, g.packages.join(" "));

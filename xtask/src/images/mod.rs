@@ -18,7 +18,7 @@ pub mod stress_ng;
 pub use provenance::{Provenance, SourceKind};
 
 use crate::config::{Image, Machine, Source};
-use crate::qemu::{BootMedium, Profile};
+use crate::qemu::{BootMedium, MachineKind};
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -163,12 +163,12 @@ pub fn cell_artifacts(
     };
     // The fast path needs the PVH-bootable vmlinux; without it, boot the bzImage on pc.
     let (profile, kernel_file) = match (image.boot.machine, &kernel.vmlinux) {
-        (Machine::Microvm, Some(vmlinux)) => (Profile::Microvm, vmlinux.clone()),
+        (Machine::Microvm, Some(vmlinux)) => (MachineKind::Microvm, vmlinux.clone()),
         (Machine::Microvm, None) => {
             provenance = provenance.with("boot.fallback", "no PVH vmlinux: bzImage on pc");
-            (Profile::Pc, kernel.bzimage.clone())
+            (MachineKind::Pc, kernel.bzimage.clone())
         }
-        (Machine::Pc, _) => (Profile::Pc, kernel.bzimage.clone()),
+        (Machine::Pc, _) => (MachineKind::Pc, kernel.bzimage.clone()),
     };
     provenance.boot = Some(format!("{} on {profile}", kernel_file.display()));
     Ok(BootArtifacts {
@@ -222,7 +222,7 @@ fn mach_artifacts(
     let boot = mach.cell_iso(&plan, &kernel_args, cache)?;
     Ok(BootArtifacts {
         medium: BootMedium {
-            profile: Profile::GrubIso,
+            profile: MachineKind::GrubIso,
             kernel: None,
             initrd: None,
             cmdline: Vec::new(),
@@ -249,10 +249,13 @@ fn published_artifacts(
         _ => None,
     };
     let (profile, cdrom) = match grub {
-        None => (Profile::Disk, None),
+        None => (MachineKind::Disk, None),
         Some(boot) => {
             let menu = published::grub_menu(boot, &kernel_command_line(image, extra_cmdline))?;
-            (Profile::GrubIde, Some(grub::build_cfg_iso(&menu, cache)?))
+            (
+                MachineKind::GrubIde,
+                Some(grub::build_cfg_iso(&menu, cache)?),
+            )
         }
     };
     provenance.boot = Some(format!("{} on {profile}", d.base.display()));

@@ -8,7 +8,7 @@ pub mod process;
 pub mod profile;
 
 pub use process::{install_signal_handler, interrupted, QemuProcess};
-pub use profile::{MachineProfile, Profile};
+pub use profile::{MachineKind, MachineProfile};
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -47,7 +47,7 @@ pub struct Forward {
 #[derive(Debug, Clone)]
 pub struct BootMedium {
     /// How the machine is set up (`xtask/machines.yaml`).
-    pub profile: Profile,
+    pub profile: MachineKind,
     /// `-kernel`
     pub kernel: Option<PathBuf>,
     /// `-initrd`
@@ -226,7 +226,7 @@ pub fn host_boot_id() -> String {
 mod tests {
     use super::*;
 
-    fn spec(profile: Profile) -> QemuSpec {
+    fn spec(profile: MachineKind) -> QemuSpec {
         let boot = BootMedium {
             profile,
             kernel: Some("/k/vmlinux".into()),
@@ -251,7 +251,7 @@ mod tests {
 
     #[test]
     fn microvm_argv() {
-        let a = strs(&spec(Profile::Microvm).argv());
+        let a = strs(&spec(MachineKind::Microvm).argv());
         assert_eq!(&a[..2], ["-M", "microvm,x-option-roms=off,rtc=on"]);
         assert!(has(&a, ["-m", "128M"]));
         assert!(has(&a, ["-accel", "tcg"]));
@@ -279,7 +279,7 @@ mod tests {
 
     #[test]
     fn pc_argv_and_kvm() {
-        let mut s = spec(Profile::Pc);
+        let mut s = spec(MachineKind::Pc);
         s.accel = Accel::Kvm;
         s.results_socket = None;
         let a = strs(&s.argv());
@@ -292,7 +292,7 @@ mod tests {
 
     #[test]
     fn a_grub_iso_has_no_results_port_and_boots_from_the_cdrom() {
-        let mut s = spec(Profile::GrubIso);
+        let mut s = spec(MachineKind::GrubIso);
         s.boot.kernel = None;
         s.boot.cdrom = Some("/c/mach.iso".into());
         assert!(!s.has_results_port());
@@ -305,7 +305,7 @@ mod tests {
 
     #[test]
     fn user_networking_is_restricted_to_the_forward() {
-        let mut s = spec(Profile::Microvm);
+        let mut s = spec(MachineKind::Microvm);
         s.disk = Some("/r/c,1/disk.qcow2".into());
         s.forward = Some(Forward {
             host_port: 2222,

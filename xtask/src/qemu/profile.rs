@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 /// The ways a guest boots. Every one has an entry in `xtask/machines.yaml`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Profile {
+pub enum MachineKind {
     /// A kernel booted directly on `-M microvm` (PVH `vmlinux`).
     Microvm,
     /// A kernel booted directly on `-M pc` (bzImage).
@@ -24,30 +24,30 @@ pub enum Profile {
     GrubIde,
 }
 
-impl Profile {
-    pub const ALL: [Profile; 5] = [
-        Profile::Microvm,
-        Profile::Pc,
-        Profile::GrubIso,
-        Profile::Disk,
-        Profile::GrubIde,
+impl MachineKind {
+    pub const ALL: [MachineKind; 5] = [
+        MachineKind::Microvm,
+        MachineKind::Pc,
+        MachineKind::GrubIso,
+        MachineKind::Disk,
+        MachineKind::GrubIde,
     ];
 
     /// The profile of a kernel booted directly on `machine`.
-    pub fn direct(machine: Machine) -> Profile {
+    pub fn direct(machine: Machine) -> MachineKind {
         match machine {
-            Machine::Microvm => Profile::Microvm,
-            Machine::Pc => Profile::Pc,
+            Machine::Microvm => MachineKind::Microvm,
+            Machine::Pc => MachineKind::Pc,
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
-            Profile::Microvm => "microvm",
-            Profile::Pc => "pc",
-            Profile::GrubIso => "grub-iso",
-            Profile::Disk => "disk",
-            Profile::GrubIde => "grub-ide",
+            MachineKind::Microvm => "microvm",
+            MachineKind::Pc => "pc",
+            MachineKind::GrubIso => "grub-iso",
+            MachineKind::Disk => "disk",
+            MachineKind::GrubIde => "grub-ide",
         }
     }
 
@@ -57,7 +57,7 @@ impl Profile {
     }
 }
 
-impl std::fmt::Display for Profile {
+impl std::fmt::Display for MachineKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
@@ -99,8 +99,8 @@ impl MachineProfile {
 
 /// The table, loaded and checked once. It ships with the repository: a broken one is a bug
 /// the tests catch, so it panics with the file's own error.
-fn table() -> &'static BTreeMap<Profile, MachineProfile> {
-    static TABLE: OnceLock<BTreeMap<Profile, MachineProfile>> = OnceLock::new();
+fn table() -> &'static BTreeMap<MachineKind, MachineProfile> {
+    static TABLE: OnceLock<BTreeMap<MachineKind, MachineProfile>> = OnceLock::new();
     TABLE.get_or_init(|| {
         let path = crate::host::workspace_root().join("xtask/machines.yaml");
         load(&path).unwrap_or_else(|e| panic!("{e:#}"))
@@ -108,11 +108,12 @@ fn table() -> &'static BTreeMap<Profile, MachineProfile> {
 }
 
 /// Reads a machine table and checks that it describes every profile.
-pub fn load(path: &std::path::Path) -> Result<BTreeMap<Profile, MachineProfile>> {
+pub fn load(path: &std::path::Path) -> Result<BTreeMap<MachineKind, MachineProfile>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let (table, _): (BTreeMap<Profile, MachineProfile>, _) = crate::yaml::parse_yaml(path, &text)?;
-    for p in Profile::ALL {
+    let (table, _): (BTreeMap<MachineKind, MachineProfile>, _) =
+        crate::yaml::parse_yaml(path, &text)?;
+    for p in MachineKind::ALL {
         if !table.contains_key(&p) {
             bail!("{}: no entry for the machine profile {p}", path.display());
         }
@@ -127,10 +128,10 @@ mod tests {
     #[test]
     fn the_shipped_table_covers_every_profile() {
         let t = load(&crate::host::workspace_root().join("xtask/machines.yaml")).unwrap();
-        assert_eq!(t.len(), Profile::ALL.len());
-        assert_eq!(t[&Profile::GrubIso].results_port, None);
-        assert!(t[&Profile::Microvm].qemu_machine.starts_with("microvm"));
-        let words = t[&Profile::Microvm].kernel_words();
+        assert_eq!(t.len(), MachineKind::ALL.len());
+        assert_eq!(t[&MachineKind::GrubIso].results_port, None);
+        assert!(t[&MachineKind::Microvm].qemu_machine.starts_with("microvm"));
+        let words = t[&MachineKind::Microvm].kernel_words();
         assert!(words.iter().any(|w| w.starts_with("tsc_early_khz=")
             && w["tsc_early_khz=".len()..].parse::<u64>().is_ok()));
     }

@@ -71,7 +71,7 @@ fn cells(images: &[&str], transport: Option<TransportKind>) -> Vec<Cell> {
 
 #[test]
 fn the_table_covers_every_source_and_transport() {
-    let table = Table::builtin();
+    let table = PackageTable::builtin();
     for kind in ["debian-kernel", "downloaded-kernel", "debian-gnumach"] {
         assert!(table.needs.source.contains_key(kind), "{kind}");
     }
@@ -97,9 +97,12 @@ fn a_bad_table_is_refused_with_the_tool_named() {
     let text = "tools: {qemu-img: {package: qemu-utils}}\n\
                 needs: {run: [qemu-img, cc], source: {}, disk: [], transport: {}}\n\
                 pinned_together: []\n";
-    let err = format!("{:#}", Table::parse(text).unwrap_err());
+    let err = format!("{:#}", PackageTable::parse(text).unwrap_err());
     assert!(err.contains("tool cc is not under tools:"), "{err}");
-    let err = format!("{:#}", Table::parse("tools: {}\nneeds: {}\n").unwrap_err());
+    let err = format!(
+        "{:#}",
+        PackageTable::parse("tools: {}\nneeds: {}\n").unwrap_err()
+    );
     assert!(
         err.contains("host-packages.yaml") && err.contains("missing field"),
         "{err}"
@@ -108,7 +111,7 @@ fn a_bad_table_is_refused_with_the_tool_named() {
 
 #[test]
 fn linux_cells_need_qemu_and_apt_but_no_grub() {
-    let table = Table::builtin();
+    let table = PackageTable::builtin();
     let uses = crate::matrix::host_uses(&cells(&["linux"], None));
     assert_eq!(uses.sources, BTreeSet::from(["debian-kernel".to_string()]));
     assert!(!uses.disk);
@@ -124,7 +127,7 @@ fn linux_cells_need_qemu_and_apt_but_no_grub() {
 
 #[test]
 fn gnumach_cells_need_the_grub_iso_tools() {
-    let table = Table::builtin();
+    let table = PackageTable::builtin();
     let uses = crate::matrix::host_uses(&cells(&["gnumach"], None));
     let groups = table.missing(&table.needs(&uses), &|_| false);
     let all = packages(&groups);
@@ -149,7 +152,7 @@ fn gnumach_cells_need_the_grub_iso_tools() {
 
 #[test]
 fn disk_cells_over_ssh_need_the_disk_tools() {
-    let table = Table::builtin();
+    let table = PackageTable::builtin();
     let uses = crate::matrix::host_uses(&cells(&["linux-disk"], Some(TransportKind::Ssh)));
     assert!(uses.disk);
     assert_eq!(uses.transports, BTreeSet::from(["ssh".to_string()]));
@@ -168,7 +171,7 @@ fn disk_cells_over_ssh_need_the_disk_tools() {
 
 #[test]
 fn nothing_is_planned_when_every_probe_holds() {
-    let table = Table::builtin();
+    let table = PackageTable::builtin();
     let needs = table.needs(&Uses::everything());
     assert!(table.missing(&needs, &|_| true).is_empty());
     // The test verb takes every group the table has.
@@ -195,7 +198,7 @@ fn policy_text_is_read() {
 
 #[test]
 fn a_member_from_elsewhere_is_pinned_back_with_the_one_installed() {
-    let table = Table::builtin();
+    let table = PackageTable::builtin();
     // qemu-img is there (from backports); QEMU itself is not.
     let groups = table.missing(&table.needs(&Uses::everything()), &|t| {
         t != "qemu-system-x86_64"
@@ -236,7 +239,7 @@ fn a_member_from_elsewhere_is_pinned_back_with_the_one_installed() {
 
 #[test]
 fn members_wanted_by_two_groups_install_together_without_downgrades() {
-    let table = Table::builtin();
+    let table = PackageTable::builtin();
     let groups = table.missing(&table.needs(&Uses::everything()), &|t| {
         !matches!(t, "qemu-system-x86_64" | "qemu-img" | "mke2fs")
     });
@@ -259,7 +262,7 @@ fn members_wanted_by_two_groups_install_together_without_downgrades() {
 
 #[test]
 fn a_lone_member_with_nothing_beside_it_is_not_pinned() {
-    let table = Table::builtin();
+    let table = PackageTable::builtin();
     let groups = table.missing(&table.needs(&Uses::everything()), &|t| {
         t != "qemu-system-x86_64"
     });
@@ -274,7 +277,7 @@ fn a_lone_member_with_nothing_beside_it_is_not_pinned() {
 
 #[test]
 fn no_version_common_to_the_set_is_an_error_naming_them() {
-    let table = Table::builtin();
+    let table = PackageTable::builtin();
     let groups = table.missing(&table.needs(&Uses::everything()), &|t| {
         t != "qemu-system-x86_64"
     });
@@ -310,7 +313,7 @@ fn the_hosts_policy_parses() {
 
 #[test]
 fn stress_ng_cells_need_the_tools_that_fetch_it() {
-    let table = Table::builtin();
+    let table = PackageTable::builtin();
     let catalog = Catalog::load(&crate::host::workspace_root()).unwrap();
     let suite = catalog.suite("stress").unwrap();
     let stress_cells = matrix::expand(suite, &catalog, &Selection::default()).unwrap();
