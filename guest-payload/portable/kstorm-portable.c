@@ -11,6 +11,7 @@
  *   m NAME VALUE UNIT  a measurement
  *   f NAME VALUE       a fact
  *   end pass|fail [WHY]
+ *   end infra WHY      the call itself was wrong (unknown scenario or key): the harness's bug
  *
  * Every loop is bounded by a count and by deadline_s.
  */
@@ -246,6 +247,40 @@ static int fd_churn(void) {
     return 0;
 }
 
+/* The keys each scenario reads (the harness's registry holds the same list, checked by a
+ * test that reads this file); any other key is refused, so nothing is silently ignored. */
+static const char *const common_keys[] = {"deadline_s", NULL};
+static const char *const smoke_keys[] = {NULL};
+static const char *const fork_hold_keys[] = {"children", "fds", "fd_kind", "hold_ms", NULL};
+static const char *const spawn_kill_keys[] = {"cycles", "batch", "fds", "fd_kind",
+                                              "kill_interval_ms", NULL};
+static const char *const fd_churn_keys[] = {"procs", "batch", "duration_s", "max_ops",
+                                            "fd_kind", NULL};
+
+struct scenario {
+    const char *name;
+    int (*run)(void);
+    const char *const *keys;
+};
+
+static int smoke(void) { return 0; }
+
+static const struct scenario scenarios[] = {
+    {"smoke", smoke, smoke_keys},
+    {"fork-hold", fork_hold, fork_hold_keys},
+    {"spawn-kill", spawn_kill, spawn_kill_keys},
+    {"fd-churn", fd_churn, fd_churn_keys},
+};
+
+static int listed(const char *const *keys, const char *arg) {
+    for (; *keys; keys++) {
+        size_t n = strlen(*keys);
+        if (strncmp(arg, *keys, n) == 0 && arg[n] == '=')
+            return 1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     argc_g = argc;
     argv_g = argv;
@@ -253,22 +288,23 @@ int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     signal(SIGPIPE, SIG_IGN);
     if (argc < 2) {
-        printf("end fail usage: kstorm-portable SCENARIO key=value...\n");
+        printf("end infra usage: kstorm-portable SCENARIO key=value...\n");
         return 2;
     }
-    int rc;
-    if (strcmp(argv[1], "smoke") == 0)
-        rc = 0;
-    else if (strcmp(argv[1], "fork-hold") == 0)
-        rc = fork_hold();
-    else if (strcmp(argv[1], "spawn-kill") == 0)
-        rc = spawn_kill();
-    else if (strcmp(argv[1], "fd-churn") == 0)
-        rc = fd_churn();
-    else {
-        printf("end fail scenario %s is not available on the portable-c route\n", argv[1]);
+    const struct scenario *sc = NULL;
+    for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++)
+        if (strcmp(argv[1], scenarios[i].name) == 0)
+            sc = &scenarios[i];
+    if (!sc) {
+        printf("end infra scenario %s is not available on the portable-c route\n", argv[1]);
         return 2;
     }
+    for (int i = 2; i < argc; i++)
+        if (!listed(sc->keys, argv[i]) && !listed(common_keys, argv[i])) {
+            printf("end infra scenario %s reads no parameter %s\n", argv[1], argv[i]);
+            return 2;
+        }
+    int rc = sc->run();
     printf("m wall_s %.3f s\n", now() - started);
     printf(rc == 0 ? "end pass\n" : "end fail scenario error\n");
     return rc;

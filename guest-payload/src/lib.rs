@@ -11,5 +11,6 @@ pub mod kmem;
 pub mod memory_evidence;
 pub mod params;
 pub mod plan;
+pub mod registry;
 pub mod stats;
 pub mod stress_ng;

@@ -277,11 +277,7 @@ enum BenchWhich {
     },
     /// ssh and serial shell on linux-disk: time to the first command and upload rate, against
     /// the PID-1 path booting the same kernel.
-    Transport {
-        /// Size of the timed upload, in MB.
-        #[arg(long, default_value_t = 10)]
-        upload_mb: usize,
-    },
+    Transport,
 }
 
 #[derive(Args)]
@@ -326,7 +322,7 @@ fn main() -> ExitCode {
         Verb::Bench(a) => match a.which {
             BenchWhich::Boot { rounds } => exit_of(bench::boot(rounds)),
             BenchWhich::Detect => exit_of(bench::detect()),
-            BenchWhich::Transport { upload_mb } => exit_of(bench::transport(upload_mb)),
+            BenchWhich::Transport => exit_of(bench::transport()),
             BenchWhich::Scenarios => exit_of(bench::scenarios()),
             BenchWhich::StressNg { rounds } => exit_of(bench::stress_ng(rounds)),
             BenchWhich::Mach { boots } => exit_of(bench::mach(boots)),

@@ -11,7 +11,8 @@ use crate::config::{
     Case, Catalog, Deadlines, Image, Name, RamSize, Suite, TransportKind, TransportSpec, Variant,
 };
 use crate::error::UsageError;
-use kstorm_payload::params::{self, ParamError, RawParams};
+use kstorm_payload::params::{ParamError, RawParams};
+use kstorm_payload::registry;
 use sha2::{Digest, Sha256};
 
 /// Parameter profile: `quick` (the defaults, seconds under TCG) or `deep` (nightly counts).
@@ -175,17 +176,15 @@ fn rams_for(suite: &Suite, case: &Case, sel: &Selection) -> Vec<RamSize> {
     }
 }
 
-/// The parameters of `scenario` as the guest on `image` will read them, defaults filled in:
-/// the GNU Mach bootstrap task on a GNU Mach image, the payload everywhere else.
+/// The parameters of `scenario` as the guest on `image` will read them, defaults filled in,
+/// by the scenario registry's entry for the image's route (a scenario the route does not run
+/// is an error on `scenario`).
 pub fn resolve_params(
     image: &Image,
     scenario: &str,
     params: &RawParams,
 ) -> Result<serde_json::Value, ParamError> {
-    match image.os {
-        crate::detect::Os::Mach => params::mach::resolve(scenario, params),
-        _ => params::resolve(scenario, params),
-    }
+    registry::resolve(image.route(), scenario, params)
 }
 
 /// Case `index` of `suite` on `image`: its parameters, and its parameters with the `deep:`

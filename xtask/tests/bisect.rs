@@ -417,7 +417,7 @@ fn local_gnumach_kernel_gz_and_elf_boot() {
     let catalog = common::catalog();
     let cache = kstorm::host::cache_dir();
     let stock = match images::prepare(&catalog.images["gnumach-unpatched"], &cache).unwrap() {
-        PreparedImage::Mach(m) => m.kernel.path,
+        PreparedImage::Mach(m) => m.path,
         other => panic!("{other:?}"),
     };
     let dir = tempfile::tempdir().unwrap();

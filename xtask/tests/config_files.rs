@@ -330,7 +330,7 @@ const BAD_SUITES: &[Bad] = &[
         cases: "  - name: m\n    images: [gnumach]\n    scenario: fork-hold\n    expect: pass\n",
         line: 8,
         field: "cases[0].scenario",
-        says: "unknown scenario \"fork-hold\"",
+        says: "scenario \"fork-hold\" does not run on the mach-task route",
     },
 ];
 
@@ -393,6 +393,58 @@ fn bad_selections_are_usage_errors() {
             assert_eq!(code, 2, "{argv:?}: {err}");
             assert!(err.contains(says), "{argv:?}: {err}");
         }
+    }
+    assert!(!dir.path().join("cache").exists());
+}
+
+/// A case whose scenario its image's route does not run (`oom` on FreeBSD's portable agent),
+/// or with a key the portable agent does not read, is refused before anything is fetched or
+/// booted, naming the file, the line, the field and the case.
+#[test]
+fn scenarios_off_their_route_are_usage_errors_before_any_download() {
+    let dir = tempfile::tempdir().unwrap();
+    for (case, line, field, says) in [
+        (
+            "  - {name: oom-on-freebsd, scenario: oom, expect: oom}",
+            6,
+            "cases[0].scenario",
+            "scenario \"oom\" does not run on the portable-c route",
+        ),
+        (
+            "  - name: leaky\n    scenario: fork-hold\n    expect: pass\n    params: {leak_settle_ms: 10}",
+            9,
+            "cases[0].params.leak_settle_ms",
+            "leak_settle_ms",
+        ),
+    ] {
+        let path = dir.path().join("portable.yaml");
+        let text = format!(
+            "name: portable\ndescription: the portable route\nimages: [freebsd-14.3]\nram: [256M]\ncases:\n{case}\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        let suite = path.to_str().unwrap();
+        for verb in ["list", "run"] {
+            let (code, _, err) = xtask(dir.path(), &[verb, "--suite", suite]);
+            assert_eq!(code, 2, "{verb}: {err}");
+            let want = format!("{suite}: line {line}: {field}: case ");
+            assert!(err.contains(&want), "{verb}: want {want:?} in {err}");
+            assert!(err.contains(says), "{verb}: {err}");
+        }
+        assert!(!dir.path().join("cache").exists(), "something was fetched");
+    }
+}
+
+#[test]
+fn zero_jobs_or_repeats_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, says) in [
+        (vec!["run", "--jobs", "0"], "--jobs: must be at least 1"),
+        (vec!["run", "--repeat", "0"], "--repeat: must be at least 1"),
+    ] {
+        let (code, _, err) = xtask(dir.path(), &args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("kstorm: usage error: "), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
     }
     assert!(!dir.path().join("cache").exists());
 }

@@ -55,6 +55,36 @@ struct Boot {
     _dir: tempfile::TempDir,
 }
 
+/// What a GNU Mach cell's guest side brings: the plan and the bootstrap task (no Linux payload).
+struct MachParts<'a> {
+    plan: &'a Plan,
+    plan_json: &'a [u8],
+    task: PathBuf,
+    tools: images::initramfs::ToolArchive,
+}
+
+impl MachParts<'_> {
+    fn parts(&self) -> images::GuestParts<'_> {
+        images::GuestParts {
+            payload: &[],
+            plan: self.plan,
+            plan_json: self.plan_json,
+            tools: &self.tools,
+            mach_task: Some(&self.task),
+        }
+    }
+}
+
+fn mach_parts<'a>(plan: &'a Plan, plan_json: &'a [u8]) -> MachParts<'a> {
+    let dir = cache_dir().join("gnumach").join("bootstrap");
+    MachParts {
+        plan,
+        plan_json,
+        task: kstorm::guest_build::mach_task::build(&dir).unwrap(),
+        tools: Default::default(),
+    }
+}
+
 /// Boots `scenarios` on GNU Mach through `cell::run`. With no scenarios the ISO has no
 /// bootstrap module at all.
 fn boot(patched: bool, id: &str, ram: u64, scenarios: Vec<ScenarioSpec>, heartbeat_s: u64) -> Boot {
@@ -70,7 +100,8 @@ fn boot(patched: bool, id: &str, ram: u64, scenarios: Vec<ScenarioSpec>, heartbe
         no_module_boot(prepared)
     } else {
         let plan_json = serde_json::to_vec(&plan).unwrap();
-        images::cell_artifacts(prepared, image, &[], &[], &plan_json, &cache_dir()).unwrap()
+        let parts = mach_parts(&plan, &plan_json);
+        images::cell_artifacts(prepared, image, &[], &parts.parts(), &cache_dir()).unwrap()
     };
     let mut cell = kstorm::session::accel::probe_cell().unwrap();
     cell.id = id.into();
@@ -118,7 +149,7 @@ fn no_module_boot(prepared: &PreparedImage) -> BootArtifacts {
     let PreparedImage::Mach(mach) = prepared else {
         panic!("not a Mach image")
     };
-    let iso = images::mach_task::prepare_iso(&mach.kernel, None, &[], &cache_dir()).unwrap();
+    let iso = images::mach_iso::prepare_iso(mach, None, &[], &cache_dir()).unwrap();
     BootArtifacts {
         medium: BootMedium {
             profile: MachineKind::GrubIso,
@@ -445,12 +476,13 @@ mod through_the_harness {
         for c in &cells {
             let prepared = images::prepare(&c.image, &cache).unwrap();
             let plan = kstorm::session::plan_for(c);
+            let plan_json = serde_json::to_vec(&plan).unwrap();
+            let parts = super::mach_parts(&plan, &plan_json);
             let boot = images::cell_artifacts(
                 &prepared,
                 &c.image,
                 &[format!("kstorm.cell={}", c.id)],
-                &[],
-                &serde_json::to_vec(&plan).unwrap(),
+                &parts.parts(),
                 &cache,
             )
             .unwrap();

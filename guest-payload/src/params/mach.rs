@@ -4,7 +4,7 @@
 //! and that every value is a 32-bit unsigned word (booleans go as 0/1), so a suite is checked
 //! on the host. Every scenario also takes `limit` (the count at which it stops) and `seconds`.
 
-use super::{parse, unknown_scenario, Check, ParamError, RawParams};
+use super::{Check, ParamError, RawParams};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// One value on the task's command line: `key=<u32>`.
@@ -39,6 +39,12 @@ impl<'de> Deserialize<'de> for Word {
     }
 }
 
+/// The parameters of the task's `scenario` as it will read them (its defaults stay in C): the
+/// GNU Mach route of [`crate::registry`].
+pub fn resolve(scenario: &str, params: &RawParams) -> Result<serde_json::Value, ParamError> {
+    crate::registry::resolve(crate::registry::Route::MachTask, scenario, params)
+}
+
 /// Parses one value as the task reads it.
 pub fn word(value: &serde_json::Value) -> Result<Word, String> {
     Word::deserialize(value).map_err(|e| e.to_string())
@@ -62,16 +68,6 @@ macro_rules! mach_scenarios {
             }
         )*
 
-        /// The task's scenarios, by name.
-        pub const NAMES: &[&str] = &[$($name),*];
-
-        /// The parameters of `scenario` as the task will read them (its defaults stay in C).
-        pub fn resolve(scenario: &str, params: &RawParams) -> Result<serde_json::Value, ParamError> {
-            match scenario {
-                $($name => super::to_json(parse::<$ty>(params)?),)*
-                _ => Err(unknown_scenario(scenario, NAMES)),
-            }
-        }
     };
 }
 

@@ -8,6 +8,7 @@
 //! bootstrap task.
 
 pub mod mach;
+pub mod portable;
 mod stress_ng;
 
 pub use stress_ng::StressNg;
@@ -76,41 +77,13 @@ fn unknown_field(message: &str) -> Option<String> {
     Some(rest[..rest.find('`')?].to_string())
 }
 
-macro_rules! payload_scenarios {
-    ($($name:literal => $ty:ty),* $(,)?) => {
-        /// The payload's scenarios, by name.
-        pub const NAMES: &[&str] = &[$($name),*];
-
-        /// The parameters of `scenario` with its defaults filled in, for the payload's own
-        /// scenarios.
-        pub fn resolve(scenario: &str, params: &RawParams) -> Result<serde_json::Value, ParamError> {
-            match scenario {
-                $($name => to_json(parse::<$ty>(params)?),)*
-                _ => Err(unknown_scenario(scenario, NAMES)),
-            }
-        }
-    };
+/// The parameters of the payload's own `scenario` with its defaults filled in (the Linux
+/// route of [`crate::registry`]).
+pub fn resolve(scenario: &str, params: &RawParams) -> Result<serde_json::Value, ParamError> {
+    crate::registry::resolve(crate::registry::Route::LinuxPayload, scenario, params)
 }
 
-payload_scenarios! {
-    "smoke" => Smoke,
-    "fork-hold" => ForkHold,
-    "spawn-kill" => SpawnKill,
-    "fd-churn" => FdChurn,
-    "copies" => Copies,
-    "mmap-group" => MmapGroup,
-    "mem-profile" => MemProfile,
-    "rlimits" => Rlimits,
-    "hang" => Hang,
-    "panic" => Panic,
-    "oom" => Oom,
-    "tmpfs-fill" => TmpfsFill,
-    "overcommit" => Overcommit,
-    "cgroup-limit" => CgroupLimit,
-    "stress-ng" => StressNg,
-}
-
-fn to_json<P: Serialize>(p: P) -> Result<serde_json::Value, ParamError> {
+pub(crate) fn to_json<P: Serialize>(p: P) -> Result<serde_json::Value, ParamError> {
     serde_json::to_value(p).map_err(|e| ParamError {
         field: None,
         message: e.to_string(),

@@ -11,6 +11,7 @@ use crate::sys;
 use kstorm_payload::frame::{Measurement, Series};
 use kstorm_payload::memory_evidence::MemoryEvidence;
 use kstorm_payload::params::{self, Check};
+use kstorm_payload::registry::{self, Route};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -110,50 +111,45 @@ pub type RunError = String;
 
 type RunFn = fn(&serde_json::Map<String, serde_json::Value>, &Ctx) -> Result<Report, RunError>;
 
-/// One entry of the scenario table.
+/// The payload's code for one scenario of the registry's Linux route
+/// (`kstorm_payload::registry`, which says what it is and whether it is guest-only).
 pub struct Scenario {
     pub name: &'static str,
-    /// Harms the machine it runs on (panics it, exhausts its memory, changes kernel-wide
-    /// settings): only runs as PID 1 of a guest.
-    pub guest_only: bool,
     run: RunFn,
 }
 
 macro_rules! scenario {
-    ($name:literal, $guest_only:expr, $module:ident) => {
+    ($name:literal, $module:ident) => {
         Scenario {
             name: $name,
-            guest_only: $guest_only,
             run: |params, ctx| $module::run(parse_params(params)?, ctx),
         }
     };
 }
 
-/// Every scenario the payload knows, by name.
+/// The code of every scenario the registry's Linux route names.
 pub const ALL: &[Scenario] = &[
-    scenario!("smoke", false, smoke),
-    scenario!("fork-hold", false, fork_hold),
-    scenario!("spawn-kill", false, spawn_kill),
-    scenario!("fd-churn", false, fd_churn),
-    scenario!("copies", false, copies),
-    scenario!("mmap-group", false, mmap_group),
-    scenario!("mem-profile", false, mem_profile),
-    scenario!("rlimits", false, rlimits),
+    scenario!("smoke", smoke),
+    scenario!("fork-hold", fork_hold),
+    scenario!("spawn-kill", spawn_kill),
+    scenario!("fd-churn", fd_churn),
+    scenario!("copies", copies),
+    scenario!("mmap-group", mmap_group),
+    scenario!("mem-profile", mem_profile),
+    scenario!("rlimits", rlimits),
     Scenario {
         name: "hang",
-        guest_only: false,
         run: |p, c| crash::run_hang(parse_params(p)?, c),
     },
     Scenario {
         name: "panic",
-        guest_only: true,
         run: |p, c| crash::run_panic(parse_params(p)?, c),
     },
-    scenario!("oom", true, oom),
-    scenario!("tmpfs-fill", true, tmpfs_fill),
-    scenario!("overcommit", true, overcommit),
-    scenario!("cgroup-limit", true, cgroup_limit),
-    scenario!("stress-ng", true, stress_ng),
+    scenario!("oom", oom),
+    scenario!("tmpfs-fill", tmpfs_fill),
+    scenario!("overcommit", overcommit),
+    scenario!("cgroup-limit", cgroup_limit),
+    scenario!("stress-ng", stress_ng),
 ];
 
 pub fn find(name: &str) -> Option<&'static Scenario> {
@@ -177,7 +173,9 @@ impl Scenario {
         params: &serde_json::Map<String, serde_json::Value>,
         ctx: &Ctx,
     ) -> Result<Report, RunError> {
-        if self.guest_only && !ctx.in_guest {
+        let guest_only =
+            registry::find(Route::LinuxPayload, self.name).is_some_and(|d| d.guest_only);
+        if guest_only && !ctx.in_guest {
             return Err(format!(
                 "scenario {} only runs as PID 1 of a disposable guest (it would harm this machine)",
                 self.name
@@ -236,11 +234,11 @@ mod tests {
         assert_eq!(names.len(), ALL.len());
     }
 
-    /// The library's table (what the harness checks suites against) is this table.
+    /// The registry's Linux route (what the harness checks suites against) is this table.
     #[test]
-    fn the_library_knows_every_scenario() {
+    fn the_registry_names_every_scenario_of_the_payload() {
         let mut ours: Vec<&str> = ALL.iter().map(|s| s.name).collect();
-        let mut library = params::NAMES.to_vec();
+        let mut library = registry::names(Route::LinuxPayload);
         ours.sort();
         library.sort();
         assert_eq!(ours, library);

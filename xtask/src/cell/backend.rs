@@ -110,10 +110,9 @@ impl Backend {
                 TransportSpec::Pid1 => unreachable!("checked above"),
             };
             let boot_deadline = start + launch.boot_deadline;
-            let bench_upload = launch.faults.bench_upload;
             let tx = tx.clone();
             threads.push(std::thread::spawn(move || {
-                drive(t, guest, boot_deadline, bench_upload, tx)
+                drive(t, guest, boot_deadline, tx)
             }));
         }
         // QEMU bound the socket and the harness is connected: the folder can go.
@@ -302,7 +301,6 @@ fn drive(
     mut t: Box<dyn Transport>,
     guest: GuestFiles,
     boot_deadline: Instant,
-    bench_upload: Option<usize>,
     tx: mpsc::Sender<Msg>,
 ) {
     let serial = t.stats().kind == TransportKind::Serial;
@@ -310,14 +308,6 @@ fn drive(
         let _ = tx.send(Msg::Event(e));
     };
     let end = t.connect(boot_deadline).and_then(|()| {
-        if let Some(n) = bench_upload {
-            let data: Vec<u8> = (0..n).map(|_| rand::random::<u8>()).collect();
-            let t0 = Instant::now();
-            t.upload(&data, &format!("{}/bench.bin", transport::GUEST_DIR), 0o644)?;
-            send(CellEvent::BenchUpload(
-                n as f64 / 1e6 / t0.elapsed().as_secs_f64(),
-            ));
-        }
         let on_line = &mut |line: &str| send(CellEvent::Line(line.to_string()));
         match &guest.job {
             Some(job) => {

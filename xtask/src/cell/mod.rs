@@ -277,8 +277,5 @@ fn fill_record(
     record.frames = seen.frames;
     record.last_progress = seen.last_progress;
     record.transport = seen.transport;
-    if let Some(stats) = record.transport.as_mut() {
-        stats.bench_upload_mb_s = seen.bench_upload_mb_s;
-    }
     record.reports = reports;
 }

@@ -38,8 +38,6 @@ pub enum CellEvent {
         end: Result<i32, TransportError>,
         stats: TransportStats,
     },
-    /// `bench transport`: the rate of the benchmark upload, in MB/s.
-    BenchUpload(f64),
     /// QEMU closed the console and exited by itself (None: it could not be waited for).
     QemuExited(Option<ExitStatus>),
     /// Ctrl-C or SIGTERM.
@@ -96,7 +94,6 @@ pub struct Observed {
     /// The first crash event and when it was handled.
     pub crash: Option<(detect::Event, Instant)>,
     pub transport: Option<TransportStats>,
-    pub bench_upload_mb_s: Option<f64>,
     /// Cell start to the payload's hello.
     pub boot_s: Option<f64>,
     /// The first crash line's arrival to its detection.
@@ -221,10 +218,6 @@ impl Monitor {
             }
             CellEvent::Line(line) => {
                 self.on_frame_line(&line, self.channel, now);
-                None
-            }
-            CellEvent::BenchUpload(rate) => {
-                self.seen.bench_upload_mb_s = Some(rate);
                 None
             }
             CellEvent::TransportEnded { end, stats } => {

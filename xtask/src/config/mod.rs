@@ -49,6 +49,19 @@ pub struct Image {
 }
 
 impl Image {
+    /// Where the image's scenarios run: GNU Mach's bootstrap task, a recipe guest's agent, or
+    /// the Linux payload.
+    pub fn route(&self) -> kstorm_payload::registry::Route {
+        use kstorm_payload::registry::Route;
+        match (&self.os, &self.guest) {
+            (crate::detect::Os::Mach, _) => Route::MachTask,
+            (_, Some(recipe)) => match recipe.payload.route {
+                guest_recipe::Route::PortableC => Route::PortableC,
+            },
+            (_, None) => Route::LinuxPayload,
+        }
+    }
+
     /// The transport named `kind`, or the image's default when `kind` is `None`.
     pub fn transport(&self, kind: Option<TransportKind>) -> Result<&TransportSpec> {
         let Some(kind) = kind else {

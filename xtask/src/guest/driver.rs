@@ -18,8 +18,6 @@ use kstorm_payload::plan::{Plan, ScenarioSpec};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// The portable agent's source, compiled in the guest.
-pub const AGENT_SOURCE: &str = include_str!("../../../guest-payload/portable/kstorm-portable.c");
 /// Captures taken while a scenario runs, at most.
 const DURING_CAPTURES: usize = 3;
 /// How often the driver looks at the running agent.
@@ -207,7 +205,11 @@ mod reported_value_tests {
 fn compile_agent(t: &mut dyn Transport, recipe: &GuestRecipe) -> TResult<String> {
     let src = format!("{GUEST_DIR}/kstorm-portable.c");
     let bin = format!("{GUEST_DIR}/kstorm-portable");
-    t.upload(AGENT_SOURCE.as_bytes(), &src, 0o644)?;
+    t.upload(
+        crate::guest_build::portable::AGENT_SOURCE.as_bytes(),
+        &src,
+        0o644,
+    )?;
     let words: Vec<String> = recipe
         .payload
         .compile
@@ -227,7 +229,8 @@ fn compile_agent(t: &mut dyn Transport, recipe: &GuestRecipe) -> TResult<String>
 /// The agent's arguments: the scenario, then its parameters (defaults filled in) as
 /// `key=value`. Lists and maps have no plain form and are left out.
 pub fn agent_args(spec: &ScenarioSpec) -> Result<Vec<String>, String> {
-    let resolved = kstorm_payload::params::resolve(&spec.name, &spec.params)
+    use kstorm_payload::registry::{self, Route};
+    let resolved = registry::resolve(Route::PortableC, &spec.name, &spec.params)
         .map_err(|e| format!("{}: {e}", spec.name))?;
     let mut words = vec![spec.name.clone()];
     for (k, v) in resolved.as_object().into_iter().flatten() {
@@ -374,6 +377,8 @@ impl AgentLog {
             }
             ["end", "pass"] => self.end(Outcome::Pass, None),
             ["end", "fail", why @ ..] => self.end(Outcome::Fail, Some(why.join(" "))),
+            // The agent refused what it was asked (a harness bug: the host checks first).
+            ["end", "infra", why @ ..] => self.end(Outcome::Infra, Some(why.join(" "))),
             [] => {}
             _ => self.stray.push(line.to_string()),
         }

@@ -178,7 +178,7 @@ fn package_closure(packages: &[String], cache: &Path) -> Result<Vec<String>> {
 
 /// The hard dependencies in `apt-cache depends` output. Of alternatives (`|Depends: a`, then
 /// `Depends: b`), only the first is taken; virtual packages (`<x>`) are skipped.
-pub(super) fn parse_hard_depends(out: &str) -> Vec<String> {
+pub(crate) fn parse_hard_depends(out: &str) -> Vec<String> {
     let mut deps = Vec::new();
     let mut in_alternatives = false;
     for line in out.lines() {

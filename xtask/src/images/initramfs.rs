@@ -223,3 +223,12 @@ mod tests {
         assert_eq!(a, a2);
     }
 }
+
+/// Tools a cell carries in its initramfs (bundled by `guest_build::tools`), and their
+/// provenance.
+#[derive(Debug, Clone, Default)]
+pub struct ToolArchive {
+    /// A compressed archive to append to the cell's initramfs (empty: none).
+    pub archive: Vec<u8>,
+    pub provenance: std::collections::BTreeMap<String, String>,
+}

@@ -10,16 +10,16 @@ pub mod initramfs;
 pub mod kernel_tree;
 pub mod linux;
 pub mod local;
-pub mod mach_task;
+pub mod mach_iso;
 pub mod provenance;
 pub mod published;
-pub mod stress_ng;
 
 pub use provenance::{Provenance, SourceKind};
 
 use crate::config::{Image, Machine, Source};
 use crate::qemu::{BootMedium, MachineKind};
 use anyhow::{Context, Result};
+use kstorm_payload::plan::Plan;
 use std::path::Path;
 
 /// What QEMU boots for one cell, and where it came from.
@@ -35,7 +35,7 @@ pub struct BootArtifacts {
 pub enum PreparedImage {
     Linux(linux::LinuxKernel),
     /// GNU Mach and kstorm's bootstrap task (the task is the payload there).
-    Mach(mach_task::MachPrepared),
+    Mach(gnumach::MachKernel),
     /// A Linux kernel with a root filesystem that boots its own init.
     LinuxDisk(linux::LinuxKernel, disk::DiskImage),
     /// A whole published disk image (FreeBSD, GNU/Hurd) that boots its own loader and init.
@@ -46,7 +46,7 @@ impl PreparedImage {
     pub fn provenance(&self) -> Provenance {
         match self {
             PreparedImage::Linux(k) => k.provenance(),
-            PreparedImage::Mach(m) => m.kernel.provenance(),
+            PreparedImage::Mach(m) => m.provenance(),
             PreparedImage::LinuxDisk(k, d) => k
                 .provenance()
                 .with("disk.hash", d.hash.clone())
@@ -95,23 +95,15 @@ pub fn prepare(image: &Image, cache: &Path) -> Result<PreparedImage> {
             local::LocalKind::Linux { vmlinux, bzimage } => local::linux(path, vmlinux, bzimage)?,
             local::LocalKind::Mach { path: p, gzipped } => {
                 let kernel = local::mach(&p, gzipped, *patch_syscall_trap, cache)?;
-                let bootstrap =
-                    mach_task::build_bootstrap(&cache.join("gnumach").join("bootstrap"))?;
-                return Ok(PreparedImage::Mach(mach_task::MachPrepared {
-                    kernel,
-                    bootstrap,
-                }));
+                return Ok(PreparedImage::Mach(kernel));
             }
         },
         Source::DebianGnumach {
             package,
             patch_syscall_trap,
         } => {
-            return Ok(PreparedImage::Mach(mach_task::MachPrepared::new(
-                package,
-                *patch_syscall_trap,
-                cache,
-            )?));
+            let kernel = gnumach::prepare_kernel(package, *patch_syscall_trap, cache)?;
+            return Ok(PreparedImage::Mach(kernel));
         }
         Source::PublishedDisk(p) => {
             let images_dir = crate::host::workspace_root().join("images");
@@ -130,22 +122,37 @@ pub fn prepare(image: &Image, cache: &Path) -> Result<PreparedImage> {
     }
 }
 
+/// What the guest side of one cell brings, built by the session (`guest_build`).
+pub struct GuestParts<'a> {
+    /// The static Linux payload (`/init` of the cell's initramfs).
+    pub payload: &'a [u8],
+    pub plan: &'a Plan,
+    /// The plan as the payload reads it (`/kstorm/plan.json`).
+    pub plan_json: &'a [u8],
+    /// Tools the plan's scenarios run in the guest, as an archive appended to the initramfs.
+    pub tools: &'a initramfs::ToolArchive,
+    /// GNU Mach images: the built bootstrap task.
+    pub mach_task: Option<&'a Path>,
+}
+
 /// The boot artifacts of one cell: the prepared kernel plus the cell's own initramfs (payload
-/// as `/init`, the plan) and command line. For GNU Mach: a GRUB ISO with the kernel and the
-/// bootstrap task, the plan on the task's command line (the Linux payload is not used).
+/// as `/init`, the plan, the tools) and command line. For GNU Mach: a GRUB ISO with the kernel
+/// and the bootstrap task, the plan on the task's command line (the Linux payload is not used).
 pub fn cell_artifacts(
     prepared: &PreparedImage,
     image: &Image,
     extra_cmdline: &[String],
-    payload: &[u8],
-    plan_json: &[u8],
+    guest: &GuestParts<'_>,
     cache: &Path,
 ) -> Result<BootArtifacts> {
     let (kernel, disk) = match prepared {
         PreparedImage::Linux(k) => (k, None),
         PreparedImage::LinuxDisk(k, d) => (k, Some(d)),
         PreparedImage::Mach(mach) => {
-            return mach_artifacts(mach, image, extra_cmdline, plan_json, cache)
+            let task = guest
+                .mach_task
+                .context("no GNU Mach bootstrap task was built")?;
+            return mach_artifacts(mach, task, image, extra_cmdline, guest.plan, cache);
         }
         PreparedImage::Published(d) => {
             return published_artifacts(prepared, d, image, extra_cmdline, cache)
@@ -156,9 +163,8 @@ pub fn cell_artifacts(
     let initrd = match disk {
         Some(d) => d.initrd.clone(),
         None => {
-            let tools = guest_tools(plan_json, cache)?;
-            provenance.extra.extend(tools.provenance);
-            initramfs::build(cache, payload, plan_json, &tools.archive)?
+            provenance.extra.extend(guest.tools.provenance.clone());
+            initramfs::build(cache, guest.payload, guest.plan_json, &guest.tools.archive)?
         }
     };
     // The fast path needs the PVH-bootable vmlinux; without it, boot the bzImage on pc.
@@ -184,42 +190,18 @@ pub fn cell_artifacts(
     })
 }
 
-/// The tools a cell's plan runs that the initramfs must carry, and their provenance.
-#[derive(Default)]
-struct GuestTools {
-    /// A compressed archive to append to the cell's initramfs.
-    archive: Vec<u8>,
-    provenance: std::collections::BTreeMap<String, String>,
-}
-
-/// stress-ng when a case of the plan runs it; nothing otherwise (other cells do not pay).
-fn guest_tools(plan_json: &[u8], cache: &Path) -> Result<GuestTools> {
-    let plan: kstorm_payload::plan::Plan =
-        serde_json::from_slice(plan_json).context("reading back the cell's plan")?;
-    if !plan.scenarios.iter().any(|s| s.name == "stress-ng") {
-        return Ok(GuestTools::default());
-    }
-    let bundle = stress_ng::prepare(cache)?;
-    Ok(GuestTools {
-        archive: std::fs::read(&bundle.archive)
-            .with_context(|| format!("reading {}", bundle.archive.display()))?,
-        provenance: bundle.provenance,
-    })
-}
-
 /// GNU Mach: a GRUB ISO per cell with kstorm's bootstrap task, the plan on the task's command
 /// line (the Linux payload is not used).
 fn mach_artifacts(
-    mach: &mach_task::MachPrepared,
+    kernel: &gnumach::MachKernel,
+    task: &Path,
     image: &Image,
     extra_cmdline: &[String],
-    plan_json: &[u8],
+    plan: &Plan,
     cache: &Path,
 ) -> Result<BootArtifacts> {
-    let plan: kstorm_payload::plan::Plan =
-        serde_json::from_slice(plan_json).context("reading back the cell's plan")?;
     let kernel_args = kernel_command_line(image, extra_cmdline);
-    let boot = mach.cell_iso(&plan, &kernel_args, cache)?;
+    let boot = mach_iso::cell_iso(kernel, task, plan, &kernel_args, cache)?;
     Ok(BootArtifacts {
         medium: BootMedium {
             profile: MachineKind::GrubIso,

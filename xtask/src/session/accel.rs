@@ -82,7 +82,15 @@ fn probe_kvm(image: &PreparedImage, payload: &[u8], cache: &Path) -> (bool, Stri
     let Ok(plan_json) = serde_json::to_vec(&plan) else {
         return (false, "plan".into());
     };
-    let boot = match images::cell_artifacts(image, &probe.image, &[], payload, &plan_json, cache) {
+    let tools = images::initramfs::ToolArchive::default();
+    let parts = images::GuestParts {
+        payload,
+        plan: &plan,
+        plan_json: &plan_json,
+        tools: &tools,
+        mach_task: None,
+    };
+    let boot = match images::cell_artifacts(image, &probe.image, &[], &parts, cache) {
         Ok(b) => b,
         Err(e) => return (false, format!("{e:#}")),
     };

@@ -14,6 +14,7 @@ pub use accel::AccelChoice;
 
 use crate::cell::{self, CellEnv, CellRecord};
 use crate::error::InfraCause;
+use crate::images::initramfs::ToolArchive;
 use crate::images::{self, PreparedImage};
 use crate::matrix::{self, Cell};
 use crate::qemu::{self, Accel};
@@ -21,6 +22,7 @@ use crate::results::Store;
 use crate::verdict::Verdict;
 use anyhow::{Context, Result};
 use kstorm_payload::plan::{Plan, ScenarioSpec};
+use kstorm_payload::registry;
 use progress::Bars;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -82,6 +84,10 @@ pub struct Session {
     /// Each image's prepared kernel files, or the infra verdict its cells get; an image first
     /// seen in a later call is prepared then.
     prepared: Mutex<BTreeMap<String, Result<PreparedImage, Verdict>>>,
+    /// Guest tool bundles, by the tools they hold.
+    tools: Mutex<BTreeMap<String, Result<Arc<ToolArchive>, Verdict>>>,
+    /// The GNU Mach bootstrap task, once a Mach cell needed it.
+    mach_task: Mutex<Option<Result<PathBuf, Verdict>>>,
     accel: Accel,
     accel_reason: String,
 }
@@ -93,7 +99,7 @@ impl Session {
     pub fn prepare(cells: &[Cell], opts: SessionOptions) -> Result<Session> {
         crate::host::packages::ensure(&matrix::host_uses(cells))?;
         qemu::install_signal_handler().ok();
-        let payload = crate::payload::build()
+        let payload = crate::guest_build::payload::build()
             .and_then(|p| std::fs::read(&p).with_context(|| format!("reading {}", p.display())))
             .map(Arc::new)
             .map_err(|e| Verdict::from_error(&e, InfraCause::PayloadBuild));
@@ -101,6 +107,8 @@ impl Session {
             opts,
             payload,
             prepared: Mutex::new(BTreeMap::new()),
+            tools: Mutex::new(BTreeMap::new()),
+            mach_task: Mutex::new(None),
             accel: Accel::Tcg,
             accel_reason: "payload not built".into(),
         };
@@ -227,7 +235,8 @@ impl Session {
         progress: &(dyn Fn(&str) + Sync),
     ) -> CellRecord {
         let accel = self.accel;
-        let plan_json = match serde_json::to_vec(&plan_for(cell)) {
+        let plan = plan_for(cell);
+        let plan_json = match serde_json::to_vec(&plan) {
             Ok(p) => p,
             Err(e) => {
                 let why = Verdict::infra(InfraCause::Harness, format!("plan: {e}"));
@@ -239,21 +248,7 @@ impl Session {
             plan_json: plan_json.clone(),
             job: crate::guest::driver::job_for(cell),
         });
-        let boot = (|| -> Result<images::BootArtifacts, Verdict> {
-            let payload = self.payload.as_ref().map_err(Clone::clone)?;
-            let image = self.image(cell)?;
-            let mut cmdline = cell.variant.cmdline.clone();
-            cmdline.push(format!("kstorm.cell={}", cell.id));
-            images::cell_artifacts(
-                &image,
-                &cell.image,
-                &cmdline,
-                payload,
-                &plan_json,
-                &self.opts.cache,
-            )
-            .map_err(|e| Verdict::from_error(&e, InfraCause::ImageBuild))
-        })();
+        let boot = self.artifacts(cell, &plan, &plan_json);
         match boot {
             Ok(boot) => cell::run(
                 cell,
@@ -268,6 +263,66 @@ impl Session {
             ),
             Err(verdict) => CellRecord::unstarted(cell, accel, verdict),
         }
+    }
+
+    /// What QEMU boots for `cell` following `plan` (`plan_json` is the plan as the guest reads
+    /// it): the prepared image with the cell's initramfs or ISO and command line.
+    pub fn artifacts(
+        &self,
+        cell: &Cell,
+        plan: &Plan,
+        plan_json: &[u8],
+    ) -> Result<images::BootArtifacts, Verdict> {
+        let payload = self.payload.as_ref().map_err(Clone::clone)?;
+        let image = self.image(cell)?;
+        let tools = self.guest_tools(cell)?;
+        let mach_task = match image {
+            PreparedImage::Mach(_) => Some(self.mach_task()?),
+            _ => None,
+        };
+        let parts = images::GuestParts {
+            payload,
+            plan,
+            plan_json,
+            tools: &tools,
+            mach_task: mach_task.as_deref(),
+        };
+        let mut cmdline = cell.variant.cmdline.clone();
+        cmdline.push(format!("kstorm.cell={}", cell.id));
+        images::cell_artifacts(&image, &cell.image, &cmdline, &parts, &self.opts.cache)
+            .map_err(|e| Verdict::from_error(&e, InfraCause::ImageBuild))
+    }
+
+    /// The tools the cell's scenario runs in the guest (the registry says which), bundled once
+    /// per set of tools; none for guests that boot their own root filesystem.
+    fn guest_tools(&self, cell: &Cell) -> Result<Arc<ToolArchive>, Verdict> {
+        let wanted: Vec<&str> = registry::find(cell.image.route(), cell.case.scenario.as_str())
+            .map(|d| d.guest_tools.to_vec())
+            .unwrap_or_default();
+        let key = wanted.join(",");
+        if let Some(t) = self.tools.lock().unwrap().get(&key) {
+            return t.clone();
+        }
+        let built = crate::guest_build::tools::bundle(&wanted, &self.opts.cache)
+            .map(Arc::new)
+            .map_err(|e| Verdict::from_error(&e, InfraCause::ImageBuild));
+        self.tools
+            .lock()
+            .unwrap()
+            .entry(key)
+            .or_insert(built)
+            .clone()
+    }
+
+    /// kstorm's GNU Mach bootstrap task, built on first use.
+    fn mach_task(&self) -> Result<PathBuf, Verdict> {
+        let mut task = self.mach_task.lock().unwrap();
+        task.get_or_insert_with(|| {
+            let dir = self.opts.cache.join("gnumach").join("bootstrap");
+            crate::guest_build::mach_task::build(&dir)
+                .map_err(|e| Verdict::from_error(&e, InfraCause::PayloadBuild))
+        })
+        .clone()
     }
 }
 

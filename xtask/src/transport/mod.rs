@@ -76,9 +76,6 @@ pub struct TransportStats {
     pub retries: u32,
     /// Serial: end markers asked for again.
     pub requeries: u32,
-    /// `bench transport`: MB/s of the benchmark upload.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bench_upload_mb_s: Option<f64>,
     /// Why the channel ended early, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost: Option<String>,
@@ -92,9 +89,6 @@ pub struct Faults {
     pub ssh_on_start: Option<String>,
     /// serial: after login, drop one byte in every N the harness reads from the console.
     pub serial_drop_every: Option<u64>,
-    /// `bench transport` only: upload this many random bytes after connecting and record
-    /// the rate in the stats.
-    pub bench_upload: Option<usize>,
     /// The isolation test's control: user networking without `restrict=on`, to show that the
     /// test would see a connection if the guest could make one.
     pub unrestricted_net: bool,

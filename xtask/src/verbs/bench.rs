@@ -2,15 +2,16 @@
 //! same run (absolute times under TCG vary too much between machines to mean anything alone).
 
 use super::run;
-use crate::cell::{self, CellEnv};
+use crate::cell::{self, CellEnv, CellRecord};
 use crate::config::Catalog;
 use crate::host;
-use crate::images::{self, PreparedImage};
+use crate::images;
+use crate::matrix::Cell;
 use crate::qemu::{Accel, QemuSpec};
-use crate::session::{self, accel, AccelChoice};
+use crate::results::{RunInfo, Store};
+use crate::session::{self, accel, Session, SessionOptions};
 use anyhow::{bail, Context, Result};
 use kstorm_payload::plan::{Plan, ScenarioSpec};
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -23,11 +24,10 @@ fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
+/// A session on Debian's Linux image, for the benches that boot it.
 struct LinuxBench {
     image: crate::config::Image,
-    prepared: PreparedImage,
-    payload: Vec<u8>,
-    accel: Accel,
+    session: Session,
 }
 
 fn linux_bench() -> Result<LinuxBench> {
@@ -38,26 +38,31 @@ fn linux_bench() -> Result<LinuxBench> {
         .get("linux")
         .context("images/linux.yaml is missing")?
         .clone();
-    let cache = host::cache_dir();
-    let payload = std::fs::read(crate::payload::build()?)?;
-    let prepared = images::prepare(&image, &cache)?;
-    let mut map = BTreeMap::new();
-    map.insert("linux".to_string(), Ok(prepared.clone()));
-    let (accel, why) = accel::choose(AccelChoice::Auto, &map, &payload, &cache);
-    eprintln!("accelerator: {accel} ({why})");
-    Ok(LinuxBench {
-        image,
-        prepared,
-        payload,
-        accel,
-    })
+    let probe = smoke_cell(&image)?;
+    let session = Session::prepare(&[probe], bench_session())?;
+    Ok(LinuxBench { image, session })
+}
+
+/// One cell at a time, no progress bars: the benches time cells, not the queue.
+fn bench_session() -> SessionOptions {
+    SessionOptions {
+        jobs: 1,
+        progress: false,
+        ..SessionOptions::default()
+    }
+}
+
+/// What `session` boots for `cell` under `plan`.
+fn artifacts(session: &Session, cell: &Cell, plan: &Plan) -> Result<images::BootArtifacts> {
+    session
+        .artifacts(cell, plan, &serde_json::to_vec(plan)?)
+        .map_err(|v| anyhow::anyhow!("{}", v.describe()))
 }
 
 /// (a) bare QEMU booting the same kernel and the payload running `smoke` with its frames on the
 /// console, timed from spawn to exit, against (b) a whole kstorm cell running `smoke`.
 pub fn boot(rounds: usize) -> Result<()> {
     let b = linux_bench()?;
-    let cache = host::cache_dir();
     let bare_plan = Plan {
         cell: "bench-bare".into(),
         results_device: "/dev/console".into(),
@@ -68,16 +73,9 @@ pub fn boot(rounds: usize) -> Result<()> {
             params: Default::default(),
         }],
     };
-    let boot = images::cell_artifacts(
-        &b.prepared,
-        &b.image,
-        &[],
-        &b.payload,
-        &serde_json::to_vec(&bare_plan)?,
-        &cache,
-    )?;
-    let argv = QemuSpec::new(boot.medium, 256, b.accel).argv();
     let cell = smoke_cell(&b.image)?;
+    let boot = artifacts(&b.session, &cell, &bare_plan)?;
+    let argv = QemuSpec::new(boot.medium, 256, b.session.accel()).argv();
     let out = tempfile::tempdir()?;
 
     let bare_once = || time_quiet(crate::qemu::QEMU, &argv);
@@ -131,7 +129,7 @@ pub fn boot(rounds: usize) -> Result<()> {
     let (a, k, p) = (median(bare), median(full), median(process));
     println!(
         "bench boot ({rounds} rounds, {}): bare QEMU median {a:.3}s",
-        b.accel
+        b.session.accel()
     );
     println!(
         "  kstorm smoke cell median {k:.3}s, ratio {:.3} (target <= 1.15)",
@@ -154,8 +152,9 @@ pub fn mach(boots: usize) -> Result<()> {
         .get("gnumach")
         .context("images/gnumach.yaml is missing")?
         .clone();
-    let cache = host::cache_dir();
-    let prepared = images::prepare(&image, &cache)?;
+    let mut cell = smoke_cell(&image)?;
+    cell.ram = crate::config::RamSize(128);
+    let session = Session::prepare(std::slice::from_ref(&cell), bench_session())?;
     let plan = Plan {
         cell: "bench-mach".into(),
         results_device: "console".into(),
@@ -169,17 +168,8 @@ pub fn mach(boots: usize) -> Result<()> {
                 .unwrap_or_default(),
         }],
     };
-    let boot = images::cell_artifacts(
-        &prepared,
-        &image,
-        &[],
-        &[],
-        &serde_json::to_vec(&plan)?,
-        &cache,
-    )?;
-    let mut cell = smoke_cell(&image)?;
     cell.id = plan.cell.clone();
-    cell.ram = crate::config::RamSize(128);
+    let boot = artifacts(&session, &cell, &plan)?;
     let out = tempfile::tempdir()?;
     let mut samples = Vec::new();
     for i in 0..boots.max(1) {
@@ -256,10 +246,11 @@ fn smoke_cell(image: &crate::config::Image) -> Result<crate::matrix::Cell> {
     Ok(cell)
 }
 
-/// Time to the first command and the rate of a `upload_mb` MB upload, over ssh and over the
-/// serial shell on `linux-disk`, against the PID-1 path (time to the payload's first frame)
-/// booting the same kernel.
-pub fn transport(upload_mb: usize) -> Result<()> {
+/// Time to the first command and the rate of the upload every cell makes (the payload and the
+/// plan), over ssh and over the serial shell on `linux-disk`, against the PID-1 path (time to
+/// the payload's first frame) booting the same kernel. Every cell runs through the session and
+/// the cell runner as in any run; the figures are the transport's own counters.
+pub fn transport() -> Result<()> {
     let b = linux_bench()?;
     let catalog = Catalog::load(&host::workspace_root())?;
     let disk_image = catalog
@@ -267,12 +258,7 @@ pub fn transport(upload_mb: usize) -> Result<()> {
         .get("linux-disk")
         .context("images/linux-disk.yaml is missing")?
         .clone();
-    let cache = host::cache_dir();
-    let disk = images::prepare(&disk_image, &cache)?;
     let out = tempfile::tempdir()?;
-    let payload = std::sync::Arc::new(b.payload.clone());
-
-    // PID 1: the payload in the initramfs, frames on the results port.
     let pid1_cell = smoke_cell(&b.image)?;
     let rec = run_pid1_cell(&b, &pid1_cell, out.path().join("pid1"))?;
     let pid1_first = rec
@@ -281,9 +267,9 @@ pub fn transport(upload_mb: usize) -> Result<()> {
         .with_context(|| format!("PID-1 smoke cell: {}", rec.verdict.describe()))?;
     println!(
         "bench transport ({}): pid1   first frame {pid1_first:.2}s (payload in the initramfs, no upload)",
-        b.accel
+        b.session.accel()
     );
-
+    let mut cells = Vec::new();
     for kind in [
         crate::config::TransportKind::Ssh,
         crate::config::TransportKind::Serial,
@@ -292,46 +278,31 @@ pub fn transport(upload_mb: usize) -> Result<()> {
         cell.id = format!("bench-{kind}");
         cell.transport = disk_image.transport(Some(kind))?.clone();
         cell.deadlines.cell = Some(crate::config::HumanDuration(Duration::from_secs(900)));
-        let plan_json = serde_json::to_vec(&session::plan_for(&cell))?;
-        let boot = images::cell_artifacts(
-            &disk,
-            &disk_image,
-            &[format!("kstorm.cell={}", cell.id)],
-            &b.payload,
-            &plan_json,
-            &cache,
-        )?;
-        let rec = cell::run(
-            &cell,
-            CellEnv {
-                boot,
-                accel: b.accel,
-                dir: out.path().join(kind.to_string()),
-                progress: &|_| {},
-                guest: Some(cell::GuestFiles {
-                    job: None,
-                    payload: payload.clone(),
-                    plan_json,
-                }),
-                faults: crate::transport::Faults {
-                    bench_upload: Some(upload_mb * 1_000_000),
-                    ..Default::default()
-                },
-            },
-        );
+        cells.push(cell);
+    }
+    let session = Session::prepare(&cells, bench_session())?;
+    let info = RunInfo::new(
+        "bench",
+        "bench-transport",
+        std::env::args().skip(1).collect(),
+    );
+    let store = Store::create_at(&out.path().join("disk"), info)?;
+    for rec in session.run(cells, &store) {
         let stats = rec
             .transport
             .clone()
-            .with_context(|| format!("{kind} cell: {}", rec.verdict.describe()))?;
+            .with_context(|| format!("{}: {}", rec.id, rec.verdict.describe()))?;
         let first = stats
             .connect_s
-            .with_context(|| format!("{kind} never connected: {}", rec.verdict.describe()))?;
-        let rate = stats.bench_upload_mb_s.unwrap_or(f64::NAN);
+            .with_context(|| format!("{} never connected: {}", rec.id, rec.verdict.describe()))?;
+        let mb = stats.uploaded_bytes as f64 / 1e6;
         println!(
-            "bench transport ({}): {kind:<6} first command {first:.2}s ({:.2}x pid1's first frame), {upload_mb} MB upload {rate:.3} MB/s ({:.1}s), payload's first frame {:.2}s, retries {}, verdict {}",
-            b.accel,
+            "bench transport ({}): {:<6} first command {first:.2}s ({:.2}x pid1's first frame), upload {mb:.1} MB at {:.3} MB/s ({:.1}s), payload's first frame {:.2}s, retries {}, verdict {}",
+            session.accel(),
+            stats.kind.to_string(),
             first / pid1_first,
-            upload_mb as f64 / rate,
+            mb / stats.upload_s,
+            stats.upload_s,
             rec.timings.boot_s.unwrap_or(f64::NAN),
             stats.retries,
             rec.verdict.word(),
@@ -428,7 +399,7 @@ pub fn stress_ng(rounds: usize) -> Result<()> {
     let (a, c) = (median(without_s), median(with_s));
     println!(
         "bench stress-ng ({rounds} rounds, {}): boot to payload start without stress-ng {a:.3}s, with {c:.3}s, ratio {:.2}",
-        b.accel,
+        b.session.accel(),
         c / a
     );
     Ok(())
@@ -445,24 +416,13 @@ fn time_quiet(program: &str, args: &[std::ffi::OsString]) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
-/// Boots `cell` on the bench's Linux kernel with the payload as PID 1.
-fn run_pid1_cell(
-    b: &LinuxBench,
-    cell: &crate::matrix::Cell,
-    dir: std::path::PathBuf,
-) -> Result<cell::CellRecord> {
-    let plan = session::plan_for(cell);
-    let boot = images::cell_artifacts(
-        &b.prepared,
-        &b.image,
-        &[format!("kstorm.cell={}", cell.id)],
-        &b.payload,
-        &serde_json::to_vec(&plan)?,
-        &host::cache_dir(),
-    )?;
+/// Boots `cell` on the bench's Linux kernel with the payload as PID 1, through the cell runner
+/// (no results store: the benches time the cell itself).
+fn run_pid1_cell(b: &LinuxBench, cell: &Cell, dir: std::path::PathBuf) -> Result<CellRecord> {
+    let boot = artifacts(&b.session, cell, &session::plan_for(cell))?;
     let env = CellEnv {
         boot,
-        accel: b.accel,
+        accel: b.session.accel(),
         dir,
         progress: &|_| {},
         guest: None,

@@ -16,7 +16,7 @@ pub fn build(suite_name: &str) -> Result<()> {
         &catalog,
         &Selection::default(),
     )?))?;
-    let bin = crate::payload::build()?;
+    let bin = crate::guest_build::payload::build()?;
     eprintln!("payload: {}", bin.display());
     let cache = host::cache_dir();
     let mut names: Vec<&str> = suite.images.iter().map(|n| n.as_str()).collect();

@@ -8,9 +8,10 @@
 //! tree (`/usr/bin/stress-ng`, `/lib64/ld-linux-x86-64.so.2`, `/lib/x86_64-linux-gnu/*`)
 //! cached by the package's hash, with stress-ng's `--version` for the cell's provenance.
 
-use super::{debian, disk};
 use crate::error::{InfraCause, InfraError};
 use crate::host::{self, Cmd};
+use crate::images::initramfs::ToolArchive;
+use crate::images::{debian, disk};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -86,7 +87,7 @@ pub fn prepare(cache: &Path) -> Result<Bundle> {
         .map(|(guest, host)| Ok((guest.clone(), std::fs::read(host)?)))
         .collect::<Result<Vec<_>>>()?;
     let archive = dir.join("tools.cpio.gz");
-    host::write_atomic(&archive, &super::initramfs::tools_archive(&files)?)?;
+    host::write_atomic(&archive, &crate::images::initramfs::tools_archive(&files)?)?;
     let bundle = Bundle {
         files: r.files,
         provenance,
@@ -317,4 +318,22 @@ mod tests {
         assert_eq!(found, lib.join("libz.so.1.2.13"));
         assert_eq!(resolve_in_root(root.path(), "lib/none.so"), None);
     }
+}
+
+/// The bundles of `tools` (names from the scenario registry's `guest_tools`), in one archive.
+pub fn bundle(tools: &[&str], cache: &Path) -> Result<ToolArchive> {
+    let mut out = ToolArchive::default();
+    for tool in tools {
+        let b = match *tool {
+            PACKAGE => prepare(cache)?,
+            other => bail!("no bundle recipe for guest tool {other:?}"),
+        };
+        // Each archive is a complete compressed cpio: the kernel unpacks them one after another.
+        out.archive.extend(
+            std::fs::read(&b.archive)
+                .with_context(|| format!("reading {}", b.archive.display()))?,
+        );
+        out.provenance.extend(b.provenance);
+    }
+    Ok(out)
 }

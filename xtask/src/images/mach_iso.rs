@@ -1,75 +1,11 @@
-//! kstorm's GNU Mach bootstrap task (`guest-payload/mach/`): building it, and turning a cell
-//! into the module command line the task reads.
+//! GNU Mach cells boot a GRUB ISO: the kernel, kstorm's bootstrap task (built by
+//! `guest_build::mach_task`) as its module, and the cell's plan on the module's command line.
 
 use super::gnumach::MachKernel;
 use super::grub::{build_iso, grub_cfg, MultibootEntry};
-use crate::host::{sha256_hex, CacheKey, Cmd};
-use anyhow::{bail, Context, Result};
+use crate::host::sha256_hex;
+use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
-
-/// The C sources of the task, in link order.
-const SOURCES: [&str; 4] = ["bootstrap.c", "scenarios.c", "frame.c", "mach.c"];
-const HEADERS: [&str; 3] = ["mach.h", "frame.h", "scenario.h"];
-
-/// A freestanding static 32-bit ELF (the kernel runs USER32 tasks), no libc, no libgcc.
-const GCC_FLAGS: [&str; 14] = [
-    "-m32",
-    "-ffreestanding",
-    "-nostdlib",
-    "-static",
-    "-no-pie",
-    "-fno-pic",
-    "-fno-stack-protector",
-    "-fno-builtin",
-    "-O2",
-    "-Wall",
-    "-Wextra",
-    "-Werror",
-    "-Wl,-m,elf_i386",
-    "-Wl,--build-id=none",
-];
-
-/// The directory holding the task's sources.
-pub fn source_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("guest-payload")
-        .join("mach")
-}
-
-/// Compiles the bootstrap task into `out_dir` (`gcc -m32`; freestanding, so plain gcc does)
-/// and returns the
-/// ELF's path. The output is named by the hash of sources and flags, so an unchanged task is
-/// not rebuilt.
-pub fn build_bootstrap(out_dir: &Path) -> Result<PathBuf> {
-    let src = source_dir();
-    let mut key = CacheKey::new();
-    for name in SOURCES.iter().chain(HEADERS.iter()) {
-        let path = src.join(name);
-        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        key = key.part(name).part(text);
-    }
-    let key = key.part(GCC_FLAGS.join(" ")).hex();
-    let out = out_dir.join(format!("mach-bootstrap-{}", &key[..16]));
-    if out.exists() {
-        return Ok(out);
-    }
-    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let tmp = out_dir.join(format!(
-        ".mach-bootstrap-{}.{}",
-        &key[..16],
-        std::process::id()
-    ));
-    Cmd::new("gcc")
-        .args(GCC_FLAGS)
-        .arg("-o")
-        .arg(&tmp)
-        .args(SOURCES.iter().map(|n| src.join(n)))
-        .read()
-        .context("building the GNU Mach bootstrap task")?;
-    std::fs::rename(&tmp, &out)?;
-    Ok(out)
-}
 
 /// One scenario of a Mach cell.
 #[derive(Debug, Clone, PartialEq)]
@@ -136,57 +72,38 @@ pub fn module_args(cell: &str, hb_ms: u32, scenarios: &[MachScenario]) -> Result
     Ok(args)
 }
 
-/// What every Mach cell of an image shares: the kernel and the built bootstrap task.
-#[derive(Debug, Clone)]
-pub struct MachPrepared {
-    pub kernel: MachKernel,
-    pub bootstrap: PathBuf,
-}
-
 /// The heartbeat period the task uses at most. On a hang the count reached is the last
 /// heartbeat's, so the task beats more often than the Linux payload (tasks are created at
 /// about 2000 a second under TCG).
 pub const MACH_MAX_HEARTBEAT_MS: u32 = 100;
 
-impl MachPrepared {
-    /// Fetches and prepares the kernel and builds the task (all cached under `cache_dir`).
-    pub fn new(package: &str, patch: bool, cache_dir: &Path) -> Result<MachPrepared> {
-        let kernel = super::gnumach::prepare_kernel(package, patch, cache_dir)?;
-        let bootstrap = build_bootstrap(&cache_dir.join("gnumach").join("bootstrap"))?;
-        Ok(MachPrepared { kernel, bootstrap })
+/// The ISO for one cell of the harness: `kernel`, the `bootstrap` task with the plan's
+/// scenarios on its command line.
+pub fn cell_iso(
+    kernel: &MachKernel,
+    bootstrap: &Path,
+    plan: &kstorm_payload::plan::Plan,
+    kernel_args: &[String],
+    cache_dir: &Path,
+) -> Result<MachBoot> {
+    let scenarios: Vec<MachScenario> = plan
+        .scenarios
+        .iter()
+        .map(|s| MachScenario {
+            name: s.name.clone(),
+            params: s.params.clone(),
+        })
+        .collect();
+    if !plan.sysctl.is_empty() {
+        bail!(
+            "cell {}: GNU Mach has no sysctls (variant sets {:?})",
+            plan.cell,
+            plan.sysctl
+        );
     }
-
-    /// The ISO for one cell of the harness: its plan's scenarios on the task's command line.
-    pub fn cell_iso(
-        &self,
-        plan: &kstorm_payload::plan::Plan,
-        kernel_args: &[String],
-        cache_dir: &Path,
-    ) -> Result<MachBoot> {
-        let scenarios: Vec<MachScenario> = plan
-            .scenarios
-            .iter()
-            .map(|s| MachScenario {
-                name: s.name.clone(),
-                params: s.params.clone(),
-            })
-            .collect();
-        if !plan.sysctl.is_empty() {
-            bail!(
-                "cell {}: GNU Mach has no sysctls (variant sets {:?})",
-                plan.cell,
-                plan.sysctl
-            );
-        }
-        let hb_ms = (plan.heartbeat_ms.clamp(1, 1000) as u32).min(MACH_MAX_HEARTBEAT_MS);
-        let args = module_args(&plan.cell, hb_ms, &scenarios)?;
-        prepare_iso(
-            &self.kernel,
-            Some((&self.bootstrap, args)),
-            kernel_args,
-            cache_dir,
-        )
-    }
+    let hb_ms = (plan.heartbeat_ms.clamp(1, 1000) as u32).min(MACH_MAX_HEARTBEAT_MS);
+    let args = module_args(&plan.cell, hb_ms, &scenarios)?;
+    prepare_iso(kernel, Some((bootstrap, args)), kernel_args, cache_dir)
 }
 
 /// The GRUB ISO for one cell and what went into it.
@@ -291,19 +208,6 @@ mod tests {
         assert!(module_args("c 1", 250, &[scenario("port-hoard", json!({}))]).is_err());
         assert!(module_args("c1", 0, &[scenario("port-hoard", json!({}))]).is_err());
     }
-
-    #[test]
-    fn builds_a_32bit_elf() {
-        let dir = tempfile::tempdir().unwrap();
-        let elf = build_bootstrap(dir.path()).unwrap();
-        let bytes = std::fs::read(&elf).unwrap();
-        use object::Object;
-        let file = object::File::parse(&bytes[..]).unwrap();
-        assert!(!file.is_64(), "ELFCLASS32");
-        assert_eq!(file.architecture(), object::Architecture::I386);
-        // Cached: the second build returns the same file without compiling.
-        assert_eq!(build_bootstrap(dir.path()).unwrap(), elf);
-    }
 }
 
 #[cfg(test)]
@@ -327,11 +231,18 @@ mod suite_tests {
             })
             .collect();
         assert!(mach_cases.len() >= 10, "the Mach cases of hurd-zone");
-        let known = kstorm_payload::params::mach::NAMES;
-        let source = std::fs::read_to_string(source_dir().join("scenarios.c")).unwrap();
+        let known = kstorm_payload::registry::names(kstorm_payload::registry::Route::MachTask);
+        let source = std::fs::read_to_string(
+            crate::guest_build::mach_task::source_dir().join("scenarios.c"),
+        )
+        .unwrap();
         // The host's table of the task's scenarios is the task's own.
         let in_c = source.matches("\n    {\"").count();
-        assert_eq!(in_c, known.len(), "scenarios.c and params::mach::NAMES");
+        assert_eq!(
+            in_c,
+            known.len(),
+            "scenarios.c and the registry's mach-task route"
+        );
         for case in mach_cases {
             assert!(known.contains(&case.scenario.as_str()), "{}", case.scenario);
             assert!(
