@@ -38,10 +38,14 @@ pub struct ScenarioSpec {
     pub params: serde_json::Map<String, serde_json::Value>,
 }
 
+/// Where the payload writes frames when the plan names no device: the console.
 fn default_results_device() -> String {
-    "/dev/ttyS1".to_string()
+    "/dev/console".to_string()
 }
 
+/// The heartbeat period when the plan names none.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 500;
+
 fn default_heartbeat_ms() -> u64 {
-    500
+    DEFAULT_HEARTBEAT_MS
 }

@@ -94,8 +94,71 @@ fn parse_show(package: &str, out: &str) -> Result<PackageInfo, String> {
     Ok(info)
 }
 
-/// `apt-cache ARGS`, answered from the cache while apt's state is unchanged.
+/// apt's lists older than this are fetched again before "current" is resolved, so two fresh
+/// machines test the same kernel (a machine's lists can be months old).
+const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// The age of apt's newest index file, if there is one. apt gives each file the archive's own
+/// date, so this is how old the archive snapshot is, not when it was fetched.
+fn lists_age() -> Option<Duration> {
+    let newest = std::fs::read_dir(APT_STATE[0])
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.ends_with("_Packages") || n.ends_with("InRelease") || n.ends_with("_Release")
+        })
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .max()?;
+    newest.elapsed().ok()
+}
+
+/// Once per process: when apt's lists are older than [`LISTS_MAX_AGE`], runs `apt-get update`
+/// (as root, unless `KSTORM_NO_INSTALL` is set) and says so; otherwise says how old they are.
+/// An update kstorm ran less than [`LISTS_MAX_AGE`] ago (a stamp in `cache`) also counts as
+/// fresh: an archive that published nothing since is not fetched again on every run.
+fn refresh_stale_lists(cache: &Path) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let stamp = cache.join("apt").join("updated");
+        let updated_lately = std::fs::metadata(&stamp)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|a| a < LISTS_MAX_AGE);
+        let Some(age) = lists_age().filter(|a| *a > LISTS_MAX_AGE && !updated_lately) else {
+            return;
+        };
+        let days = age.as_secs_f64() / 86400.0;
+        let may = host::is_root() && std::env::var_os("KSTORM_NO_INSTALL").is_none();
+        if !may {
+            eprintln!(
+                "kstorm: note: apt's lists are {days:.0} days old; \"current\" Debian packages \
+                 are what they say (run `apt-get update` as root for today's)"
+            );
+            return;
+        }
+        eprintln!("kstorm: apt's lists are {days:.1} days old: apt-get update, so that \"current\" means today's archive");
+        match Cmd::new("apt-get")
+            .args(["update", "-q"])
+            .timeout(Duration::from_secs(600))
+            .run()
+        {
+            Ok(()) => {
+                let _ = host::write_atomic(&stamp, b"apt-get update by kstorm\n");
+            }
+            Err(e) => {
+                eprintln!("kstorm: note: apt-get update failed ({e:#}); resolving with the old lists")
+            }
+        }
+    });
+}
+
+/// `apt-cache ARGS`, answered from the cache while apt's state is unchanged (apt's lists are
+/// refreshed first when they are stale).
 fn apt_cache(args: &[&str], cache: &Path) -> Result<String> {
+    refresh_stale_lists(cache);
     #[derive(serde::Serialize, serde::Deserialize)]
     struct Remembered {
         state: String,

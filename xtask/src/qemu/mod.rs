@@ -138,7 +138,7 @@ impl QemuSpec {
                     sock.display()
                 ),
             );
-            a.pair("-device", &format!("{port},chardev=results"));
+            a.pair("-device", &format!("{},chardev=results", port.device));
         }
         if let Some(disk) = &self.disk {
             // ',' would end QEMU's option value: it is escaped by doubling.

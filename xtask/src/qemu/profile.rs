@@ -71,14 +71,23 @@ pub struct MachineProfile {
     pub qemu_machine: String,
     pub block_device: String,
     pub net_device: String,
-    /// The results serial port's `-device` (without its `chardev=`); `None`: frames come on
-    /// the console.
-    pub results_port: Option<String>,
+    /// The results serial port; `None`: frames come on the console.
+    pub results_port: Option<ResultsPort>,
     /// Words added to a directly booted kernel's command line (`{tsc_khz}` expanded).
     #[serde(default)]
     pub kernel_cmdline: Vec<String>,
     #[serde(default)]
     pub extra_args: Vec<String>,
+}
+
+/// The serial port the payload writes its frames to, seen from both sides.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsPort {
+    /// QEMU's `-device` (without its `chardev=`).
+    pub device: String,
+    /// The device the guest opens (`/dev/ttyS1`).
+    pub guest: String,
 }
 
 impl MachineProfile {

@@ -385,12 +385,18 @@ impl Feed for Queue {
     }
 }
 
-/// The plan the payload follows in this cell.
+/// The plan the payload follows in this cell. Its frames go to the guest side of the results
+/// port of the image's machine (`xtask/machines.yaml`), else the console.
 pub fn plan_for(cell: &Cell) -> Plan {
+    let machine = qemu::MachineKind::direct(cell.image.boot.machine).spec();
+    let results_device = match &machine.results_port {
+        Some(port) => port.guest.clone(),
+        None => "/dev/console".into(),
+    };
     Plan {
         cell: cell.id.clone(),
-        results_device: "/dev/ttyS1".into(),
-        heartbeat_ms: 500,
+        results_device,
+        heartbeat_ms: kstorm_payload::plan::DEFAULT_HEARTBEAT_MS,
         sysctl: cell
             .variant
             .sysctl
