@@ -300,7 +300,7 @@ fn main() -> ExitCode {
         }
         Verb::Sweep(a) => report(sweep(a)),
         Verb::VerifySuites(a) => verify_suites(a),
-        Verb::Report(a) => report(write_report(a)),
+        Verb::Report(a) => write_report(a).unwrap_or_else(|e| error_exit(&e, false)),
         Verb::Compare { a, b } => compare(&a, &b),
         Verb::BisectRun(a) => kstorm::bisect::run::bisect_run(&a),
         Verb::Build(a) => report(kstorm::run::build(&a.suite)),
@@ -426,7 +426,9 @@ fn verify_suites(a: VerifyArgs) -> i32 {
     }
 }
 
-fn write_report(a: ReportArgs) -> anyhow::Result<()> {
+/// `report --merge` exits as `run` would have on the merged cells (so a CI merge job fails
+/// when a shard did); `report RUN_DIR` exits 0 once the report is written.
+fn write_report(a: ReportArgs) -> anyhow::Result<i32> {
     let results = host::workspace_root().join("results");
     if !a.merge.is_empty() {
         let out = a.out.unwrap_or_else(|| {
@@ -435,14 +437,15 @@ fn write_report(a: ReportArgs) -> anyhow::Result<()> {
                 chrono::Local::now().format("%Y%m%d-%H%M%S")
             ))
         });
-        let run = kstorm::shard::merge(&a.merge, &out)?;
-        println!("{}", run.root.join("report.html").display());
-        return Ok(());
+        let merged = kstorm::shard::merge(&a.merge, &out)?;
+        println!("{}", kstorm::report::table(&merged.records));
+        println!("{}", merged.dir.root.join("report.html").display());
+        return Ok(merged.exit_code(false));
     }
     let dir = a.run_dir.unwrap_or_else(|| results.join("latest"));
     kstorm::html_report::write(&dir)?;
     println!("{}", dir.join("report.html").display());
-    Ok(())
+    Ok(0)
 }
 
 /// 0: B is not worse than A; 1: worse; 2: error. Writes the comparison into B's report.
@@ -503,7 +506,7 @@ fn test(cargo_args: &[String]) -> i32 {
 fn clean(results: bool) -> anyhow::Result<()> {
     let mut dirs = vec![
         host::cache_dir(),
-        host::workspace_root().join("target/payload"),
+        kstorm::payload::target_dir(),
     ];
     if results {
         dirs.push(host::workspace_root().join("results"));

@@ -8,6 +8,7 @@ use crate::cell::CellRecord;
 use crate::html_report;
 use crate::matrix::Cell;
 use crate::report::{RunDir, RunMeta};
+use crate::run::RunOutcome;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -60,7 +61,8 @@ impl Shard {
 
 /// Merges shard runs into one run folder `out`: every cell folder, one `summary.json`, one
 /// `junit.xml`, one `report.html`. A cell found in two shards is an error (shards overlap).
-pub fn merge(shards: &[PathBuf], out: &Path) -> Result<RunDir> {
+/// The outcome is the merged run's, as if it had run on one machine.
+pub fn merge(shards: &[PathBuf], out: &Path) -> Result<RunOutcome> {
     if shards.is_empty() {
         bail!("report --merge: name at least one run folder");
     }
@@ -119,7 +121,11 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<RunDir> {
     };
     run.write_summary(&meta, &records)?;
     html_report::write(&run.root)?;
-    Ok(run)
+    Ok(RunOutcome {
+        dir: run,
+        records,
+        complete: meta.complete,
+    })
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
