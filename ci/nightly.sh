@@ -2,6 +2,7 @@
 # The nightly fan-out, one script for both CI files:
 #   ci/nightly.sh shard I/N   shard I of N of every suite, into results/<suite>/shard-I/
 #   ci/nightly.sh merge N     each suite's N shards (found under results/) into merged/<suite>/
+#   ci/nightly.sh suites      the suites a shard runs, one a line
 # The suites are every file in suites/, or the names in $KSTORM_SUITES (space-separated); every
 # run gets --profile $KSTORM_PROFILE (default deep) and --repeat $KSTORM_REPEAT (default 3).
 # Exits as `cargo xtask run` does, 0 every cell as expected, 1 some cell not (the kernel), 2 an
@@ -10,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 usage() {
-  echo "usage: ci/nightly.sh shard I/N | ci/nightly.sh merge N" >&2
+  echo "usage: ci/nightly.sh shard I/N | merge N | suites" >&2
   exit 2
 }
 
@@ -89,5 +90,6 @@ merge() {
 case "${1:-}" in
   shard) [ $# -eq 2 ] || usage; shard "$2" ;;
   merge) [ $# -eq 2 ] || usage; merge "$2" ;;
+  suites) [ $# -eq 1 ] || usage; suites ;;
   *) usage ;;
 esac

@@ -504,10 +504,7 @@ fn test(cargo_args: &[String]) -> i32 {
 }
 
 fn clean(results: bool) -> anyhow::Result<()> {
-    let mut dirs = vec![
-        host::cache_dir(),
-        kstorm::payload::target_dir(),
-    ];
+    let mut dirs = vec![host::cache_dir(), kstorm::payload::target_dir()];
     if results {
         dirs.push(host::workspace_root().join("results"));
     }
