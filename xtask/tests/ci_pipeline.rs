@@ -9,6 +9,7 @@
 
 mod common;
 
+use kstorm::run::{AccelChoice, RunOptions};
 use kstorm::shard::Shard;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -68,18 +69,24 @@ const WRONG_CELL: &str = "smoke-expecting-crash@linux-128M-base";
 #[test]
 fn gitlab_pipeline_shards_and_merges_like_one_run() {
     let tool = gitlab_ci_local();
-    let reference = [("ci-probe", PROBE), ("ci-wrong", WRONG)].map(|(name, yaml)| {
-        let (records, _dir) = common::run_suite_with(yaml, vec![], |o| o.jobs = 2);
-        (name, records)
+    let work = tempfile::tempdir().unwrap();
+    let project = scratch_project(work.path());
+    // gitlab-ci-local's output, kept for a reader (the job times in the README come from it).
+    let log = kstorm::host::workspace_root().join("target/test-artifacts/ci-pipeline.log");
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    let reference = ["ci-probe", "ci-wrong"].map(|suite| {
+        let suite_file = project.join("suites").join(format!("{suite}.yaml"));
+        (
+            suite,
+            unsharded_run(&suite_file, &work.path().join("unsharded")),
+        )
     });
     for r in &reference[0].1 {
         assert!(r.as_expected, "ci-probe: {} is {:?}", r.id, r.verdict);
     }
 
-    let work = tempfile::tempdir().unwrap();
-    let project = scratch_project(work.path());
     let started = Instant::now();
-    let pipeline = run_pipeline(&tool, &project, &work.path().join("pipeline.log"));
+    let pipeline = run_pipeline(&tool, &project, &log);
     let wall = started.elapsed();
     common::assert_no_qemu_mentioning(&project);
     eprintln!(
@@ -148,6 +155,19 @@ fn gitlab_pipeline_shards_and_merges_like_one_run() {
     assert!(merge_log.contains("ci-probe: exit 0"), "{merge_log}");
 }
 
+/// The cells of one suite file run on this machine, unsharded, as the shards run them
+/// (quick profile, one repeat).
+fn unsharded_run(suite_file: &Path, results: &Path) -> Vec<kstorm::cell::CellRecord> {
+    std::env::set_var("KSTORM_QUIET", "1");
+    let mut opts = RunOptions::new(suite_file.to_str().unwrap());
+    opts.results_root = results.to_path_buf();
+    opts.progress = false;
+    opts.accel = AccelChoice::Auto;
+    let outcome = kstorm::run::run(&opts).expect("the unsharded run completes");
+    common::assert_no_qemu_mentioning(results);
+    outcome.records
+}
+
 /// gitlab-ci-local at the pinned version, installed with npm into kstorm's cache once.
 fn gitlab_ci_local() -> PathBuf {
     let dir = kstorm::host::cache_dir()
@@ -161,22 +181,32 @@ fn gitlab_ci_local() -> PathBuf {
         assert!(
             kstorm::host::find_program(tool).is_some(),
             "this test needs {tool} on PATH (gitlab-ci-local {GITLAB_CI_LOCAL} runs on Node.js \
-             20 and copies each job's project with rsync): apt-get install nodejs npm rsync git"
+             20 and copies each job's project with rsync)"
         );
     }
+    let node = Command::new("node").arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&node.stdout).trim().to_string();
+    let major: u32 = version
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        major >= 20,
+        "gitlab-ci-local {GITLAB_CI_LOCAL} needs Node.js 20 or later; this machine has {version}"
+    );
     let staging = dir.with_extension("partial");
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).unwrap();
-    let status = Command::new("npm")
-        .args(["install", "--no-audit", "--no-fund", "--prefix"])
+    let mut npm = Command::new("npm");
+    npm.args(["install", "--no-audit", "--no-fund", "--prefix"])
         .arg(&staging)
-        .arg(format!("gitlab-ci-local@{GITLAB_CI_LOCAL}"))
-        .stdin(Stdio::null())
-        .status()
-        .expect("npm starts");
-    assert!(
-        status.success(),
-        "npm install gitlab-ci-local@{GITLAB_CI_LOCAL} failed"
+        .arg(format!("gitlab-ci-local@{GITLAB_CI_LOCAL}"));
+    run_bounded(
+        npm,
+        Duration::from_secs(5 * 60),
+        &format!("npm install gitlab-ci-local@{GITLAB_CI_LOCAL}"),
     );
     std::fs::rename(&staging, &dir).unwrap();
     bin
@@ -245,6 +275,56 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Where the test's own cargo built the harness (…/target/debug/xtask). The jobs build there
+/// too: with the sources' times kept in every copy of the project, cargo finds the harness and
+/// the payload fresh, as a runner would with a warm cache of `target/`. `cargo xtask` builds
+/// the harness without the tests' dev-dependencies: built here first, so no job waits on it.
+fn shared_target() -> PathBuf {
+    let target = Path::new(env!("CARGO_BIN_EXE_xtask"))
+        .ancestors()
+        .nth(2)
+        .unwrap()
+        .to_path_buf();
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    without_test_env(&mut cargo);
+    cargo
+        .args(["build", "--quiet", "--package", "xtask", "--target-dir"])
+        .arg(&target)
+        .current_dir(kstorm::host::workspace_root());
+    run_bounded(
+        cargo,
+        Duration::from_secs(20 * 60),
+        "cargo build --package xtask",
+    );
+    target
+}
+
+/// The machine's environment, without what `cargo test` adds for this test (CARGO_PKG_NAME and
+/// the like) or the test set (KSTORM_QUIET): build scripts that watch such a variable (ring's
+/// does) would make every cargo below rebuild what the test's cargo built.
+fn without_test_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let from_test = (key.starts_with("CARGO_") && key != "CARGO_HOME")
+            || key.starts_with("KSTORM_")
+            || key == "RUSTFLAGS";
+        if from_test {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+}
+
+/// Runs a command to its end within `limit`, or kills it and fails the test.
+fn run_bounded(mut cmd: Command, limit: Duration, what: &str) {
+    let mut child = cmd.stdin(Stdio::null()).spawn().expect(what);
+    let Some(status) = child.wait_timeout(limit).unwrap() else {
+        child.kill().ok();
+        child.wait().ok();
+        panic!("{what} took over {} s", limit.as_secs());
+    };
+    assert!(status.success(), "{what} failed: {status}");
+}
+
 /// What gitlab-ci-local printed, and the pipeline's outcome.
 struct Pipeline {
     text: String,
@@ -281,14 +361,7 @@ impl Pipeline {
 /// Runs the scheduled pipeline of `ci/gitlab-ci.yml` in `project`, bounded in time; every
 /// process it started is killed with it.
 fn run_pipeline(tool: &Path, project: &Path, log: &Path) -> Pipeline {
-    let root = kstorm::host::workspace_root();
-    // Where the test's own cargo built the harness (…/target/debug/xtask): the jobs' cargo
-    // finds it fresh there, and the payload beside it.
-    let target = Path::new(env!("CARGO_BIN_EXE_xtask"))
-        .ancestors()
-        .nth(2)
-        .unwrap()
-        .to_path_buf();
+    let target = shared_target();
     let variables = [
         "CI_PIPELINE_SOURCE=schedule".to_string(),
         "KSTORM_SUITES=ci-probe ci-wrong".to_string(),
@@ -297,21 +370,17 @@ fn run_pipeline(tool: &Path, project: &Path, log: &Path) -> Pipeline {
         format!("KSTORM_CACHE={}", kstorm::host::cache_dir().display()),
         format!("CARGO_TARGET_DIR={}", target.display()),
     ];
+    // One file for both streams: gitlab-ci-local reports a failed job's end on stderr.
+    let output = std::fs::File::create(log).unwrap();
     let mut cmd = Command::new(tool);
     cmd.args(["--file", "ci/gitlab-ci.yml", "--shell-isolation"])
         .args(["--force-shell-executor", "--no-color", "--concurrency", "2"])
         .args(variables.iter().flat_map(|v| ["--variable", v.as_str()]))
         .current_dir(project)
         .stdin(Stdio::null())
-        .stdout(std::fs::File::create(log).unwrap())
-        .stderr(std::fs::File::create(log.with_extension("stderr")).unwrap());
-    // The jobs see the machine's environment, not this test's cargo's.
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().to_string();
-        if key.starts_with("CARGO_") || key == "RUSTFLAGS" || key.starts_with("KSTORM_") {
-            cmd.env_remove(&key);
-        }
-    }
+        .stdout(output.try_clone().unwrap())
+        .stderr(output);
+    without_test_env(&mut cmd);
     use std::os::unix::process::CommandExt;
     cmd.process_group(0);
     let mut child = cmd.spawn().expect("gitlab-ci-local starts");
@@ -331,7 +400,6 @@ fn run_pipeline(tool: &Path, project: &Path, log: &Path) -> Pipeline {
         .filter_map(|l| l.split_once(" finished in "))
         .map(|(job, took)| (job.trim().to_string(), took.trim().to_string()))
         .collect();
-    let _ = root;
     Pipeline {
         text,
         success: status.success(),
