@@ -338,10 +338,11 @@ impl Pipeline {
     fn status(&self, job: &str) -> &str {
         self.text
             .lines()
+            .rev()
             .filter_map(|l| l.trim().split_once(char::is_whitespace))
             .filter(|(word, rest)| ["PASS", "FAIL", "WARN"].contains(word) && rest.trim() == job)
             .map(|(word, _)| word)
-            .last()
+            .next()
             .unwrap_or("missing")
     }
 
