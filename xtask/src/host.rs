@@ -12,9 +12,16 @@ use std::path::{Path, PathBuf};
 
 pub use crate::error::{InfraCause, InfraError};
 
-/// The workspace root (where `Cargo.toml`, `images/` and `suites/` are).
+/// The workspace root (where `Cargo.toml`, `images/` and `suites/` are): that of the checkout
+/// cargo runs this binary from (`cargo xtask` and `cargo test` set `CARGO_MANIFEST_DIR`), else
+/// the one it was built in. A build that cargo finds fresh in another checkout (a CI job's copy
+/// of the sources with their times, sharing one target folder) then reads that checkout's files.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let at_run = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .filter(|dir| dir.join("Cargo.toml").is_file() && dir.join("../suites").is_dir());
+    at_run
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()

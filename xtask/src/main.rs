@@ -306,7 +306,7 @@ fn main() -> ExitCode {
         }
         Verb::Sweep(a) => exit_of(sweep(a)),
         Verb::VerifySuites(a) => verify_suites(a),
-        Verb::Report(a) => exit_of(write_report(a)),
+        Verb::Report(a) => write_report(a).unwrap_or_else(|e| error_exit(&e, false)),
         Verb::Compare {
             a,
             b,
@@ -436,17 +436,20 @@ fn verify_suites(a: VerifyArgs) -> i32 {
     }
 }
 
-fn write_report(a: ReportArgs) -> anyhow::Result<()> {
-    let written = if a.merge.is_empty() {
+/// `report --merge` exits as `run` would have on the merged cells (so a CI merge job fails
+/// when a shard did); `report RUN_DIR` exits 0 once the report is written.
+fn write_report(a: ReportArgs) -> anyhow::Result<i32> {
+    if a.merge.is_empty() {
         let dir = a
             .run_dir
             .unwrap_or_else(|| host::workspace_root().join("results/latest"));
-        verbs::report::render_again(&dir)?
-    } else {
-        verbs::report::merge_shards(&a.merge, a.out)?.join("report.html")
-    };
-    println!("{}", written.display());
-    Ok(())
+        println!("{}", verbs::report::render_again(&dir)?.display());
+        return Ok(0);
+    }
+    let merged = verbs::report::merge_shards(&a.merge, a.out)?;
+    println!("{}", kstorm::render::text::table(&merged.records));
+    println!("{}", merged.root.join("report.html").display());
+    Ok(merged.exit_code(false))
 }
 
 /// 0: B is not worse than A; 1: worse; 2: error. Writes the comparison into B's folder.

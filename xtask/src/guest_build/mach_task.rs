@@ -29,8 +29,7 @@ const GCC_FLAGS: [&str; 14] = [
 
 /// The directory holding the task's sources.
 pub fn source_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
+    crate::host::workspace_root()
         .join("guest-payload")
         .join("mach")
 }

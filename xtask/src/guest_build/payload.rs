@@ -15,7 +15,7 @@ pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 /// Builds the payload and returns the path of the static binary.
 pub fn build() -> Result<PathBuf> {
     let root = host::workspace_root();
-    let target_dir = root.join("target").join("payload");
+    let target_dir = target_dir();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     Cmd::new(cargo)
         .args([
@@ -59,6 +59,18 @@ pub fn build() -> Result<PathBuf> {
         .into());
     }
     Ok(bin)
+}
+
+/// Where the payload is built: `payload/` in cargo's target folder (`$CARGO_TARGET_DIR`, else
+/// the workspace's `target/`), so a CI cache of that folder keeps the payload too.
+pub fn target_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map(std::path::absolute)
+        .and_then(Result::ok)
+        .unwrap_or_else(|| host::workspace_root().join("target"));
+    target.join("payload")
 }
 
 /// True for an x86-64 ELF executable with no program interpreter (no dynamic loader needed).

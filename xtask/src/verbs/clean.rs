@@ -5,10 +5,7 @@ use crate::host;
 use anyhow::Result;
 
 pub fn clean(results: bool) -> Result<()> {
-    let mut dirs = vec![
-        host::cache_dir(),
-        host::workspace_root().join("target/payload"),
-    ];
+    let mut dirs = vec![host::cache_dir(), crate::guest_build::payload::target_dir()];
     if results {
         dirs.push(host::workspace_root().join("results"));
     }

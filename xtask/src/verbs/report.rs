@@ -1,6 +1,7 @@
 //! The `report` verb: renders a run folder's `report.html` again (from its stored files alone),
 //! or merges shard runs into one run folder and renders that.
 
+use super::run::RunOutcome;
 use crate::host;
 use crate::render;
 use crate::results::merge;
@@ -13,8 +14,8 @@ pub fn render_again(run_dir: &Path) -> Result<PathBuf> {
     Ok(run_dir.join("report.html"))
 }
 
-/// `report --merge DIR... [--out DIR]`: the merged run's folder.
-pub fn merge_shards(shards: &[PathBuf], out: Option<PathBuf>) -> Result<PathBuf> {
+/// `report --merge DIR... [--out DIR]`: the merged run, as if it had run on one machine.
+pub fn merge_shards(shards: &[PathBuf], out: Option<PathBuf>) -> Result<RunOutcome> {
     let out = out.unwrap_or_else(|| {
         host::workspace_root().join("results").join(format!(
             "merged-{}",
@@ -22,7 +23,12 @@ pub fn merge_shards(shards: &[PathBuf], out: Option<PathBuf>) -> Result<PathBuf>
         ))
     });
     let store = merge::merge(shards, &out)?;
-    store.finish(store.info().complete)?;
+    let complete = store.info().complete;
+    store.finish(complete)?;
     render::html::write(store.root())?;
-    Ok(out)
+    Ok(RunOutcome {
+        root: out,
+        records: store.records(),
+        complete,
+    })
 }
