@@ -3,6 +3,7 @@
 //! through ([`cmd`]: echoed so a user can rerun it, bounded by a timeout).
 
 pub mod cmd;
+pub mod fast_tier;
 pub mod packages;
 
 pub use cmd::{args, echo, shell_quote, Cmd};
@@ -64,6 +65,9 @@ fn is_executable(p: &Path) -> bool {
 /// packages come from `xtask/host-packages.yaml`). Installing is [`packages`]' job, done once
 /// before the first cell; this is the check at the point of use.
 pub fn require_tools(tools: &[&str]) -> Result<()> {
+    for t in tools {
+        fast_tier::refuse_tool(t)?;
+    }
     let missing: Vec<&str> = tools
         .iter()
         .copied()

@@ -69,6 +69,7 @@ pub fn fetch_checked(url: &str, digest: Digest<'_>, dest: &Path) -> Result<PathB
     std::fs::create_dir_all(dir)?;
     let part = dest.with_extension("part");
     let have = part.metadata().map(|m| m.len()).unwrap_or(0);
+    crate::host::fast_tier::refuse_download(url)?;
     // Bound each connect and each read, not the whole transfer: disk images take minutes.
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(std::time::Duration::from_secs(30))

@@ -247,6 +247,7 @@ pub fn sums_entry(text: &str, file: &str) -> Option<String> {
 }
 
 fn fetch_text(url: &str) -> Result<String> {
+    crate::host::fast_tier::refuse_download(url)?;
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(std::time::Duration::from_secs(30))
         .timeout(std::time::Duration::from_secs(60))
