@@ -421,7 +421,14 @@ fn check_rebuilt(repo: &Repo, log: &BisectLog) -> Result<()> {
     for b in incremental_builds(log) {
         let before = b.built_over.as_ref().context("an incremental build")?;
         let changed = git(&repo.path)
-            .args(["diff", "--name-only", &before.commit, &b.commit, "--", "*.c"])
+            .args([
+                "diff",
+                "--name-only",
+                &before.commit,
+                &b.commit,
+                "--",
+                "*.c",
+            ])
             .read()?;
         let mut rebuilt = Vec::new();
         for c in changed.lines() {

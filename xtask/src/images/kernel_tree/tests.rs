@@ -111,14 +111,20 @@ fn every_commit_builds_in_one_folder_and_a_commit_seen_before_is_not_rebuilt() {
     assert_eq!(step.built_over.as_ref().unwrap().commit, c1);
     // Only what the checkout changed was compiled again.
     assert_eq!(t.compiled(&step), ["a", "b", "b"]);
-    assert_eq!(std::fs::read_to_string(step.dir.join("vmlinux")).unwrap(), "a1\nb2\n");
+    assert_eq!(
+        std::fs::read_to_string(step.dir.join("vmlinux")).unwrap(),
+        "a1\nb2\n"
+    );
 
     t.git(&["checkout", "-q", &c1]);
     let again = t.build().unwrap();
     assert!(again.cached, "{}", again.how());
     assert_eq!(again.dir, cold.dir);
     assert_eq!(t.compiled(&again).len(), 3, "nothing was compiled");
-    assert_eq!(std::fs::read_to_string(again.dir.join("vmlinux")).unwrap(), "a1\nb1\n");
+    assert_eq!(
+        std::fs::read_to_string(again.dir.join("vmlinux")).unwrap(),
+        "a1\nb1\n"
+    );
     // The kernel of c1 is whole though the folder moved on to c2 and back.
     let state = read_folder_state(&cold.build_dir).unwrap();
     assert_eq!((state.commit, state.outcome), (c2, Outcome::Finished));
@@ -132,7 +138,10 @@ fn a_failed_or_cut_off_build_leaves_the_folder_usable() {
 
     let broken = t.commit(&[("b.c", "FAIL\n")]);
     let err = t.build().unwrap_err();
-    assert!(format!("{err:#}").contains("make vmlinux bzImage failed"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("make vmlinux bzImage failed"),
+        "{err:#}"
+    );
     let state = read_folder_state(&cold.build_dir).unwrap();
     assert_eq!((&state.commit, state.outcome), (&broken, Outcome::Failed));
     t.commit(&[("b.c", "b3\n")]);
