@@ -6,7 +6,7 @@
 //! build folder of this tree and configuration. It must land on the planted commit; it prints
 //! per step the runs and their mean `total_s`, the build time and the wall time.
 
-use super::log::{BisectLog, Step};
+use super::log::{BisectLog, RunEntry, Step};
 use crate::host::{self, Cmd};
 use crate::images::kernel_tree::{self, BuildRecord, TreeSpec};
 use anyhow::{bail, Context, Result};
@@ -380,26 +380,35 @@ fn incremental_builds(log: &BisectLog) -> impl Iterator<Item = &BuildRecord> {
 /// Each run's `total_s` (QEMU start to QEMU gone) of one step, read from its results.
 fn run_totals(step: &Step) -> Result<Vec<f64>> {
     let mut totals = Vec::new();
-    for run in step.runs.iter().filter(|r| !r.dir.is_empty()) {
-        let records = crate::html_report::load_records(Path::new(&run.dir))?;
-        totals.extend(records.iter().map(|r| r.timings.total_s));
+    for run in &step.runs {
+        totals.extend(run_total(run)?);
     }
     Ok(totals)
 }
 
-/// A run whose guest finished but whose cell still waited for the power-off grace: the kernel
-/// stopped the machine in a way the runner did not see (item 1 of the bench's purpose).
+/// `None` for a run that left no results (the harness failed before the cell).
+fn run_total(run: &RunEntry) -> Result<Option<f64>> {
+    if run.dir.is_empty() {
+        return Ok(None);
+    }
+    let records = crate::html_report::load_records(Path::new(&run.dir))?;
+    Ok(records.first().map(|r| r.timings.total_s))
+}
+
+/// A passing run that still took the power-off grace: its guest stopped in a way the cell
+/// runner did not notice, and every run of a bisection would pay for it.
 fn check_runs_end_promptly(log: &BisectLog) -> Result<()> {
     let grace = crate::cell::monitor::POWEROFF_GRACE.as_secs_f64();
-    for s in &log.steps {
-        for (run, total) in s.runs.iter().zip(run_totals(s)?) {
-            if run.verdict == "pass" && total >= grace {
-                bail!(
-                    "{}: the cell took {total:.1}s, the power-off grace ({grace:.0}s) ran out: \
-                     the guest's stop went unnoticed",
-                    run.dir
-                );
-            }
+    for run in log.steps.iter().flat_map(|s| &s.runs) {
+        let Some(total) = run_total(run)? else {
+            continue;
+        };
+        if run.verdict == "pass" && total >= grace {
+            bail!(
+                "{}: the cell took {total:.1}s, the power-off grace ({grace:.0}s) ran out: \
+                 the guest's stop went unnoticed",
+                run.dir
+            );
         }
     }
     Ok(())

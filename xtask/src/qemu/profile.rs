@@ -136,7 +136,10 @@ mod tests {
             && w["tsc_early_khz=".len()..].parse::<u64>().is_ok()));
         // A directly booted Linux resets by triple fault, on which -no-reboot exits QEMU.
         for p in [Profile::Microvm, Profile::Pc] {
-            assert!(t[&p].kernel_words().contains(&"reboot=t".to_string()), "{p}");
+            assert!(
+                t[&p].kernel_words().contains(&"reboot=t".to_string()),
+                "{p}"
+            );
         }
     }
 
