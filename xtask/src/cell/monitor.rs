@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 pub const CRASH_GRACE: Duration = Duration::from_millis(250);
 /// ... but never longer than this after the report started (a console that never stops).
 pub const CRASH_GRACE_MAX: Duration = Duration::from_secs(2);
-/// After the payload says it is done, how long the guest may take to power off.
+/// After the payload says it is done, how long the guest may take to power off. Only a guest
+/// that neither powers off, resets (QEMU exits: `-no-reboot`) nor says it halted waits for it.
 pub const POWEROFF_GRACE: Duration = Duration::from_secs(15);
 /// After a transport failed, how long to keep watching the console for a crash report (a
 /// kernel that died also kills the channel: the detector wins) and for signs of life.
@@ -51,7 +52,8 @@ pub enum CellEvent {
 pub enum Ending {
     /// The console printed a crash report (its title is refined from the whole report).
     Crash(detect::Event),
-    /// The payload said it was done; the guest powered off or was stopped after the grace.
+    /// The payload said it was done; the guest powered off, reset or halted, or was stopped
+    /// after the grace.
     Finished,
     /// The guest went silent past a deadline.
     Silence(Silence),
@@ -141,6 +143,8 @@ pub struct Monitor {
     ending: Option<Ending>,
     console_lines: LineSplitter,
     note: Option<String>,
+    /// The kernel said it halted the machine (the detector's `halted` event).
+    halted: bool,
 }
 
 impl Monitor {
@@ -163,6 +167,7 @@ impl Monitor {
             ending: None,
             console_lines: LineSplitter::default(),
             note: None,
+            halted: false,
         }
     }
 
@@ -245,6 +250,8 @@ impl Monitor {
                     .oom_victims
                     .push(event.victim.clone().unwrap_or_else(|| "?".into()));
                 self.note = Some(event.title.clone());
+            } else if event.kind == Kind::Halted {
+                self.on_halted(now);
             } else if event.crash && self.seen.crash.is_none() {
                 self.seen.detect_ms =
                     Some(now.saturating_duration_since(arrived).as_secs_f64() * 1000.0);
@@ -265,6 +272,15 @@ impl Monitor {
                     self.on_frame_line(&line, FrameChannel::Console, now);
                 }
             }
+        }
+    }
+
+    /// The machine is stopped: a finished guest's power-off wait ends now. (The line and the
+    /// payload's `done` come on two ports, in either order.)
+    fn on_halted(&mut self, now: Instant) {
+        self.halted = true;
+        if let Some(Pending::PowerOff { until }) = &mut self.pending {
+            *until = now;
         }
     }
 
@@ -418,9 +434,12 @@ impl Monitor {
                     FrameChannel::ResultsPort | FrameChannel::Console
                 );
                 if powers_off && self.pending.is_none() {
-                    self.pending = Some(Pending::PowerOff {
-                        until: now + POWEROFF_GRACE,
-                    });
+                    let grace = if self.halted {
+                        Duration::ZERO
+                    } else {
+                        POWEROFF_GRACE
+                    };
+                    self.pending = Some(Pending::PowerOff { until: now + grace });
                 }
             }
         }

@@ -168,6 +168,46 @@ fn a_guest_that_does_not_power_off_after_done_is_stopped_after_the_grace() {
     assert_eq!(s.tick(1100 + grace), Some(Ending::Finished));
 }
 
+/// What a kernel with no power-off driver prints when the payload's power-off halts it.
+const HALTED: &[u8] = b"reboot: System halted\r\n";
+
+#[test]
+fn a_guest_that_halts_after_done_ends_at_the_halt_line() {
+    let mut s = Sim::new(FrameChannel::ResultsPort);
+    s.runs_a_scenario(1000);
+    assert_eq!(s.frame(1100, Message::Done), None);
+    assert_eq!(s.console(1150, b"[    2.5] reboot: Power down\n"), None);
+    assert_eq!(s.console(1180, HALTED), Some(Ending::Finished));
+    let (_, v, _) = s.verdict();
+    assert_eq!(v, Verdict::Pass);
+}
+
+#[test]
+fn the_halt_line_may_come_before_done_which_then_ends_the_cell() {
+    // The console and the results port are read by two threads: either may be first.
+    let mut s = Sim::new(FrameChannel::ResultsPort);
+    s.runs_a_scenario(1000);
+    assert_eq!(
+        s.console(1100, HALTED),
+        None,
+        "the payload has not finished"
+    );
+    assert_eq!(s.frame(1120, Message::Done), Some(Ending::Finished));
+}
+
+#[test]
+fn a_halt_before_the_payload_finished_does_not_end_the_cell_as_finished() {
+    let mut s = Sim::new(FrameChannel::ResultsPort);
+    s.frame(1000, hello());
+    s.frame(1010, start("smoke"));
+    assert_eq!(s.console(1100, HALTED), None);
+    let beat = Deadlines::default().heartbeat().as_millis() as u64;
+    assert!(matches!(
+        s.tick(1010 + beat),
+        Some(Ending::Silence(Silence::NoHeartbeat { .. }))
+    ));
+}
+
 #[test]
 fn done_then_a_crash_before_power_off_is_a_crash() {
     let mut s = Sim::new(FrameChannel::ResultsPort);

@@ -2,7 +2,8 @@
 //!
 //! Kinds are data: a signature file may declare its own (`kinds:`), so a new detector kind needs
 //! no Rust change. The kinds every OS shares, and the ones the harness itself creates from timing
-//! (`no-output`, `no-progress`, `lost-connection`) or consumes (`oom-kill`), are constants here.
+//! (`no-output`, `no-progress`, `lost-connection`) or consumes (`oom-kill`, `halted`), are
+//! constants here.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::HashSet;
@@ -29,6 +30,9 @@ impl Kind {
     pub const RcuStall: Kind = Kind("rcu-stall");
     /// The OOM killer killed a process: an event, not a crash.
     pub const OomKill: Kind = Kind("oom-kill");
+    /// The kernel's last words before it stopped the machine without powering it off: an
+    /// event, not a crash. A finished cell ends on it (QEMU does not exit by itself).
+    pub const Halted: Kind = Kind("halted");
     pub const DebuggerEntered: Kind = Kind("debugger-entered");
     pub const KernelTrap: Kind = Kind("kernel-trap");
     pub const ZoneExhausted: Kind = Kind("zone-exhausted");
@@ -42,7 +46,7 @@ impl Kind {
     pub const LostConnection: Kind = Kind("lost-connection");
 
     /// Kinds known without any signature file.
-    pub const BUILTIN: [Kind; 20] = [
+    pub const BUILTIN: [Kind; 21] = [
         Kind::Panic,
         Kind::Bug,
         Kind::Oops,
@@ -55,6 +59,7 @@ impl Kind {
         Kind::HungTask,
         Kind::RcuStall,
         Kind::OomKill,
+        Kind::Halted,
         Kind::DebuggerEntered,
         Kind::KernelTrap,
         Kind::ZoneExhausted,

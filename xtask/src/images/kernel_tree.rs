@@ -1,81 +1,30 @@
-//! `kernel-tree: {path, base, config}`: a Linux source tree built out of tree into the cache.
-//! The base configuration (`tinyconfig`, `defconfig` or a file) gets the fragments appended,
-//! `make olddefconfig` settles it, and every option a fragment asked for is checked to have
-//! survived (Kconfig drops what it cannot satisfy without saying so). The build is keyed by the
-//! commit, the hash of the merged configuration and the hash of the uncommitted diff.
+//! `kernel-tree: {path, base, config}`: a Linux source tree built out of tree by kstorm.
+//!
+//! Every commit of one tree and configuration is built in one build folder (`make O=`): `git
+//! checkout` rewrites only the files that differ between two commits, they are then newer than
+//! their objects, and make recompiles exactly what depends on them. Finished kernels (vmlinux,
+//! bzImage, the `.config` and the build's record) are copied out of the folder into the cache,
+//! keyed by the commit, the configuration and the uncommitted diff, so a commit seen before is
+//! not built again.
+//!
+//! ```text
+//! <cache>/kernel-tree/build-<tree, config>/    make's O= folder, with kstorm-folder.json
+//! <cache>/kernel-tree/kernel-<commit, config, diff>/   vmlinux bzImage config kstorm-build.json
+//! ```
+
+mod kconfig;
+
+pub use kconfig::{dropped_options, parse_config, Dropped, Options};
 
 use super::linux::LinuxKernel;
 use super::provenance::SourceKind;
 use crate::error::{InfraCause, InfraError};
+use crate::host::{CacheKey, CacheLock};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// `CONFIG_X` -> its value (`y`, `m`, a number, a quoted string), `n` for "is not set".
-pub type Options = BTreeMap<String, String>;
-
-/// Reads `.config` or fragment text: `CONFIG_X=v` and `# CONFIG_X is not set` lines.
-pub fn parse_config(text: &str) -> Options {
-    let mut out = Options::new();
-    for line in text.lines().map(str::trim) {
-        if let Some(name) = line
-            .strip_prefix("# ")
-            .and_then(|l| l.strip_suffix(" is not set"))
-        {
-            out.insert(name.to_string(), "n".into());
-        } else if let Some((name, value)) = line.split_once('=') {
-            if name.starts_with("CONFIG_") && !line.starts_with('#') {
-                out.insert(name.to_string(), value.to_string());
-            }
-        }
-    }
-    out
-}
-
-/// An option a fragment asked for that the final configuration does not have.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Dropped {
-    pub name: String,
-    pub wanted: String,
-    /// `None` when the option is absent altogether (its dependencies are off).
-    pub got: Option<String>,
-}
-
-impl std::fmt::Display for Dropped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.got {
-            Some(got) => write!(f, "{}={} became {got}", self.name, self.wanted),
-            None => write!(
-                f,
-                "{}={} is gone (unmet dependencies)",
-                self.name, self.wanted
-            ),
-        }
-    }
-}
-
-/// The options of `wanted` that `final_config` does not hold as asked. "Not set" is satisfied
-/// by an absent option too.
-pub fn dropped_options(wanted: &Options, final_config: &Options) -> Vec<Dropped> {
-    wanted
-        .iter()
-        .filter_map(|(name, want)| {
-            let got = final_config.get(name);
-            let ok = match got {
-                Some(g) => g == want,
-                None => want == "n",
-            };
-            (!ok).then(|| Dropped {
-                name: name.clone(),
-                wanted: want.clone(),
-                got: got.cloned(),
-            })
-        })
-        .collect()
-}
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -86,113 +35,267 @@ pub struct TreeSpec {
     pub fragments: Vec<PathBuf>,
 }
 
-/// What one build did, kept as `kstorm-build.json` in its folder (written last, so its presence
-/// means the build finished). Later builds of the same tree and configuration start from the
-/// newest of these; benches read the times.
+/// What one build did, kept as `kstorm-build.json` next to the kernel it made (written last,
+/// so its presence means the kernel is complete). bisect-run logs it; benches read the times.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BuildRecord {
+    /// The finished kernel's folder: `vmlinux`, `bzImage`, `config` and this record.
     pub dir: PathBuf,
+    /// The build folder (make's `O=`) shared by every commit of this tree and configuration.
+    #[serde(default)]
+    pub build_dir: PathBuf,
     pub tree: PathBuf,
     pub commit: String,
     pub config_hash: String,
-    /// The finished build this one was copied from before `make` rebuilt what changed.
-    pub seeded_from: Option<Seed>,
-    /// Seconds spent building (configuration and make; the seed's copy not included).
+    /// What the build folder held when this build began; `None` for an empty folder (a cold
+    /// build).
+    #[serde(default)]
+    pub built_over: Option<FolderState>,
+    /// Seconds spent building: configuration and make.
     pub build_s: f64,
-    /// When it finished, in seconds since the epoch (the newest seed wins).
+    /// When the build began, in seconds since the epoch: an object newer than this was
+    /// compiled by this build.
+    #[serde(default)]
+    pub started_unix: f64,
     pub finished_unix: f64,
-    /// True when this call found the build already done.
+    /// True when this call found the kernel already built.
     #[serde(skip)]
     pub cached: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Seed {
-    pub dir: PathBuf,
+impl BuildRecord {
+    /// How this kernel came to be, for a progress line.
+    pub fn how(&self) -> String {
+        match (&self.built_over, self.cached) {
+            (_, true) => "built before, taken from the cache".into(),
+            (Some(before), false) => format!(
+                "incrementally, in the build folder that last built {}{}",
+                short(&before.commit),
+                match before.outcome {
+                    Outcome::Finished => "",
+                    Outcome::Failed => " (that build failed)",
+                    Outcome::Building => " (that build was cut off)",
+                }
+            ),
+            (None, false) => "from scratch".into(),
+        }
+    }
+}
+
+/// `kstorm-folder.json` in a build folder: the commit it was last configured for and how that
+/// build ended. Written before the configuration and again after make.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FolderState {
     pub commit: String,
-    pub copy_s: f64,
-    /// When the copy ended, in seconds since the epoch: an object newer than this was rebuilt.
-    pub copied_unix: f64,
+    /// SHA-256 of the uncommitted diff that build had.
+    pub diff_sha256: String,
+    pub outcome: Outcome,
+    pub started_unix: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Still building, or cut off (the process died): its newest objects may be half written.
+    Building,
+    /// make failed: make deleted the target it was making, the rest is whole.
+    Failed,
+    Finished,
 }
 
 const RECORD: &str = "kstorm-build.json";
+const FOLDER_STATE: &str = "kstorm-folder.json";
 
-/// Builds `spec` (once per key) and returns the kernel; a failure is `Infra` (image build)
-/// carrying the last lines of the compiler's output.
+/// Builds `spec` (once per commit, configuration and diff) and returns the kernel; a failure is
+/// `Infra` (image build) carrying the last lines of the compiler's output.
 pub fn build(spec: &TreeSpec, cache: &Path) -> Result<LinuxKernel> {
     build_recorded(spec, cache).map(|(k, _)| k)
 }
 
 /// [`build`], and what the build did.
 pub fn build_recorded(spec: &TreeSpec, cache: &Path) -> Result<(LinuxKernel, BuildRecord)> {
-    let tree = std::path::absolute(&spec.path)?;
-    let (commit, describe) =
-        super::local::git_identity(&tree).unwrap_or_else(|| ("none".into(), "none".into()));
-    let mut fragments = String::new();
-    for f in &spec.fragments {
-        fragments +=
-            &std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-        fragments.push('\n');
-    }
-    let base_text = match spec.base.as_str() {
-        "tinyconfig" | "defconfig" => spec.base.clone(),
-        file => std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?,
-    };
-    let diff = git_output(&tree, &["diff", "HEAD"]).unwrap_or_default();
-    let sha = crate::host::sha256_hex;
-    let config_hash = sha(format!("{base_text}\n{fragments}").as_bytes());
-    let key = sha(format!("{commit}\n{config_hash}\n{}", sha(diff.as_bytes())).as_bytes());
-    let builds = cache.join("kernel-tree");
-    let out = builds.join(&key[..16]);
-    let _lock = crate::host::CacheLock::acquire(cache, &format!("kernel-tree-{}", &key[..16]))?;
-    let record = match read_record(&out) {
+    let id = Identity::resolve(spec)?;
+    let root = cache.join("kernel-tree");
+    let kernel_dir = root.join(format!("kernel-{}", id.kernel_key()));
+    let record = match read_record(&kernel_dir) {
         Some(r) => BuildRecord { cached: true, ..r },
         None => {
-            let seed = (!out.join(".config").exists())
-                .then(|| newest_seed(&builds, &tree, &config_hash))
-                .flatten();
-            let seeded_from = seed.map(|s| copy_seed(&s, &out)).transpose()?;
-            let started = Instant::now();
-            if seeded_from.is_some() {
-                settle_config(spec, &out, &fragments)?;
-            } else {
-                configure(spec, &out, &fragments)?;
+            let folder = id.folder_key();
+            // One make at a time in a build folder. A build that waited here may find its
+            // kernel made meanwhile.
+            let _lock = CacheLock::acquire(cache, &format!("kernel-tree-build-{folder}"))?;
+            match read_record(&kernel_dir) {
+                Some(r) => BuildRecord { cached: true, ..r },
+                None => {
+                    let build_dir = root.join(format!("build-{folder}"));
+                    build_in_folder(spec, &id, &build_dir, &kernel_dir)?
+                }
             }
-            make(spec, &out, &["vmlinux", "bzImage"])?;
-            let record = BuildRecord {
-                dir: out.clone(),
-                tree: tree.clone(),
-                commit: commit.clone(),
-                config_hash: config_hash.clone(),
-                seeded_from,
-                build_s: started.elapsed().as_secs_f64(),
-                finished_unix: unix_now(),
-                cached: false,
-            };
-            crate::host::write_atomic(
-                &out.join(RECORD),
-                serde_json::to_string_pretty(&record)?.as_bytes(),
-            )?;
-            record
         }
     };
-    let vmlinux = out.join("vmlinux");
-    let bzimage = out.join("arch/x86/boot/bzImage");
-    let mut k = super::local::linux(&out, Some(vmlinux), Some(bzimage))?;
+    let vmlinux = record.dir.join("vmlinux");
+    let bzimage = record.dir.join("bzImage");
+    let mut k = super::local::linux(&record.dir, Some(vmlinux), Some(bzimage))?;
     if let Some(p) = k.local.as_mut() {
         p.source = SourceKind::KernelTree;
         p.origin = spec.path.display().to_string();
-        p.version = describe.clone();
-        p.config_hash = Some(config_hash);
-        p.extra.insert("git.commit".into(), commit);
-        p.extra.insert("git.describe".into(), describe);
+        p.version = id.describe.clone();
+        p.config_hash = Some(id.config_hash.clone());
+        p.extra.insert("git.commit".into(), id.commit.clone());
+        p.extra.insert("git.describe".into(), id.describe.clone());
     }
     Ok((k, record))
+}
+
+/// What a build is of: the tree, its commit and uncommitted diff, and the configuration.
+struct Identity {
+    tree: PathBuf,
+    commit: String,
+    describe: String,
+    diff_sha256: String,
+    /// The base and the fragments' text.
+    config_hash: String,
+    fragments: String,
+}
+
+impl Identity {
+    fn resolve(spec: &TreeSpec) -> Result<Identity> {
+        let tree = std::path::absolute(&spec.path)?;
+        let (commit, describe) =
+            super::local::git_identity(&tree).unwrap_or_else(|| ("none".into(), "none".into()));
+        let mut fragments = String::new();
+        for f in &spec.fragments {
+            fragments +=
+                &std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            fragments.push('\n');
+        }
+        let base_text = match spec.base.as_str() {
+            "tinyconfig" | "defconfig" => spec.base.clone(),
+            file => std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?,
+        };
+        let diff = git_output(&tree, &["diff", "HEAD"]).unwrap_or_default();
+        let sha = crate::host::sha256_hex;
+        Ok(Identity {
+            config_hash: sha(format!("{base_text}\n{fragments}").as_bytes()),
+            diff_sha256: sha(diff.as_bytes()),
+            tree,
+            commit,
+            describe,
+            fragments,
+        })
+    }
+
+    /// Names the finished kernel.
+    fn kernel_key(&self) -> String {
+        let key = CacheKey::new()
+            .part(&self.commit)
+            .part(&self.config_hash)
+            .part(&self.diff_sha256);
+        key.hex()[..16].to_string()
+    }
+
+    /// Names the build folder: the same tree (its dependency files name the sources by
+    /// absolute path) and the same configuration.
+    fn folder_key(&self) -> String {
+        let key = CacheKey::new()
+            .part(self.tree.as_os_str().as_encoded_bytes())
+            .part(&self.config_hash);
+        key.hex()[..16].to_string()
+    }
+}
+
+/// Configures and makes the checked-out commit in `build_dir`, then copies the kernel out into
+/// `kernel_dir`. The folder's state says, for the next build, what it holds.
+fn build_in_folder(
+    spec: &TreeSpec,
+    id: &Identity,
+    build_dir: &Path,
+    kernel_dir: &Path,
+) -> Result<BuildRecord> {
+    std::fs::create_dir_all(build_dir)?;
+    let before = read_folder_state(build_dir);
+    if let Some(cut) = before.as_ref().filter(|b| b.outcome == Outcome::Building) {
+        discard_half_written(build_dir, cut)?;
+    }
+    let started = Instant::now();
+    let mut state = FolderState {
+        commit: id.commit.clone(),
+        diff_sha256: id.diff_sha256.clone(),
+        outcome: Outcome::Building,
+        started_unix: unix_now(),
+    };
+    write_folder_state(build_dir, &state)?;
+    let make = |targets: &[&str]| make(&spec.path, build_dir, targets);
+    let built = kconfig::configure(&make, &spec.base, build_dir, &id.fragments)
+        .and_then(|()| make(&["vmlinux", "bzImage"]));
+    state.outcome = match built {
+        Ok(()) => Outcome::Finished,
+        Err(_) => Outcome::Failed,
+    };
+    let record = BuildRecord {
+        dir: kernel_dir.to_path_buf(),
+        build_dir: build_dir.to_path_buf(),
+        tree: id.tree.clone(),
+        commit: id.commit.clone(),
+        config_hash: id.config_hash.clone(),
+        built_over: before,
+        build_s: started.elapsed().as_secs_f64(),
+        started_unix: state.started_unix,
+        finished_unix: unix_now(),
+        cached: false,
+    };
+    let stored = built.and_then(|()| store_kernel(build_dir, &record));
+    write_folder_state(build_dir, &state)?;
+    stored.map(|()| record)
+}
+
+/// A build that was cut off (SIGKILL, a power cut) may have left objects half written, newer
+/// than their sources, which make would take as done: they are deleted, and built again.
+/// (make deletes the target it is making when it is interrupted or fails itself.)
+fn discard_half_written(build_dir: &Path, cut: &FolderState) -> Result<()> {
+    crate::host::Cmd::new("find")
+        .arg(build_dir)
+        .args(["-type", "f", "(", "-name", "*.o", "-o", "-name", "*.a", ")"])
+        .args(["-newermt", &format!("@{}", cut.started_unix), "-delete"])
+        .timeout(Duration::from_secs(10 * 60))
+        .run()
+}
+
+/// Copies the kernel, its configuration and `record` into `record.dir` (a temporary folder
+/// renamed into place: a kernel folder is complete or absent).
+fn store_kernel(build_dir: &Path, record: &BuildRecord) -> Result<()> {
+    let parent = record.dir.parent().context("kernel folder has no parent")?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-kernel-")
+        .tempdir_in(parent)?;
+    for (from, to) in [
+        ("vmlinux", "vmlinux"),
+        ("arch/x86/boot/bzImage", "bzImage"),
+        (".config", "config"),
+    ] {
+        std::fs::copy(build_dir.join(from), tmp.path().join(to))
+            .with_context(|| format!("copying {} out of {}", from, build_dir.display()))?;
+    }
+    let json = serde_json::to_string_pretty(record)?;
+    std::fs::write(tmp.path().join(RECORD), json)?;
+    let tmp = tmp.keep();
+    std::fs::rename(&tmp, &record.dir)
+        .with_context(|| format!("moving {} to {}", tmp.display(), record.dir.display()))
 }
 
 pub fn read_record(dir: &Path) -> Option<BuildRecord> {
     let text = std::fs::read_to_string(dir.join(RECORD)).ok()?;
     serde_json::from_str(&text).ok()
+}
+
+fn read_folder_state(build_dir: &Path) -> Option<FolderState> {
+    let text = std::fs::read_to_string(build_dir.join(FOLDER_STATE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn write_folder_state(build_dir: &Path, state: &FolderState) -> Result<()> {
+    let json = serde_json::to_string_pretty(state)?;
+    crate::host::write_atomic(&build_dir.join(FOLDER_STATE), json.as_bytes())
 }
 
 fn unix_now() -> f64 {
@@ -201,85 +304,17 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// The newest finished build of the same tree (the same path: the build's dependency files
-/// name the sources by absolute path) and the same configuration.
-fn newest_seed(builds: &Path, tree: &Path, config_hash: &str) -> Option<BuildRecord> {
-    std::fs::read_dir(builds)
-        .ok()?
-        .filter_map(|e| read_record(&e.ok()?.path()))
-        .filter(|r| r.tree == tree && r.config_hash == config_hash)
-        .max_by(|a, b| a.finished_unix.total_cmp(&b.finished_unix))
-}
-
-/// Copies a finished build into `out`, keeping modification times. `git checkout` rewrites only
-/// the files that differ, so they are newer than the copied objects and make rebuilds exactly
-/// what changed (the bench checks that it did).
-fn copy_seed(seed: &BuildRecord, out: &Path) -> Result<Seed> {
-    let started = Instant::now();
-    std::fs::create_dir_all(out)?;
-    crate::host::Cmd::new("cp")
-        .args(["-a", "--reflink=auto"])
-        .arg(seed.dir.join("."))
-        .arg(out)
-        .timeout(Duration::from_secs(20 * 60))
-        .run()?;
-    std::fs::remove_file(out.join(RECORD))?;
-    Ok(Seed {
-        dir: seed.dir.clone(),
-        commit: seed.commit.clone(),
-        copy_s: started.elapsed().as_secs_f64(),
-        copied_unix: unix_now(),
-    })
-}
-
-/// The base, the fragments appended (later assignments win in Kconfig), `olddefconfig`, and
-/// the check that every fragment option survived.
-fn configure(spec: &TreeSpec, out: &Path, fragments: &str) -> Result<()> {
-    std::fs::create_dir_all(out)?;
-    match spec.base.as_str() {
-        "tinyconfig" | "defconfig" => make(spec, out, &[spec.base.as_str()])?,
-        file => {
-            std::fs::copy(file, out.join(".config")).with_context(|| format!("copying {file}"))?;
-        }
-    }
-    let config = out.join(".config");
-    let mut text = std::fs::read_to_string(&config)?;
-    text.push_str(fragments);
-    std::fs::write(&config, text)?;
-    settle_config(spec, out, fragments)
-}
-
-/// `olddefconfig` over the `.config` in `out`, then the check that every fragment option
-/// survived. A seeded build starts here: its `.config` is the settled one of the same base and
-/// fragments, and `olddefconfig` adapts it to this commit's Kconfig files.
-fn settle_config(spec: &TreeSpec, out: &Path, fragments: &str) -> Result<()> {
-    let config = out.join(".config");
-    make(spec, out, &["olddefconfig"])?;
-    let dropped = dropped_options(
-        &parse_config(fragments),
-        &parse_config(&std::fs::read_to_string(&config)?),
-    );
-    if !dropped.is_empty() {
-        let names: Vec<String> = dropped.iter().map(ToString::to_string).collect();
-        return Err(InfraError::new(
-            InfraCause::ImageBuild,
-            format!(
-                "olddefconfig dropped fragment options: {}",
-                names.join("; ")
-            ),
-        )
-        .into());
-    }
-    Ok(())
+fn short(commit: &str) -> &str {
+    &commit[..12.min(commit.len())]
 }
 
 /// `make -C tree O=out -jN targets`, with ccache when it is installed. Bounded: a kernel
 /// build that has not finished in three hours is stuck.
-fn make(spec: &TreeSpec, out: &Path, targets: &[&str]) -> Result<()> {
+fn make(tree: &Path, out: &Path, targets: &[&str]) -> Result<()> {
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut cmd = crate::host::Cmd::new("make")
         .arg("-C")
-        .arg(&spec.path)
+        .arg(tree)
         .arg(format!("O={}", out.display()))
         .arg(format!("-j{jobs}"))
         .timeout(Duration::from_secs(3 * 3600));
@@ -312,69 +347,4 @@ fn git_output(dir: &Path, args: &[&str]) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_option_olddefconfig_dropped_is_named() {
-        let fragment = "CONFIG_PVH=y\nCONFIG_MEMCG=y\n# CONFIG_SWAP is not set\nCONFIG_NR_CPUS=4\n";
-        // What olddefconfig wrote: PVH lost its dependency, MEMCG kept, NR_CPUS changed.
-        let generated = "#\n# Automatically generated file; DO NOT EDIT.\n#\nCONFIG_64BIT=y\n\
-                         # CONFIG_PVH is not set\nCONFIG_MEMCG=y\nCONFIG_NR_CPUS=8\n";
-        let dropped = dropped_options(&parse_config(fragment), &parse_config(generated));
-        let text: Vec<String> = dropped.iter().map(ToString::to_string).collect();
-        assert_eq!(text, ["CONFIG_NR_CPUS=4 became 8", "CONFIG_PVH=y became n"]);
-        let gone = dropped_options(
-            &parse_config("CONFIG_PSI=y\n"),
-            &parse_config("CONFIG_64BIT=y\n"),
-        );
-        assert_eq!(
-            gone[0].to_string(),
-            "CONFIG_PSI=y is gone (unmet dependencies)"
-        );
-        assert!(dropped_options(&parse_config(fragment), &parse_config(fragment)).is_empty());
-    }
-
-    #[test]
-    fn the_seed_is_the_newest_finished_build_of_the_same_tree_and_config() {
-        let builds = tempfile::tempdir().unwrap();
-        let record = |name: &str, tree: &str, config: &str, finished: f64| {
-            let dir = builds.path().join(name);
-            std::fs::create_dir_all(&dir).unwrap();
-            let r = BuildRecord {
-                dir: dir.clone(),
-                tree: tree.into(),
-                commit: name.into(),
-                config_hash: config.into(),
-                seeded_from: None,
-                build_s: 1.0,
-                finished_unix: finished,
-                cached: false,
-            };
-            std::fs::write(dir.join(RECORD), serde_json::to_string(&r).unwrap()).unwrap();
-        };
-        record("old", "/src/linux", "c1", 100.0);
-        record("new", "/src/linux", "c1", 200.0);
-        record("other-config", "/src/linux", "c2", 300.0);
-        record("other-tree", "/src/elsewhere", "c1", 400.0);
-        // A build that never finished has no record and is never a seed.
-        std::fs::create_dir_all(builds.path().join("unfinished")).unwrap();
-        let seed = newest_seed(builds.path(), Path::new("/src/linux"), "c1").unwrap();
-        assert_eq!(seed.commit, "new");
-        assert!(newest_seed(builds.path(), Path::new("/src/linux"), "c3").is_none());
-    }
-
-    #[test]
-    fn the_shipped_fragment_parses() {
-        let path = crate::host::workspace_root().join("images/kconfig/kstorm.config");
-        let opts = parse_config(&std::fs::read_to_string(path).unwrap());
-        for name in [
-            "CONFIG_PVH",
-            "CONFIG_SERIAL_8250_CONSOLE",
-            "CONFIG_MEMCG",
-            "CONFIG_TMPFS",
-        ] {
-            assert_eq!(opts.get(name).map(String::as_str), Some("y"), "{name}");
-        }
-    }
-}
+mod tests;

@@ -143,6 +143,13 @@ mod tests {
         let words = t[&MachineKind::Microvm].kernel_words();
         assert!(words.iter().any(|w| w.starts_with("tsc_early_khz=")
             && w["tsc_early_khz=".len()..].parse::<u64>().is_ok()));
+        // A directly booted Linux resets by triple fault, on which -no-reboot exits QEMU.
+        for p in [MachineKind::Microvm, MachineKind::Pc] {
+            assert!(
+                t[&p].kernel_words().contains(&"reboot=t".to_string()),
+                "{p}"
+            );
+        }
     }
 
     #[test]

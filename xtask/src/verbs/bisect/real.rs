@@ -2,11 +2,11 @@
 //! made from Debian's `linux-source-6.1` with the patches of `xtask/bench-data/real-bisect/`
 //! as commits (one plants a flaky crash on the exit path), the pristine commit is built cold
 //! (tinyconfig + `kstorm.config`), then `git bisect run xtask bisect-run --kernel-tree` runs
-//! between the pristine source and the last patch, each step's kernel built incrementally from
-//! the newest finished build. It must land on the planted commit; it prints wall time, build
-//! time and runs per step.
+//! between the pristine source and the last patch, each step's kernel built by make in the one
+//! build folder of this tree and configuration. It must land on the planted commit; it prints
+//! per step the runs and their mean `total_s`, the build time and the wall time.
 
-use super::log::{BisectLog, Step};
+use super::log::{BisectLog, RunEntry, Step};
 use crate::host::{self, Cmd};
 use crate::images::kernel_tree::{self, BuildRecord, TreeSpec};
 use anyhow::{bail, Context, Result};
@@ -81,8 +81,9 @@ pub fn bench(work: Option<PathBuf>) -> Result<()> {
     );
     let cold = cold_build(&plan, &repo)?;
     let (first_bad, log, bisect_s) = bisect(&plan, &data, &repo, &work)?;
-    report(&repo, &cold, &log);
+    report(&repo, &cold, &log, bisect_s)?;
     check_rebuilt(&repo, &log)?;
+    check_runs_end_promptly(&log)?;
     let culprit = culprit_commit(&plan, &repo);
     println!(
         "bench real-bisect: {} commits, {} steps, bisection {:.0}s, whole bench {:.0}s",
@@ -260,10 +261,9 @@ fn cold_build(plan: &BenchPlan, repo: &Repo) -> Result<BuildRecord> {
         repo.base, plan.base
     );
     let (_, record) = kernel_tree::build_recorded(&spec(plan, repo), &host::cache_dir())?;
-    let how = match (record.cached, &record.seeded_from) {
-        (true, _) => "measured by an earlier run; its build is in the cache",
-        (false, None) => "from scratch",
-        (false, Some(_)) => "seeded from another build of this tree",
+    let how = match record.cached {
+        true => "measured by an earlier run; its kernel is in the cache".into(),
+        false => record.how(),
     };
     println!("cold build: {:.0}s ({how})", record.build_s);
     Ok(record)
@@ -316,46 +316,104 @@ fn bisect(
     Ok((first_bad?.trim().to_string(), log, bisect_s))
 }
 
-/// One line per step: the commit, its decision, runs, build time and how it was built, wall.
-fn report(repo: &Repo, cold: &BuildRecord, log: &BisectLog) {
+/// One line per step: the commit, its decision, runs and their mean `total_s`, build time and
+/// how it was built, wall time; then the builds against the cold one.
+fn report(repo: &Repo, cold: &BuildRecord, log: &BisectLog, bisect_s: f64) -> Result<()> {
     println!(
-        "{:<4} {:<12} {:<46} {:>9} {:>5} {:>8} {:>8}  build from",
-        "step", "commit", "subject", "decision", "runs", "build s", "wall s"
+        "{:<4} {:<12} {:<40} {:>8} {:>4} {:>8} {:>7} {:>6}  build",
+        "step", "commit", "subject", "decision", "runs", "total_s", "build s", "wall s"
     );
+    let mut all_runs = Vec::new();
     for (i, s) in log.steps.iter().enumerate() {
-        let (build_s, from) = match &s.build {
-            Some(b) => (b.build_s, build_origin(b)),
+        let totals = run_totals(s)?;
+        let (build_s, how) = match &s.build {
+            Some(b) => (b.build_s, b.how()),
             None => (f64::NAN, "-".into()),
         };
         println!(
-            "{:<4} {:<12} {:<46.46} {:>9} {:>5} {build_s:>8.0} {:>8.0}  {from}",
+            "{:<4} {:<12} {:<40.40} {:>8} {:>4} {:>8.2} {build_s:>7.0} {:>6.0}  {how}",
             i + 1,
             &s.commit[..12.min(s.commit.len())],
             subject(repo, &s.commit),
             decision_word(s),
             s.tally.attempts,
+            mean(&totals),
             s.wall_s
         );
+        all_runs.extend(totals);
     }
-    let incremental: Vec<f64> = log
-        .steps
+    let incremental: Vec<f64> = incremental_builds(log).map(|b| b.build_s).collect();
+    let worst = incremental.iter().copied().fold(f64::NAN, f64::max);
+    println!(
+        "kernel build: cold {:.0}s; incremental {} builds, mean {:.0}s, worst {:.0}s \
+         (worst / cold {:.2}, target <= 0.30)",
+        cold.build_s,
+        incremental.len(),
+        mean(&incremental),
+        worst,
+        worst / cold.build_s
+    );
+    let slowest = all_runs.iter().copied().fold(f64::NAN, f64::max);
+    println!(
+        "runs: {} over {} steps, total_s mean {:.2}s, slowest {:.2}s (target <= 3 s); \
+         bisection {bisect_s:.0}s after the cold build",
+        all_runs.len(),
+        log.steps.len(),
+        mean(&all_runs),
+        slowest
+    );
+    Ok(())
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len() as f64
+}
+
+/// The builds a bisection step made in a folder that had built another commit before.
+fn incremental_builds(log: &BisectLog) -> impl Iterator<Item = &BuildRecord> {
+    log.steps
         .iter()
         .filter_map(|s| s.build.as_ref())
-        .filter(|b| !b.cached && b.seeded_from.is_some())
-        .map(|b| b.build_s)
-        .collect();
-    let runs: u32 = log.steps.iter().map(|s| s.tally.attempts).sum();
-    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
-    println!(
-        "kernel build: cold {:.0}s, incremental mean {:.0}s over {} builds (ratio {:.2}); \
-         runs {runs} over {} steps (mean {:.1} per step)",
-        cold.build_s,
-        mean(&incremental),
-        incremental.len(),
-        mean(&incremental) / cold.build_s,
-        log.steps.len(),
-        runs as f64 / log.steps.len().max(1) as f64
-    );
+        .filter(|b| !b.cached && b.built_over.is_some())
+}
+
+/// Each run's `total_s` (QEMU start to QEMU gone) of one step, read from its results.
+fn run_totals(step: &Step) -> Result<Vec<f64>> {
+    let mut totals = Vec::new();
+    for run in &step.runs {
+        totals.extend(run_total(run)?);
+    }
+    Ok(totals)
+}
+
+/// `None` for a run that left no results (the harness failed before the cell). A run's folder is
+/// its cell's folder in the commit's run.
+fn run_total(run: &RunEntry) -> Result<Option<f64>> {
+    if run.dir.is_empty() {
+        return Ok(None);
+    }
+    let path = Path::new(&run.dir).join(crate::results::RECORD_FILE);
+    let record: crate::cell::CellRecord = crate::results::read_json(&path)?;
+    Ok(Some(record.timings.total_s))
+}
+
+/// A passing run that still took the power-off grace: its guest stopped in a way the cell
+/// runner did not notice, and every run of a bisection would pay for it.
+fn check_runs_end_promptly(log: &BisectLog) -> Result<()> {
+    let grace = crate::cell::monitor::POWEROFF_GRACE.as_secs_f64();
+    for run in log.steps.iter().flat_map(|s| &s.runs) {
+        let Some(total) = run_total(run)? else {
+            continue;
+        };
+        if run.verdict == "pass" && total >= grace {
+            bail!(
+                "{}: the cell took {total:.1}s, the power-off grace ({grace:.0}s) ran out: \
+                 the guest's stop went unnoticed",
+                run.dir
+            );
+        }
+    }
+    Ok(())
 }
 
 fn decision_word(s: &Step) -> &'static str {
@@ -367,62 +425,46 @@ fn decision_word(s: &Step) -> &'static str {
     }
 }
 
-fn build_origin(b: &BuildRecord) -> String {
-    match (&b.seeded_from, b.cached) {
-        (_, true) => "cache (built before)".into(),
-        (Some(s), false) => format!("seed {} (copy {:.0}s)", &s.commit[..12], s.copy_s),
-        (None, false) => "scratch".into(),
-    }
-}
-
-/// For every seeded build: each C file that differs between the seed's commit and the step's
-/// has its object rebuilt after the copy (the claim that make's mtime check suffices after
-/// `git checkout`). Prints how many objects each build recompiled.
+/// For every incremental build: each C file that differs between the commit the folder held
+/// before and the step's commit has its object rebuilt by this build (make's mtime check after
+/// `git checkout` is the whole mechanism), and the number of objects compiled is printed.
 fn check_rebuilt(repo: &Repo, log: &BisectLog) -> Result<()> {
-    for b in log.steps.iter().filter_map(|s| s.build.as_ref()) {
-        let Some(seed) = b.seeded_from.as_ref().filter(|_| !b.cached) else {
-            continue;
-        };
+    for b in incremental_builds(log) {
+        let before = b.built_over.as_ref().context("an incremental build")?;
         let changed = git(&repo.path)
-            .args(["diff", "--name-only", &seed.commit, &b.commit, "--", "*.c"])
+            .args([
+                "diff",
+                "--name-only",
+                &before.commit,
+                &b.commit,
+                "--",
+                "*.c",
+            ])
             .read()?;
         let mut rebuilt = Vec::new();
         for c in changed.lines() {
-            let object = b.dir.join(Path::new(c).with_extension("o"));
+            let object = b.build_dir.join(Path::new(c).with_extension("o"));
             let Ok(meta) = std::fs::metadata(&object) else {
                 continue; // not part of this configuration
             };
             let built = meta.modified()?.duration_since(std::time::UNIX_EPOCH)?;
-            if built.as_secs_f64() <= seed.copied_unix {
+            if built.as_secs_f64() <= b.started_unix {
                 bail!(
                     "{}: {c} changed since {} but its object was not rebuilt",
-                    b.dir.display(),
-                    seed.commit
+                    b.build_dir.display(),
+                    before.commit
                 );
             }
             rebuilt.push(c.to_string());
         }
         let newer = Cmd::new("find")
-            .arg(&b.dir)
-            .args([
-                "-name",
-                "*.o",
-                "-newermt",
-                &format!("@{}", seed.copied_unix),
-            ])
+            .arg(&b.build_dir)
+            .args(["-name", "*.o", "-newermt", &format!("@{}", b.started_unix)])
             .read()?;
-        // objtool's own build records the build folder's absolute path, so in a copy it is
-        // relinked, and every object that depends on it is compiled again (ccache hits).
-        let objtool = std::fs::metadata(b.dir.join("tools/objtool/objtool"))
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
-            .is_some_and(|m| m.as_secs_f64() > seed.copied_unix);
         println!(
-            "build of {}: {} objects recompiled{}; changed C files rebuilt: {}",
+            "build of {}: {} objects compiled; changed C files rebuilt: {}",
             &b.commit[..12],
             newer.lines().count(),
-            if objtool { " (objtool relinked)" } else { "" },
             if rebuilt.is_empty() {
                 "none in this configuration".to_string()
             } else {

@@ -268,17 +268,10 @@ fn build_first(cell: Cell, record: &mut Option<BuildRecord>) -> anyhow::Result<C
         config.len()
     );
     let (_, built) = crate::images::kernel_tree::build_recorded(&spec, &host::cache_dir())?;
-    let how = match (&built.seeded_from, built.cached) {
-        (_, true) => "built before".to_string(),
-        (Some(s), false) => format!(
-            "seeded from the build of {} ({:.1}s copy)",
-            s.commit, s.copy_s
-        ),
-        (None, false) => "from scratch".to_string(),
-    };
     println!(
-        "kernel built in {:.1}s, {how}: {}",
+        "kernel built in {:.1}s, {}: {}",
         built.build_s,
+        built.how(),
         built.dir.display()
     );
     *record = Some(built);
