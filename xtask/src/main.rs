@@ -60,6 +60,10 @@ enum Verb {
     /// Install what the tests need (as root, from Debian), then run the whole test suite
     /// (`cargo test --workspace`; extra arguments go to cargo test).
     Test {
+        /// Only the tests that need no root, no QEMU and no network (`xtask/test-tiers.yaml`),
+        /// in about a minute.
+        #[arg(long)]
+        fast: bool,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_args: Vec<String>,
     },
@@ -330,7 +334,7 @@ fn main() -> ExitCode {
             BenchWhich::RealBisect { work } => exit_of(verbs::bisect::real::bench(work)),
         },
         Verb::Scan(a) => kstorm::detect::scan::run(&a),
-        Verb::Test { cargo_args } => verbs::test::test(&cargo_args),
+        Verb::Test { fast, cargo_args } => verbs::test::test(fast, &cargo_args),
         Verb::Clean(a) => exit_of(verbs::clean::clean(a.results)),
     };
     ExitCode::from(code as u8)

@@ -197,8 +197,18 @@ fn bisect_run_usage_errors_abort_the_bisection() {
         "--filter",
         "smoke@linux-128M",
     ];
-    let cases: [&[&str]; 5] = [
+    let cases: [&[&str]; 7] = [
         &["bisect-run", "--filter", "smoke"],
+        // A selection that matches nothing (or several cells) at the first step would make
+        // `git bisect run` skip every commit: an abort, not a skip.
+        &[
+            "bisect-run",
+            "--suite",
+            "default",
+            "--filter",
+            "nothing-matches",
+        ],
+        &["bisect-run", "--suite", "default", "--filter", "smoke"],
         &[
             "bisect-run",
             "--suite",
@@ -241,6 +251,30 @@ fn bisect_run_usage_errors_abort_the_bisection() {
             "{args:?} wrote results"
         );
     }
+    // At a later step the same selection skips that commit, naming why.
+    let log = dir.path().join("later/bisect-later/bisect.json");
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    let step = serde_json::json!({"commit": "c0", "describe": "c0", "rule": {"p": 0.3,
+        "alpha": 0.001, "clean_needed": 20, "max_runs": 50, "max_other": 5},
+        "decision": "good", "exit_code": 0, "tally": {"attempts": 20, "clean": 20, "other": 0,
+        "infra": 0}, "runs": [], "wall_s": 1.0});
+    let text = serde_json::json!({"id": "later", "title": null, "steps": [step]}).to_string();
+    std::fs::write(&log, text).unwrap();
+    let later = Command::new(XTASK)
+        .args([
+            "bisect-run",
+            "--suite",
+            "default",
+            "--filter",
+            "nothing-matches",
+        ])
+        .args(["--id", "later", "--results"])
+        .arg(dir.path().join("later"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&later.stdout);
+    assert_eq!(later.status.code(), Some(125), "{stdout}");
+    assert!(stdout.contains("skip (NoCell)"), "{stdout}");
     // Help is not an error; other verbs keep clap's 2.
     let help = Command::new(XTASK)
         .args(["bisect-run", "--help"])

@@ -201,14 +201,13 @@ impl NotHere {
 
 /// The one cell of this commit's suite, with the kernel in place.
 fn select_cell(a: &BisectArgs) -> Result<Cell, NotHere> {
-    let sel = Selection {
-        filters: vec![a.filter.clone()],
-        ..Selection::default()
-    };
+    // The whole matrix, then the filter: a filter that matches nothing is a selection problem,
+    // not a suite that does not load.
     let cells = (|| {
         let catalog = Catalog::load(&host::workspace_root())?;
         let suite = catalog.resolve_suite(&a.suite)?;
-        let cells = matrix::expand(&suite, &catalog, &sel)?;
+        let mut cells = matrix::expand(&suite, &catalog, &Selection::default())?;
+        cells.retain(|c| c.id.contains(a.filter.as_str()));
         crate::images::local::apply(cells, a.kernel.as_deref()).map_err(anyhow::Error::from)
     })()
     .map_err(NotHere::DoesNotLoad)?;
