@@ -1,21 +1,24 @@
 //! kstorm's harness, as a library so the integration tests drive the same code as the CLI.
 //!
-//! One module per concern:
-//! - [`config`]: suites and images (YAML), validated once into typed structs;
-//! - [`matrix`]: expands a suite into cells (image x RAM x variant x case x repeat), checking
-//!   each case's parameters;
-//! - [`list`]: the `list` verb: the cells a selection would run, nothing booted;
-//! - [`host`]: host tools, cache and workspace paths; missing tools name their apt package;
-//! - [`images`]: fetch and prepare kernels (Debian's Linux, GNU Mach) and initramfs archives;
-//! - [`payload`]: builds the static guest payload;
-//! - [`qemu`]: the QEMU argument vector, start/stop, the KVM probe;
-//! - [`cell`]: runs one cell: boot, stream the console, read frames, decide the verdict;
+//! The modules, in layers from the bottom (each uses only those above it in this list;
+//! `docs/architecture.md` says what each owns and where a new thing goes):
+//! - [`error`], [`yaml`]: the error types every layer shares; the YAML loader with spans;
+//! - [`host`]: host commands, cache and workspace paths, the Debian package planner;
 //! - [`detect`]: crash, hang and OOM detection on console logs;
+//! - [`config`]: suites, images and guest recipes (YAML), validated once into typed structs;
+//! - [`matrix`]: a suite expanded into cells, checked against the scenario registry; shards;
 //! - [`verdict`]: the verdict type and expected-vs-actual;
-//! - [`report`]: results on disk (atomic), JUnit, the summary table;
+//! - [`qemu`]: the QEMU argument vector, the process, machine profiles, the boot medium;
 //! - [`transport`]: ssh and serial-shell access to guests that boot their own init;
-//! - [`bisect`]: the `bisect-run` verb: one `git bisect run` step under a sequential rule;
-//! - [`run`]: the `run` verb: the whole matrix, in parallel, with progress bars.
+//! - [`images`]: kernels, disks, initramfs archives and ISOs, made into what QEMU boots;
+//! - [`guest_build`]: what runs in the guest, built on the host (payload, Mach task, tools);
+//! - [`guest`]: the drivers of guests whose steps are data (FreeBSD, GNU/Hurd);
+//! - [`cell`]: runs one cell: backend, pure monitor, judge;
+//! - [`stats`]: the statistics the verbs share (sweep search, intervals, fits);
+//! - [`results`]: the typed results store (run folders written and read back);
+//! - [`session`]: the engine: prepared once, runs cells into a store as often as asked;
+//! - [`render`]: terminal tables and `report.html` from stored results;
+//! - [`verbs`]: one module per `cargo xtask` verb.
 
 pub mod cell;
 pub mod config;
