@@ -4,7 +4,7 @@
 //! have a format (RAM sizes, durations, names) are checked while deserializing, so the YAML
 //! error carries the file, line, column and field path; checks across fields (duplicate names,
 //! unknown images, scenario parameters at expansion) name the file, the field and the line of
-//! its key, from the parser's spans ([`Layout`]). Every such error is a [`UsageError`].
+//! its key, from the parser's spans ([`crate::yaml::Layout`]). Every such error is a [`UsageError`].
 
 pub mod guest_recipe;
 

@@ -206,7 +206,7 @@ impl Args {
 }
 
 /// True when `/dev/kvm` can be opened for reading and writing. Necessary, not sufficient: see
-/// [`crate::run`]'s probe, which boots a real guest before trusting KVM.
+/// [`crate::session::accel`]'s probe, which boots a real guest before trusting KVM.
 pub fn kvm_device_usable() -> bool {
     std::fs::OpenOptions::new()
         .read(true)

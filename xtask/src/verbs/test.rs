@@ -53,7 +53,7 @@ impl Tiers {
         if self.unit {
             runs.push(words(&["test", "--workspace", "--lib", "--bins"]));
         }
-        for (package, files) in &self.targets {
+        for files in self.targets.values() {
             for (file, selection) in files {
                 let mut argv = words(&["test", "--workspace", "--test", file]);
                 match selection {
