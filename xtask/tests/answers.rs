@@ -154,7 +154,7 @@ fn report_shards_merge_and_compare() {
     seen.sort();
     assert_eq!(seen, ids, "shards must cover every cell exactly once");
     let merged = tmp.path().join("merged");
-    kstorm::results::merge::merge(&shard_dirs, &merged).unwrap();
+    kstorm::verbs::report::merge_shards(&shard_dirs, Some(merged.clone())).unwrap();
     let m = json(&merged.join("summary.json"));
     let s = json(&single.root.join("summary.json"));
     assert_eq!(comparable(&m), comparable(&s));
