@@ -109,7 +109,14 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
 /// Runs given cells as the `run` verb would (the suite name labels the results): a session of
 /// their own, a new run folder (or the one to resume), the report and the tables.
 pub fn run_cells(suite: &str, cells: Vec<Cell>, opts: &RunOptions) -> Result<RunOutcome> {
-    let (store, pending) = open_store(suite, cells, opts)?;
+    // A new run prepares its session first: a host that cannot run cells (no QEMU, no root to
+    // install it) is told so before any results folder exists.
+    let Some(root) = &opts.resume else {
+        let session = Session::prepare(&cells, opts.session.clone())?;
+        let store = new_store(suite, cells.len(), opts)?;
+        return run_in(&session, &store, cells);
+    };
+    let (store, pending) = reopen_store(root, cells)?;
     let session = Session::prepare(&pending, opts.session.clone())?;
     run_in(&session, &store, pending)
 }
@@ -138,14 +145,16 @@ pub fn run_in(session: &Session, store: &Store, cells: Vec<Cell>) -> Result<RunO
     })
 }
 
-/// A new run folder, or with `--resume` the old one; and the cells still to run.
-fn open_store(suite: &str, cells: Vec<Cell>, opts: &RunOptions) -> Result<(Store, Vec<Cell>)> {
-    let Some(root) = &opts.resume else {
-        let mut info = RunInfo::new("run", suite, opts.request.clone());
-        info.profile = format!("{:?}", opts.selection.profile).to_lowercase();
-        info.cells_planned = cells.len();
-        return Ok((Store::create(&opts.results_root, "", info)?, cells));
-    };
+/// A new run folder for `planned` cells.
+fn new_store(suite: &str, planned: usize, opts: &RunOptions) -> Result<Store> {
+    let mut info = RunInfo::new("run", suite, opts.request.clone());
+    info.profile = format!("{:?}", opts.selection.profile).to_lowercase();
+    info.cells_planned = planned;
+    Store::create(&opts.results_root, "", info)
+}
+
+/// With `--resume`, the old run folder and the cells still to run.
+fn reopen_store(root: &Path, cells: Vec<Cell>) -> Result<(Store, Vec<Cell>)> {
     let store = Store::reopen(root)?;
     let finished = store.records();
     if let Some(stranger) = finished

@@ -56,9 +56,9 @@ pub fn sweep(opts: &SweepOptions) -> Result<SweepFile> {
     let mut info = RunInfo::new("sweep", &opts.run.suite, std::env::args().skip(1).collect());
     info.profile = format!("{:?}", opts.run.selection.profile).to_lowercase();
     info.cells_planned = opts.max_cells;
-    let store = Store::create(&opts.run.results_root, "sweep-", info)?;
     let templates: Vec<Cell> = groups.iter().map(|g| g.template.clone()).collect();
     let session = Session::prepare(&templates, opts.run.session.clone())?;
+    let store = Store::create(&opts.run.results_root, "sweep-", info)?;
     session.stamp(&store)?;
     eprintln!(
         "kstorm: sweeping {} of {} over {} group(s), results in {}",

@@ -44,7 +44,7 @@ pub enum SkipReason {
     BuildFailure,
     /// `--filter` selects no cell (or several) at this commit.
     NoCell,
-    /// The suite file or the kernel path does not load at this commit.
+    /// The suite file does not load at this commit.
     DoesNotLoad,
     BootFailure,
     /// `max_other` unrelated crashes.

@@ -183,9 +183,9 @@ pub fn bisect_run(a: &BisectArgs) -> i32 {
 enum NotHere {
     /// `--filter` selects no cell, or several, in this commit's suite.
     Selection(anyhow::Error),
-    /// The suite, or the kernel path, does not load at this commit.
+    /// The suite does not load at this commit.
     DoesNotLoad(anyhow::Error),
-    /// The kernel tree does not build.
+    /// The kernel tree does not build, or `--kernel` names no kernel at this commit.
     Build(anyhow::Error),
 }
 
@@ -208,9 +208,13 @@ fn select_cell(a: &BisectArgs) -> Result<Cell, NotHere> {
         let suite = catalog.resolve_suite(&a.suite)?;
         let mut cells = matrix::expand(&suite, &catalog, &Selection::default())?;
         cells.retain(|c| c.id.contains(a.filter.as_str()));
-        crate::images::local::apply(cells, a.kernel.as_deref()).map_err(anyhow::Error::from)
+        anyhow::Ok(cells)
     })()
     .map_err(NotHere::DoesNotLoad)?;
+    // A `--kernel` that is missing or no kernel at this commit is what a failed build leaves
+    // (`make; xtask bisect-run --kernel vmlinux`): the commit is skipped, at any step.
+    let cells = crate::images::local::apply(cells, a.kernel.as_deref())
+        .map_err(|e| NotHere::Build(anyhow::Error::from(e)))?;
     let mut cells = with_tree(cells, a).map_err(NotHere::DoesNotLoad)?;
     match cells.len() {
         1 => Ok(cells.remove(0)),
@@ -302,8 +306,8 @@ fn judge_commit(
         // The same commit judged again (a bisection restarted): its old runs are not evidence.
         std::fs::remove_dir_all(dir)?;
     }
-    let store = Store::create_at(dir, info)?;
     let session = Session::prepare(std::slice::from_ref(cell), opts)?;
+    let store = Store::create_at(dir, info)?;
     session.stamp(&store)?;
     let mut feed = RuleFeed {
         rule,
