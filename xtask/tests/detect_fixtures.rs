@@ -20,7 +20,7 @@ const EXPECTED_COUNTS: [(Os, usize); 6] = [
     (Os::Freebsd, 19),
     (Os::Openbsd, 9),
     (Os::Netbsd, 8),
-    (Os::Mach, 19),
+    (Os::Mach, 20),
     (Os::Hurd, 12),
 ];
 
