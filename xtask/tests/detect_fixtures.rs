@@ -20,8 +20,8 @@ const EXPECTED_COUNTS: [(Os, usize); 6] = [
     (Os::Freebsd, 19),
     (Os::Openbsd, 9),
     (Os::Netbsd, 8),
-    (Os::Mach, 10),
-    (Os::Hurd, 5),
+    (Os::Mach, 20),
+    (Os::Hurd, 12),
 ];
 
 struct Fixture {
