@@ -32,6 +32,8 @@ pub struct Runner<'a> {
     pub in_guest: bool,
     progress: Progress,
     heartbeat_s: f64,
+    /// Each plan sysctl as asked and as the kernel reported it back, in every result.
+    knobs: BTreeMap<String, String>,
 }
 
 impl<'a> Runner<'a> {
@@ -41,6 +43,7 @@ impl<'a> Runner<'a> {
             in_guest,
             progress: Progress::new()?,
             heartbeat_s: plan.heartbeat_ms.clamp(50, 1000) as f64 / 1000.0,
+            knobs: BTreeMap::new(),
         })
     }
 
@@ -72,7 +75,8 @@ impl<'a> Runner<'a> {
                 res * 1000.0
             ));
         }
-        let failures = apply_sysctls(&plan.sysctl);
+        let (failures, knobs) = apply_sysctls(&plan.sysctl);
+        self.knobs = knobs;
         let mut all_passed = true;
         if !failures.is_empty() {
             let why = format!("plan sysctl could not be applied: {}", failures.join("; "));
@@ -117,6 +121,7 @@ impl<'a> Runner<'a> {
             );
         }
         let mut facts = report.facts;
+        facts.extend(self.knobs.clone());
         if let Some(stop) = &report.stop_error {
             facts.insert("stop_error".into(), stop.clone());
         }
@@ -368,28 +373,31 @@ fn child_main(
     0
 }
 
-/// Writes each `name=value` to /proc/sys (dots become slashes); returns what failed.
-pub fn apply_sysctls(list: &[(String, String)]) -> Vec<String> {
+/// Writes each `name=value` to /proc/sys (dots become slashes); returns what failed, and the
+/// facts `sysctl.NAME.asked` and `sysctl.NAME.reported` (what the kernel kept: a sweep of a
+/// sysctl records both, as the recipe guests' driver does).
+pub fn apply_sysctls(list: &[(String, String)]) -> (Vec<String>, BTreeMap<String, String>) {
     let mut failed = Vec::new();
+    let mut facts = BTreeMap::new();
     for (name, value) in list {
         if name.is_empty() || name.contains('/') || name.contains("..") {
             failed.push(format!("{name}: not a sysctl name"));
             continue;
         }
+        facts.insert(format!("sysctl.{name}.asked"), value.clone());
         let path = format!("/proc/sys/{}", name.replace('.', "/"));
-        match sys::write_file(&path, value) {
-            Ok(()) => {
-                // Read back: some knobs accept a write and keep another value.
-                if let Ok(now) = sys::read_file(&path) {
-                    if now.split_whitespace().collect::<Vec<_>>()
-                        != value.split_whitespace().collect::<Vec<_>>()
-                    {
-                        failed.push(format!("{name}={value}: kernel keeps {:?}", now.trim()));
-                    }
-                }
+        if let Err(e) = sys::write_file(&path, value) {
+            failed.push(format!("{name}={value}: {} ({})", sys::err_name(&e), path));
+            continue;
+        }
+        // Read back: some knobs accept a write and keep another value.
+        if let Ok(now) = sys::read_file(&path) {
+            let now = now.split_whitespace().collect::<Vec<_>>().join(" ");
+            facts.insert(format!("sysctl.{name}.reported"), now.clone());
+            if now != value.split_whitespace().collect::<Vec<_>>().join(" ") {
+                failed.push(format!("{name}={value}: kernel keeps {now:?}"));
             }
-            Err(e) => failed.push(format!("{name}={value}: {} ({})", sys::err_name(&e), path)),
         }
     }
-    failed
+    (failed, facts)
 }

@@ -134,15 +134,31 @@ struct RunArgs {
     resume: Option<PathBuf>,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum HarderArg {
+    Lower,
+    Higher,
+}
+
 #[derive(Args)]
 struct SweepArgs {
     #[arg(long, default_value = "default")]
     suite: String,
     #[arg(long)]
     case: String,
-    /// The numeric parameter of the case to vary.
+    /// The numeric parameter of the case to vary (short for --axis param:NAME).
+    #[arg(long, conflicts_with = "axis", required_unless_present = "axis")]
+    param: Option<String>,
+    /// What to vary: ram, cmdline:NAME, sysctl:NAME, tunable:NAME or param:NAME.
     #[arg(long)]
-    param: String,
+    axis: Option<String>,
+    /// Which values stress the kernel more (default: higher for a parameter, lower otherwise).
+    #[arg(long, value_enum)]
+    harder: Option<HarderArg>,
+    /// Sweep once per value of a second axis and fit the breaking point against it
+    /// (e.g. ram=64M,128M,256M).
+    #[arg(long)]
+    over: Option<String>,
     #[arg(long = "ram")]
     ram: Vec<RamSize>,
     #[arg(long = "image")]
@@ -158,11 +174,12 @@ struct SweepArgs {
     /// Seed of the bootstrap.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Lowest and highest value to try (default: 1 and 1000 times the case's value).
+    /// Lowest and highest value to try, as the axis reads them (48M for RAM; default for a
+    /// parameter: 1 and 1000 times the case's value).
     #[arg(long)]
-    from: Option<f64>,
+    from: Option<String>,
     #[arg(long)]
-    to: Option<f64>,
+    to: Option<String>,
     /// Stop a group when its 95% interval is at most this fraction of the estimate.
     #[arg(long, default_value_t = 0.1)]
     target_width: f64,
@@ -411,9 +428,24 @@ fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     run.selection.ram = (!a.ram.is_empty()).then_some(a.ram);
     run.selection.images = (!a.images.is_empty()).then_some(a.images);
     a.exec.apply(&mut run);
+    let axis: kstorm::matrix::axis::Axis = match (a.axis, a.param) {
+        (Some(axis), _) => axis.parse()?,
+        (None, Some(p)) => format!("param:{p}").parse()?,
+        (None, None) => unreachable!("clap requires --axis or --param"),
+    };
+    let over = a
+        .over
+        .as_deref()
+        .map(verbs::sweep::parse_over)
+        .transpose()?;
     verbs::sweep::sweep(&verbs::sweep::SweepOptions {
         case: a.case,
-        param: a.param,
+        axis,
+        harder: a.harder.map(|h| match h {
+            HarderArg::Lower => kstorm::stats::breaking_point::Harder::Lower,
+            HarderArg::Higher => kstorm::stats::breaking_point::Harder::Higher,
+        }),
+        over,
         variants: a.variants,
         max_cells: a.max_cells,
         max_time: a.max_time.0,

@@ -371,8 +371,13 @@ fn sweep_section(file: &SweepFile) -> Result<String> {
         esc(&file.case),
         esc(&super::text::sweep_table(file))
     );
+    let axis = axis_title(file);
     for g in &file.groups {
-        let name = format!("{} {}M {}", g.image, g.ram_mib, g.variant);
+        let over = match (&file.over, g.over) {
+            (Some(o), Some(v)) => format!(" {}={v}", o.axis.label()),
+            _ => String::new(),
+        };
+        let name = format!("{} {}M {}{over}", g.image, g.ram_mib, g.variant);
         let observed: Vec<(f64, f64)> = g
             .cells
             .iter()
@@ -394,17 +399,65 @@ fn sweep_section(file: &SweepFile) -> Result<String> {
                 let title = format!("count at failure per repeat: {name}");
                 line_chart(&title, "repeat", "count", &[(name, counts)], true)?
             }
-            (_, Estimate::Survival { fit }) => survival_chart(&name, &observed, fit)?,
+            (_, Estimate::Survival { fit }) => survival_chart(&name, &axis, &observed, fit)?,
             _ => continue,
         };
+        out.push_str(&chart);
+    }
+    if let Some(chart) = over_chart(file)? {
         out.push_str(&chart);
     }
     out.push_str("</div>");
     Ok(out)
 }
 
+/// The swept axis as a plot's x label: `ram (MiB)`, `vm.min_free_kbytes`, `limit`.
+fn axis_title(file: &SweepFile) -> String {
+    match &file.axis {
+        Some(a) if !a.unit().is_empty() => format!("{} ({})", a.label(), a.unit()),
+        Some(a) => a.label().to_string(),
+        None => file.param.clone(),
+    }
+}
+
+/// The breaking point per `--over` value, with the fitted line.
+fn over_chart(file: &SweepFile) -> Result<Option<String>> {
+    let Some(over) = &file.over else {
+        return Ok(None);
+    };
+    let Some(fit) = &over.fit else {
+        return Ok(None);
+    };
+    let (lo, hi) = fit
+        .points
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+            (a.min(p.0), b.max(p.0))
+        });
+    let line = |x: f64| (x, fit.intercept.estimate + fit.slope.estimate * x);
+    let series = vec![
+        ("breaking point".to_string(), fit.points.clone()),
+        (
+            format!("fit: slope {:.3}", fit.slope.estimate),
+            vec![line(lo), line(hi)],
+        ),
+    ];
+    let x_label = match over.axis.unit() {
+        "" => over.axis.label().to_string(),
+        unit => format!("{} ({unit})", over.axis.label()),
+    };
+    let counting = file.groups.iter().any(|g| g.mode == Some(Mode::Counting));
+    let y_label = match counting {
+        true => format!("count at failure ({})", file.param),
+        false => axis_title(file),
+    };
+    let title = format!("breaking point of {} against {}", file.param, over.axis);
+    line_chart(&title, &x_label, &y_label, &series, true).map(Some)
+}
+
 fn survival_chart(
     name: &str,
+    axis: &str,
     observed: &[(f64, f64)],
     fit: &crate::stats::SurvivalFit,
 ) -> Result<String> {
@@ -420,7 +473,7 @@ fn survival_chart(
     let title = format!("survival: {name}");
     let mut sorted = series;
     sorted[0].1.sort_by(|a, b| a.0.total_cmp(&b.0));
-    line_chart(&title, "value", "survival", &sorted, true)
+    line_chart(&title, axis, "survival", &sorted, true)
 }
 
 fn environment(info: &RunInfo, records: &[CellRecord]) -> String {
