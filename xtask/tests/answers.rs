@@ -455,7 +455,10 @@ fn sweep_over_ram_fits_the_count_against_ram() {
     assert_eq!(fit.n, 2);
     assert!(fit.slope.estimate > 0.0, "{fit:?}");
     let text = kstorm::render::text::sweep_table(&file);
-    assert!(text.contains("against ram: breaking point ="), "{text}");
+    assert!(
+        text.contains("against ram: breaking point = slope"),
+        "{text}"
+    );
     let html = std::fs::read_to_string(results_dir(results.path()).join("report.html")).unwrap();
     assert!(html.contains("against ram"), "the fitted line is plotted");
     common::assert_no_qemu_mentioning(results.path());

@@ -7,6 +7,7 @@
 //! its key, from the parser's spans ([`crate::yaml::Layout`]). Every such error is a [`UsageError`].
 
 pub mod guest_recipe;
+pub mod vmstat;
 
 pub use crate::error::UsageError;
 use crate::yaml::{parse_yaml, read, Origin};

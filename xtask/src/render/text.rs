@@ -246,10 +246,14 @@ pub fn sweep_table(file: &SweepFile) -> String {
     for g in &file.groups {
         let (mode, estimate, interval) = describe(&g.estimate);
         let over = g.over.map(|v| over_value(file, v)).unwrap_or_default();
+        let ram = match file.axis {
+            Some(crate::matrix::axis::Axis::Ram) => "swept".to_string(),
+            _ => format!("{}M", g.ram_mib),
+        };
         out.push_str(&format!(
-            "{:<12} {:>5}M {:<14} {:>10} {:<9} {:>5} {:>12} {:>25}  {}\n",
+            "{:<12} {:>6} {:<14} {:>10} {:<9} {:>5} {:>12} {:>25}  {}\n",
             g.image,
-            g.ram_mib,
+            ram,
             g.variant,
             over,
             mode,
@@ -305,7 +309,7 @@ fn over_line(over: &crate::results::sweep::Over) -> String {
         _ => format!("{:.4} (interval open: {} points)", i.estimate, fit.n),
     };
     format!(
-        "against {}: breaking point = {} x {} + {}; r2 {:.3}, {} points\n",
+        "against {}: breaking point = slope {} x {} + intercept {}; r2 {:.4}, {} points\n",
         over.axis,
         ends(&fit.slope),
         over.axis.label(),
@@ -343,7 +347,11 @@ pub fn describe(e: &Estimate) -> (&'static str, String, String) {
         } => (
             "survival",
             "-".into(),
-            format!("between {} and {}", end(*last_survived), end(*first_failed)),
+            format!(
+                "survived {}, failed {}",
+                end(*last_survived),
+                end(*first_failed)
+            ),
         ),
         Estimate::None => ("-", "-".into(), "-".into()),
     }
