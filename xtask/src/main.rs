@@ -45,6 +45,9 @@ enum Verb {
         #[arg(long)]
         allow_missing: bool,
     },
+    /// Run a suite on two kernels, interleaved (A, B, A, B...), and compare them in the
+    /// mmtests style (exit 1 when B is worse, or significantly worse on a gate of the suite).
+    Ab(AbArgs),
     /// One `git bisect run` step on one cell under a sequential rule: exit 0 good, 1 bad,
     /// 125 skip (see README, "Bisecting a regression").
     BisectRun(kstorm::verbs::bisect::run::BisectArgs),
@@ -132,6 +135,25 @@ struct RunArgs {
     /// kept, the cut ones run again).
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct AbArgs {
+    /// Kernel A (the baseline), then kernel B: a vmlinux, a bzImage or a Linux build tree.
+    #[arg(long = "kernel", required = true)]
+    kernels: Vec<PathBuf>,
+    #[arg(long, default_value = "default")]
+    suite: String,
+    /// Runs of every cell per kernel.
+    #[arg(long, default_value_t = 3)]
+    repeat: u32,
+    #[arg(long = "ram")]
+    ram: Vec<RamSize>,
+    /// Only cells whose id contains this text (repeatable: any matches).
+    #[arg(long = "filter")]
+    filters: Vec<String>,
+    #[command(flatten)]
+    exec: ExecArgs,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -333,6 +355,7 @@ fn main() -> ExitCode {
             b,
             allow_missing,
         } => compare(&a, &b, allow_missing),
+        Verb::Ab(a) => ab(a),
         Verb::BisectRun(a) => verbs::bisect::run::bisect_run(&a),
         Verb::Build(a) => exit_of(verbs::build::build(&a.suite)),
         Verb::Fetch(a) => exit_of(kstorm::images::published::fetch_verb(
@@ -492,6 +515,28 @@ fn write_report(a: ReportArgs) -> anyhow::Result<i32> {
 fn compare(a: &std::path::Path, b: &std::path::Path, allow_missing: bool) -> i32 {
     match verbs::compare::compare_verb(a, b, allow_missing) {
         Ok(worse) => worse as i32,
+        Err(e) => error_exit(&e, false),
+    }
+}
+
+fn ab(a: AbArgs) -> i32 {
+    let [ka, kb] = <[PathBuf; 2]>::try_from(a.kernels).unwrap_or_else(|k| {
+        eprintln!(
+            "kstorm: usage error: --kernel: give exactly two (A, then B), got {}",
+            k.len()
+        );
+        std::process::exit(2)
+    });
+    let mut run = RunOptions::new(&a.suite);
+    run.selection.repeat = a.repeat;
+    run.selection.ram = (!a.ram.is_empty()).then_some(a.ram);
+    run.selection.filters = a.filters;
+    a.exec.apply(&mut run);
+    match verbs::ab::ab(&verbs::ab::AbOptions {
+        kernels: [ka, kb],
+        run,
+    }) {
+        Ok(t) => t.worse() as i32,
         Err(e) => error_exit(&e, false),
     }
 }

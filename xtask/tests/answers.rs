@@ -419,6 +419,18 @@ fn sweep_sysctl_axis_records_what_the_kernel_reported() {
     }
     let text = kstorm::render::text::sweep_table(&file);
     assert!(text.contains("8192 -> 8192"), "{text}");
+    // The payload also recorded the /proc/vmstat counters of xtask/vmstat.yaml around it.
+    let cell = results_dir(results.path())
+        .join("cells")
+        .join(&g.cells[0].cell);
+    let record = json(&cell.join("result.json"));
+    let vmstat = record["results"][0]["vmstat"]
+        .as_object()
+        .expect("vmstat deltas");
+    assert!(
+        vmstat.contains_key("oom_kill") && vmstat.contains_key("pgscan_kswapd"),
+        "{vmstat:?}"
+    );
 }
 
 /// The sweep's results folder under `root` (one per test).

@@ -159,7 +159,7 @@ pub fn compare(a: &[CellRecord], b: &[CellRecord]) -> Comparison {
 }
 
 /// The cell id without its repeat suffix (`.r2`): repeats pool.
-fn base_id(id: &str) -> String {
+pub fn base_id(id: &str) -> String {
     id.rsplit_once(".r")
         .filter(|(_, n)| n.parse::<u32>().is_ok())
         .map(|(b, _)| b)
@@ -263,7 +263,7 @@ fn crashes(records: &[CellRecord]) -> Vec<(String, Vec<String>)> {
 }
 
 /// Per cell without its repeat suffix, per measurement: the values over repeats.
-fn samples(records: &[CellRecord]) -> BTreeMap<(String, String), Vec<f64>> {
+pub fn samples(records: &[CellRecord]) -> BTreeMap<(String, String), Vec<f64>> {
     let mut out: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
     for r in records.iter().filter(|r| !r.verdict.is_infra()) {
         let base = base_id(&r.id);
