@@ -475,3 +475,59 @@ fn sweep_over_ram_fits_the_count_against_ram() {
     assert!(html.contains("against ram"), "the fitted line is plotted");
     common::assert_no_qemu_mentioning(results.path());
 }
+
+/// `ab` with Debian's kernel as both A and B, three repeats of smoke and fork-hold at 128M,
+/// interleaved: every measurement gets a row, none is marked significant, nothing is worse
+/// (exit 0), and compare.json and B's report.html carry the table.
+#[test]
+fn ab_same_kernel_twice_marks_nothing_significant() {
+    let catalog = common::catalog();
+    let vmlinux =
+        match kstorm::images::prepare(&catalog.images["linux"], &kstorm::host::cache_dir())
+            .expect("Debian kernel prepares")
+        {
+            kstorm::images::PreparedImage::Linux(k) => k.vmlinux.expect("PVH vmlinux"),
+            other => panic!("{other:?}"),
+        };
+    let results = tempfile::tempdir().unwrap();
+    let mut run = options(
+        results.path(),
+        &["smoke@linux-128M", "fork-hold@linux-128M"],
+    );
+    run.selection.repeat = 3;
+    let t = kstorm::verbs::ab::ab(&kstorm::verbs::ab::AbOptions {
+        kernels: [vmlinux.clone(), vmlinux],
+        run,
+    })
+    .unwrap();
+    assert!(t.rows.len() >= 10, "{:?}", t.rows);
+    assert!(
+        t.rows.iter().all(|r| r.a.n == 3 && r.b.n == 3),
+        "{:?}",
+        t.rows
+    );
+    let marked: Vec<&str> = t
+        .rows
+        .iter()
+        .filter(|r| r.significant)
+        .map(|r| r.measurement.as_str())
+        .collect();
+    assert!(marked.is_empty(), "same kernel, marked: {marked:?}");
+    assert!(
+        t.rows.iter().any(|r| r.gate.is_some()),
+        "the default suite gates fork_rate"
+    );
+    assert!(!t.worse(), "{}", kstorm::verbs::ab::text(&t));
+    assert_eq!(t.wall.len(), 2);
+    let ab = std::fs::read_dir(results.path())
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("ab-"))
+        .unwrap()
+        .path();
+    let json = json(&ab.join("compare.json"));
+    assert!(json["rows"].as_array().is_some_and(|r| !r.is_empty()));
+    let html = std::fs::read_to_string(ab.join("b/report.html")).unwrap();
+    assert!(html.contains("A/B:") && html.contains("geometric mean"));
+    common::assert_no_qemu_mentioning(results.path());
+}

@@ -448,3 +448,35 @@ fn zero_jobs_or_repeats_are_usage_errors() {
     }
     assert!(!dir.path().join("cache").exists());
 }
+
+/// `gates:` (what `ab` gates on): a bad direction and an unknown case name the line.
+#[test]
+fn gate_errors_name_the_line() {
+    let head = "name: s\ndescription: d\nimages: [img]\nram: [128M]\ncases:\n  - {name: a, scenario: smoke, expect: pass}\n";
+    let ok = catalog_with(&format!(
+        "{head}gates:\n  - {{measurement: uptime, case: a, worse: higher}}\n"
+    ))
+    .unwrap();
+    let g = &ok.suites["s"].gates[0];
+    assert_eq!(
+        (g.measurement.as_str(), g.worse),
+        ("uptime", config::Worse::Higher)
+    );
+    let err = catalog_with(&format!(
+        "{head}gates:\n  - {{measurement: uptime, worse: sideways}}\n"
+    ))
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("line 8") && err.contains("sideways"), "{err}");
+    let err = catalog_with(&format!(
+        "{head}gates:\n  - {{measurement: uptime, case: b, worse: lower}}\n"
+    ))
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("line 8") && err.contains("gates[0].case") && err.contains("unknown case"),
+        "{err}"
+    );
+}

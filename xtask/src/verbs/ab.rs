@@ -248,7 +248,7 @@ fn gate_of(gates: &[Gate], cell: &str, measurement: &str) -> Option<Worse> {
 fn number(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e12 {
         format!("{v:.0}")
-    } else if v.abs() >= 100.0 {
+    } else if v.abs() >= 10.0 {
         format!("{v:.1}")
     } else {
         format!("{v:.4}")
@@ -324,4 +324,55 @@ pub fn html(t: &Table) -> String {
         },
         esc(&text(t))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(m: &str) -> (String, String) {
+        ("fork-hold@linux-128M-base".into(), m.into())
+    }
+
+    /// Twenty noisy measurements drawn alike on both sides mark nothing (the correction at
+    /// work); a measurement that fell far on B is marked, and worse where a gate says lower is.
+    #[test]
+    fn marks_only_real_differences_and_gates_them() {
+        use rand::{rngs::StdRng, RngExt, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut noisy = |mean: f64| -> Vec<f64> {
+            (0..5)
+                .map(|_| mean * (1.0 + 0.1 * (rng.random::<f64>() - 0.5)))
+                .collect()
+        };
+        let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+        for i in 0..20 {
+            a.insert(key(&format!("m{i:02} [count]")), noisy(100.0));
+            b.insert(key(&format!("m{i:02} [count]")), noisy(100.0));
+        }
+        a.insert(key("fork_rate [1/s]"), noisy(100.0));
+        b.insert(key("fork_rate [1/s]"), noisy(50.0));
+        let gates = vec![Gate {
+            measurement: "fork_rate".into(),
+            case: Some(Name("fork-hold".into())),
+            worse: Worse::Lower,
+        }];
+        let rows = rows(&a, &b, &gates);
+        let marked: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.significant)
+            .map(|r| r.measurement.as_str())
+            .collect();
+        assert_eq!(marked, ["fork_rate [1/s]"]);
+        let fr = rows
+            .iter()
+            .find(|r| r.measurement.starts_with("fork_rate"))
+            .unwrap();
+        assert!(
+            fr.gate_worse && (fr.diff_pct.unwrap() + 50.0).abs() < 10.0,
+            "{fr:?}"
+        );
+        let same = super::rows(&a, &a, &gates);
+        assert!(same.iter().all(|r| !r.significant && !r.gate_worse));
+    }
 }
