@@ -29,15 +29,19 @@ pub fn render(run: &Run) -> Result<String> {
     let mut body = String::new();
     let title = format!("kstorm {} {}", run.info.suite, run.info.run_id);
     writeln!(body, "<h1>{}</h1>", esc(&title))?;
-    body.push_str(&headline(&run.info, records));
+    let sweep = run.optional_json::<SweepFile>(SWEEP_FILE)?;
+    body.push_str(&match &sweep {
+        Some(file) => sweep_headline(file, records),
+        None => headline(&run.info, records),
+    });
     if let Ok(text) = std::fs::read_to_string(run.root.join("compare.html")) {
         body.push_str(&text);
     }
-    if let Some(file) = run.optional_json::<SweepFile>(SWEEP_FILE)? {
-        body.push_str(&sweep_section(&file)?);
+    if let Some(file) = &sweep {
+        body.push_str(&sweep_section(file)?);
     }
     body.push_str(&matrix(records));
-    body.push_str(&scenario_plots(records)?);
+    body.push_str(&scenario_plots(records, sweep.as_ref())?);
     body.push_str(&environment(&run.info, records));
     body.push_str(&cell_details(&run.root, records));
     Ok(format!(
@@ -79,6 +83,50 @@ fn headline(info: &RunInfo, records: &[CellRecord]) -> String {
         records.len(),
         esc(&counts.join(", "))
     )
+}
+
+/// A sweep's cells past the breaking point are its answer, not failures: the heading counts
+/// what survived and what did not, and says where each group broke.
+fn sweep_headline(file: &SweepFile, records: &[CellRecord]) -> String {
+    let survived = file
+        .groups
+        .iter()
+        .flat_map(|g| &g.cells)
+        .filter(|c| c.observation.survived)
+        .count();
+    let infra = records.iter().filter(|r| r.verdict.is_infra()).count();
+    let mut out = format!(
+        "<p><b>{} cells swept along {}: {survived} survived, {} did not</b>{}</p><ul>",
+        records.len(),
+        esc(&file.param),
+        records.len() - survived - infra,
+        if infra > 0 {
+            format!(", {infra} infra (not counted)")
+        } else {
+            String::new()
+        }
+    );
+    for g in &file.groups {
+        let (mode, estimate, interval) = super::text::describe(&g.estimate);
+        let over = g.over.map(|v| format!(" at {v}")).unwrap_or_default();
+        let answer = match estimate.as_str() {
+            "-" => format!("{mode}: {interval}"),
+            _ => format!("{estimate} ({mode}, 95% {interval})"),
+        };
+        let _ = write!(
+            out,
+            "<li>{} {}{over}: breaking point {}; {}</li>",
+            esc(&g.image),
+            esc(&g.variant),
+            esc(&answer),
+            esc(&g.stopped)
+        );
+    }
+    if let Some(over) = &file.over {
+        let _ = write!(out, "<li>{}</li>", esc(super::text::over_line(over).trim()));
+    }
+    out.push_str("</ul>");
+    out
 }
 
 /// One table per case and image: RAM sizes as rows, variants as columns, each cell coloured by
@@ -136,7 +184,22 @@ fn matrix(records: &[CellRecord]) -> String {
 
 /// Per scenario: measurements across RAM (a line per image and variant), memory over time,
 /// and the slab caches the leak check flagged.
-fn scenario_plots(records: &[CellRecord]) -> Result<String> {
+fn scenario_plots(records: &[CellRecord], sweep: Option<&SweepFile>) -> Result<String> {
+    // In a sweep the measurements vary with the swept value, not with RAM.
+    let swept: BTreeMap<&str, f64> = sweep
+        .iter()
+        .flat_map(|f| &f.groups)
+        .flat_map(|g| &g.cells)
+        .map(|c| (c.cell.as_str(), c.observation.value))
+        .collect();
+    let x_label = match sweep {
+        Some(f) => axis_title(f),
+        None => "RAM [MiB]".to_string(),
+    };
+    let x_of = |r: &CellRecord| match sweep {
+        Some(_) => swept.get(r.id.as_str()).copied(),
+        None => Some(r.ram_mib as f64),
+    };
     let mut by_scenario: BTreeMap<&str, Vec<&CellRecord>> = BTreeMap::new();
     for r in records {
         by_scenario.entry(&r.scenario).or_default().push(r);
@@ -145,17 +208,17 @@ fn scenario_plots(records: &[CellRecord]) -> Result<String> {
     for (scenario, cells) in by_scenario {
         let _ = write!(out, "<h3>{}</h3><div class=\"plots\">", esc(scenario));
         for name in plotted_measurements(&cells) {
-            let series = across_ram(&cells, |r| measurement(r, &name));
+            let series = across(&cells, &x_of, |r| measurement(r, &name));
             if series.iter().any(|(_, p)| p.len() > 1) {
-                out.push_str(&line_chart(&name, "RAM [MiB]", &name, &series, true)?);
+                out.push_str(&line_chart(&name, &x_label, &name, &series, true)?);
             }
         }
-        let counts = across_ram(&cells, |r| r.last_progress.map(|c| c as f64));
+        let counts = across(&cells, &x_of, |r| r.last_progress.map(|c| c as f64));
         let counted = counts.iter().flat_map(|(_, p)| p).any(|(_, c)| *c > 0.0);
         if counted && counts.iter().any(|(_, p)| p.len() > 1) {
             out.push_str(&line_chart(
                 "count reached (last progress)",
-                "RAM [MiB]",
+                &x_label,
                 "count",
                 &counts,
                 true,
@@ -180,13 +243,24 @@ fn scenario_plots(records: &[CellRecord]) -> Result<String> {
     Ok(out)
 }
 
+/// The measurements worth a plot: not the payload's own, and not constant across the cells
+/// (an input such as `children` = 64 says nothing as a line).
 fn plotted_measurements(cells: &[&CellRecord]) -> Vec<String> {
+    let varies = |name: &str| {
+        let mut values = cells.iter().filter_map(|r| measurement(r, name));
+        let first = values.next();
+        values.any(|v| Some(v) != first)
+    };
     let mut names: Vec<String> = Vec::new();
     for r in cells {
         for res in &r.results {
             for name in res.measurements.keys() {
                 let internal = name.starts_with("payload_") || name == "progress";
-                if !internal && !names.contains(name) && names.len() < PLOTTED_MEASUREMENTS {
+                if !internal
+                    && !names.contains(name)
+                    && names.len() < PLOTTED_MEASUREMENTS
+                    && varies(name)
+                {
                     names.push(name.clone());
                 }
             }
@@ -202,17 +276,19 @@ fn measurement(r: &CellRecord, name: &str) -> Option<f64> {
 }
 
 /// One series per image and variant: (RAM MiB, value) for every cell that has the value.
-fn across_ram(
+/// One series per image and variant: `value` against `x` (RAM, or the swept value).
+fn across(
     cells: &[&CellRecord],
+    x: &dyn Fn(&CellRecord) -> Option<f64>,
     value: impl Fn(&CellRecord) -> Option<f64>,
 ) -> Vec<(String, Vec<(f64, f64)>)> {
     let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     for r in cells {
-        if let Some(v) = value(r) {
+        if let (Some(x), Some(v)) = (x(r), value(r)) {
             series
                 .entry(format!("{} {}", r.image, r.variant))
                 .or_default()
-                .push((r.ram_mib as f64, v));
+                .push((x, v));
         }
     }
     for points in series.values_mut() {
@@ -304,10 +380,22 @@ pub fn line_chart(
             .y_label_area_size(70)
             .build_cartesian_2d(x, y)
             .map_err(plot_err)?;
+        // Counts are whole numbers: label them so (not 64.0000).
+        let whole = |f: fn(&(f64, f64)) -> f64| {
+            series
+                .iter()
+                .flat_map(|(_, p)| p)
+                .all(|p| f(p).fract() == 0.0)
+        };
+        let (x_whole, y_whole) = (whole(|p| p.0), whole(|p| p.1));
+        let x_fmt = move |v: &f64| tick(*v, x_whole);
+        let y_fmt = move |v: &f64| tick(*v, y_whole);
         chart
             .configure_mesh()
             .x_desc(x_label)
             .y_desc(y_label)
+            .x_label_formatter(&x_fmt)
+            .y_label_formatter(&y_fmt)
             .draw()
             .map_err(plot_err)?;
         for (i, (name, pts)) in series.iter().enumerate() {
@@ -332,6 +420,18 @@ pub fn line_chart(
         root.present().map_err(plot_err)?;
     }
     Ok(svg)
+}
+
+/// A tick label: whole numbers without a fraction when the data are whole.
+fn tick(v: f64, whole: bool) -> String {
+    if whole {
+        format!("{:.0}", v)
+    } else {
+        format!("{v:.3}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+    }
 }
 
 fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {

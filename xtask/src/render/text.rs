@@ -297,7 +297,7 @@ fn reported_line(g: &crate::results::sweep::Group) -> String {
     format!("  asked -> reported by the kernel: {}\n", pairs.join(", "))
 }
 
-fn over_line(over: &crate::results::sweep::Over) -> String {
+pub fn over_line(over: &crate::results::sweep::Over) -> String {
     let Some(fit) = &over.fit else {
         return format!(
             "against {}: fewer than two groups with a breaking point, no line\n",
