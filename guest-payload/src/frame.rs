@@ -220,6 +220,7 @@ mod tests {
             facts: BTreeMap::new(),
             series: BTreeMap::new(),
             evidence: Vec::new(),
+            vmstat: BTreeMap::new(),
         })
     }
 
