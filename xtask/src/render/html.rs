@@ -185,16 +185,32 @@ fn matrix(records: &[CellRecord]) -> String {
 /// Per scenario: measurements across RAM (a line per image and variant), memory over time,
 /// and the slab caches the leak check flagged.
 fn scenario_plots(records: &[CellRecord], sweep: Option<&SweepFile>) -> Result<String> {
-    // In a sweep the measurements vary with the swept value, not with RAM.
+    // In a sweep the measurements vary with the swept value, not with RAM; a counting sweep
+    // repeats one value, so its measurements go against the `--over` value (none without).
+    let counting = sweep.is_some_and(|f| f.groups.iter().any(|g| g.mode == Some(Mode::Counting)));
     let swept: BTreeMap<&str, f64> = sweep
         .iter()
         .flat_map(|f| &f.groups)
-        .flat_map(|g| &g.cells)
-        .map(|c| (c.cell.as_str(), c.observation.value))
+        .flat_map(|g| g.cells.iter().map(move |c| (g, c)))
+        .filter_map(|(g, c)| {
+            let x = if counting {
+                g.over?
+            } else {
+                c.observation.value
+            };
+            Some((c.cell.as_str(), x))
+        })
         .collect();
-    let x_label = match sweep {
-        Some(f) => axis_title(f),
-        None => "RAM [MiB]".to_string(),
+    let x_label = match (sweep, counting) {
+        (Some(f), true) => f
+            .over
+            .as_ref()
+            .map_or(String::new(), |o| match o.axis.unit() {
+                "" => o.axis.label().to_string(),
+                unit => format!("{} ({unit})", o.axis.label()),
+            }),
+        (Some(f), false) => axis_title(f),
+        (None, _) => "RAM [MiB]".to_string(),
     };
     let x_of = |r: &CellRecord| match sweep {
         Some(_) => swept.get(r.id.as_str()).copied(),
