@@ -73,6 +73,9 @@ pub struct ScenarioResult {
     /// The memory accounting behind each leak decision the scenario made.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub evidence: Vec<MemoryEvidence>,
+    /// Linux: how much each `/proc/vmstat` counter of the plan grew over the scenario.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vmstat: BTreeMap<String, i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,6 +220,7 @@ mod tests {
             facts: BTreeMap::new(),
             series: BTreeMap::new(),
             evidence: Vec::new(),
+            vmstat: BTreeMap::new(),
         })
     }
 

@@ -23,6 +23,10 @@ pub struct Plan {
     /// `sysctl` settings applied before the scenarios run, as (`vm.overcommit_memory`, `"2"`).
     #[serde(default)]
     pub sysctl: Vec<(String, String)>,
+    /// Linux: `/proc/vmstat` counters (name prefixes) whose change over each scenario is
+    /// reported with its result (the list is data: `xtask/vmstat.yaml`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vmstat: Vec<String>,
     /// Scenarios, run in order.
     pub scenarios: Vec<ScenarioSpec>,
 }

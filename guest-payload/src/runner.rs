@@ -32,6 +32,11 @@ pub struct Runner<'a> {
     pub in_guest: bool,
     progress: Progress,
     heartbeat_s: f64,
+    /// Each plan sysctl as asked and as the kernel reported it back, in every result.
+    knobs: BTreeMap<String, String>,
+    /// The plan's `/proc/vmstat` counter prefixes, and the last scenario's deltas.
+    vmstat: Vec<String>,
+    vmstat_delta: BTreeMap<String, i64>,
 }
 
 impl<'a> Runner<'a> {
@@ -41,6 +46,9 @@ impl<'a> Runner<'a> {
             in_guest,
             progress: Progress::new()?,
             heartbeat_s: plan.heartbeat_ms.clamp(50, 1000) as f64 / 1000.0,
+            knobs: BTreeMap::new(),
+            vmstat: plan.vmstat.clone(),
+            vmstat_delta: BTreeMap::new(),
         })
     }
 
@@ -72,7 +80,8 @@ impl<'a> Runner<'a> {
                 res * 1000.0
             ));
         }
-        let failures = apply_sysctls(&plan.sysctl);
+        let (failures, knobs) = apply_sysctls(&plan.sysctl);
+        self.knobs = knobs;
         let mut all_passed = true;
         if !failures.is_empty() {
             let why = format!("plan sysctl could not be applied: {}", failures.join("; "));
@@ -117,6 +126,7 @@ impl<'a> Runner<'a> {
             );
         }
         let mut facts = report.facts;
+        facts.extend(self.knobs.clone());
         if let Some(stop) = &report.stop_error {
             facts.insert("stop_error".into(), stop.clone());
         }
@@ -129,6 +139,7 @@ impl<'a> Runner<'a> {
             facts,
             series,
             evidence: report.evidence,
+            vmstat: std::mem::take(&mut self.vmstat_delta),
         }));
     }
 
@@ -149,6 +160,7 @@ impl<'a> Runner<'a> {
             return false;
         };
         self.progress.reset();
+        let vmstat_before = self.read_vmstat();
         let t_start = sys::now();
         let (rr, rw) = match sys::pipe() {
             Ok(p) => p,
@@ -170,10 +182,20 @@ impl<'a> Runner<'a> {
         sys::kill_group(pid);
         while sys::reap_any().is_some() {}
         let wall = sys::now() - t_start;
+        self.vmstat_delta = vmstat_delta(&vmstat_before, &self.read_vmstat());
         let (outcome, error, mut report) = self.judge(&supervised);
         self.add_supervisor_measurements(&mut report, wall, supervised.busy);
         self.send_result(spec, i, outcome, error, report, supervised.series);
         outcome == Outcome::Pass
+    }
+
+    /// The plan's counters as `/proc/vmstat` has them now (empty when none are asked for).
+    fn read_vmstat(&self) -> BTreeMap<String, i64> {
+        if self.vmstat.is_empty() {
+            return BTreeMap::new();
+        }
+        let text = sys::read_file("/proc/vmstat").unwrap_or_default();
+        parse_vmstat(&text, &self.vmstat)
     }
 
     /// A failed result for a scenario that never ran, with nothing measured.
@@ -368,28 +390,77 @@ fn child_main(
     0
 }
 
-/// Writes each `name=value` to /proc/sys (dots become slashes); returns what failed.
-pub fn apply_sysctls(list: &[(String, String)]) -> Vec<String> {
+/// Writes each `name=value` to /proc/sys (dots become slashes); returns what failed, and the
+/// facts `sysctl.NAME.asked` and `sysctl.NAME.reported` (what the kernel kept: a sweep of a
+/// sysctl records both, as the recipe guests' driver does).
+pub fn apply_sysctls(list: &[(String, String)]) -> (Vec<String>, BTreeMap<String, String>) {
     let mut failed = Vec::new();
+    let mut facts = BTreeMap::new();
     for (name, value) in list {
         if name.is_empty() || name.contains('/') || name.contains("..") {
             failed.push(format!("{name}: not a sysctl name"));
             continue;
         }
+        facts.insert(format!("sysctl.{name}.asked"), value.clone());
         let path = format!("/proc/sys/{}", name.replace('.', "/"));
-        match sys::write_file(&path, value) {
-            Ok(()) => {
-                // Read back: some knobs accept a write and keep another value.
-                if let Ok(now) = sys::read_file(&path) {
-                    if now.split_whitespace().collect::<Vec<_>>()
-                        != value.split_whitespace().collect::<Vec<_>>()
-                    {
-                        failed.push(format!("{name}={value}: kernel keeps {:?}", now.trim()));
-                    }
-                }
+        if let Err(e) = sys::write_file(&path, value) {
+            failed.push(format!("{name}={value}: {} ({})", sys::err_name(&e), path));
+            continue;
+        }
+        // Read back: some knobs accept a write and keep another value.
+        if let Ok(now) = sys::read_file(&path) {
+            let now = now.split_whitespace().collect::<Vec<_>>().join(" ");
+            facts.insert(format!("sysctl.{name}.reported"), now.clone());
+            if now != value.split_whitespace().collect::<Vec<_>>().join(" ") {
+                failed.push(format!("{name}={value}: kernel keeps {now:?}"));
             }
-            Err(e) => failed.push(format!("{name}={value}: {} ({})", sys::err_name(&e), path)),
         }
     }
-    failed
+    (failed, facts)
+}
+
+/// `name value` lines of `/proc/vmstat`, kept when the name starts with one of `prefixes`.
+pub fn parse_vmstat(text: &str, prefixes: &[String]) -> BTreeMap<String, i64> {
+    text.lines()
+        .filter_map(|l| {
+            let (name, value) = l.split_once(' ')?;
+            let keep = prefixes.iter().any(|p| name.starts_with(p.as_str()));
+            Some((name.to_string(), value.trim().parse().ok()?)).filter(|_| keep)
+        })
+        .collect()
+}
+
+/// After minus before, per counter present in both.
+pub fn vmstat_delta(
+    before: &BTreeMap<String, i64>,
+    after: &BTreeMap<String, i64>,
+) -> BTreeMap<String, i64> {
+    after
+        .iter()
+        .filter_map(|(k, a)| Some((k.clone(), a - before.get(k)?)))
+        .collect()
+}
+
+#[cfg(test)]
+mod vmstat_tests {
+    use super::*;
+
+    #[test]
+    fn deltas_of_the_listed_counters() {
+        let prefixes = vec!["allocstall".to_string(), "oom_kill".to_string()];
+        let before = parse_vmstat(
+            "nr_free_pages 100\nallocstall_normal 2\nallocstall_movable 0\noom_kill 0\n",
+            &prefixes,
+        );
+        assert_eq!(before.len(), 3);
+        let after = parse_vmstat(
+            "nr_free_pages 5\nallocstall_normal 7\nallocstall_movable 1\noom_kill 1\n",
+            &prefixes,
+        );
+        let d = vmstat_delta(&before, &after);
+        assert_eq!(d["allocstall_normal"], 5);
+        assert_eq!(d["allocstall_movable"], 1);
+        assert_eq!(d["oom_kill"], 1);
+        assert!(!d.contains_key("nr_free_pages"));
+    }
 }

@@ -45,6 +45,9 @@ enum Verb {
         #[arg(long)]
         allow_missing: bool,
     },
+    /// Run a suite on two kernels, interleaved (A, B, A, B...), and compare them in the
+    /// mmtests style (exit 1 when B is worse, or significantly worse on a gate of the suite).
+    Ab(AbArgs),
     /// One `git bisect run` step on one cell under a sequential rule: exit 0 good, 1 bad,
     /// 125 skip (see README, "Bisecting a regression").
     BisectRun(kstorm::verbs::bisect::run::BisectArgs),
@@ -135,14 +138,49 @@ struct RunArgs {
 }
 
 #[derive(Args)]
+struct AbArgs {
+    /// Kernel A (the baseline), then kernel B: a vmlinux, a bzImage or a Linux build tree.
+    #[arg(long = "kernel", required = true)]
+    kernels: Vec<PathBuf>,
+    #[arg(long, default_value = "default")]
+    suite: String,
+    /// Runs of every cell per kernel.
+    #[arg(long, default_value_t = 3)]
+    repeat: u32,
+    #[arg(long = "ram")]
+    ram: Vec<RamSize>,
+    /// Only cells whose id contains this text (repeatable: any matches).
+    #[arg(long = "filter")]
+    filters: Vec<String>,
+    #[command(flatten)]
+    exec: ExecArgs,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum HarderArg {
+    Lower,
+    Higher,
+}
+
+#[derive(Args)]
 struct SweepArgs {
     #[arg(long, default_value = "default")]
     suite: String,
     #[arg(long)]
     case: String,
-    /// The numeric parameter of the case to vary.
+    /// The numeric parameter of the case to vary (short for --axis param:NAME).
+    #[arg(long, conflicts_with = "axis", required_unless_present = "axis")]
+    param: Option<String>,
+    /// What to vary: ram, cmdline:NAME, sysctl:NAME, tunable:NAME or param:NAME.
     #[arg(long)]
-    param: String,
+    axis: Option<String>,
+    /// Which values stress the kernel more (default: higher for a parameter, lower otherwise).
+    #[arg(long, value_enum)]
+    harder: Option<HarderArg>,
+    /// Sweep once per value of a second axis and fit the breaking point against it
+    /// (e.g. ram=64M,128M,256M).
+    #[arg(long)]
+    over: Option<String>,
     #[arg(long = "ram")]
     ram: Vec<RamSize>,
     #[arg(long = "image")]
@@ -158,11 +196,12 @@ struct SweepArgs {
     /// Seed of the bootstrap.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Lowest and highest value to try (default: 1 and 1000 times the case's value).
+    /// Lowest and highest value to try, as the axis reads them (48M for RAM; default for a
+    /// parameter: 1 and 1000 times the case's value).
     #[arg(long)]
-    from: Option<f64>,
+    from: Option<String>,
     #[arg(long)]
-    to: Option<f64>,
+    to: Option<String>,
     /// Stop a group when its 95% interval is at most this fraction of the estimate.
     #[arg(long, default_value_t = 0.1)]
     target_width: f64,
@@ -316,6 +355,7 @@ fn main() -> ExitCode {
             b,
             allow_missing,
         } => compare(&a, &b, allow_missing),
+        Verb::Ab(a) => ab(a),
         Verb::BisectRun(a) => verbs::bisect::run::bisect_run(&a),
         Verb::Build(a) => exit_of(verbs::build::build(&a.suite)),
         Verb::Fetch(a) => exit_of(kstorm::images::published::fetch_verb(
@@ -411,9 +451,24 @@ fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     run.selection.ram = (!a.ram.is_empty()).then_some(a.ram);
     run.selection.images = (!a.images.is_empty()).then_some(a.images);
     a.exec.apply(&mut run);
+    let axis: kstorm::matrix::axis::Axis = match (a.axis, a.param) {
+        (Some(axis), _) => axis.parse()?,
+        (None, Some(p)) => format!("param:{p}").parse()?,
+        (None, None) => unreachable!("clap requires --axis or --param"),
+    };
+    let over = a
+        .over
+        .as_deref()
+        .map(verbs::sweep::parse_over)
+        .transpose()?;
     verbs::sweep::sweep(&verbs::sweep::SweepOptions {
         case: a.case,
-        param: a.param,
+        axis,
+        harder: a.harder.map(|h| match h {
+            HarderArg::Lower => kstorm::stats::breaking_point::Harder::Lower,
+            HarderArg::Higher => kstorm::stats::breaking_point::Harder::Higher,
+        }),
+        over,
         variants: a.variants,
         max_cells: a.max_cells,
         max_time: a.max_time.0,
@@ -460,6 +515,28 @@ fn write_report(a: ReportArgs) -> anyhow::Result<i32> {
 fn compare(a: &std::path::Path, b: &std::path::Path, allow_missing: bool) -> i32 {
     match verbs::compare::compare_verb(a, b, allow_missing) {
         Ok(worse) => worse as i32,
+        Err(e) => error_exit(&e, false),
+    }
+}
+
+fn ab(a: AbArgs) -> i32 {
+    let [ka, kb] = <[PathBuf; 2]>::try_from(a.kernels).unwrap_or_else(|k| {
+        eprintln!(
+            "kstorm: usage error: --kernel: give exactly two (A, then B), got {}",
+            k.len()
+        );
+        std::process::exit(2)
+    });
+    let mut run = RunOptions::new(&a.suite);
+    run.selection.repeat = a.repeat;
+    run.selection.ram = (!a.ram.is_empty()).then_some(a.ram);
+    run.selection.filters = a.filters;
+    a.exec.apply(&mut run);
+    match verbs::ab::ab(&verbs::ab::AbOptions {
+        kernels: [ka, kb],
+        run,
+    }) {
+        Ok(t) => t.worse() as i32,
         Err(e) => error_exit(&e, false),
     }
 }

@@ -7,6 +7,8 @@
 //! parameters (and its `deep:` overrides) are parsed by the types the guest will use: a bad one
 //! is a [`UsageError`] before anything is built or booted.
 
+pub mod axis;
+
 use crate::config::{
     Case, Catalog, Deadlines, Image, Name, RamSize, Suite, TransportKind, TransportSpec, Variant,
 };

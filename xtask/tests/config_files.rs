@@ -448,3 +448,128 @@ fn zero_jobs_or_repeats_are_usage_errors() {
     }
     assert!(!dir.path().join("cache").exists());
 }
+
+/// `gates:` (what `ab` gates on): a bad direction and an unknown case name the line.
+#[test]
+fn gate_errors_name_the_line() {
+    let head = "name: s\ndescription: d\nimages: [img]\nram: [128M]\ncases:\n  - {name: a, scenario: smoke, expect: pass}\n";
+    let ok = catalog_with(&format!(
+        "{head}gates:\n  - {{measurement: uptime, case: a, worse: higher}}\n"
+    ))
+    .unwrap();
+    let g = &ok.suites["s"].gates[0];
+    assert_eq!(
+        (g.measurement.as_str(), g.worse),
+        ("uptime", config::Worse::Higher)
+    );
+    let err = catalog_with(&format!(
+        "{head}gates:\n  - {{measurement: uptime, worse: sideways}}\n"
+    ))
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("line 8") && err.contains("sideways"), "{err}");
+    let err = catalog_with(&format!(
+        "{head}gates:\n  - {{measurement: uptime, case: b, worse: lower}}\n"
+    ))
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("line 8") && err.contains("gates[0].case") && err.contains("unknown case"),
+        "{err}"
+    );
+}
+
+/// What `sweep --axis/--over/--from` and `ab --kernel` are given is checked before anything is
+/// fetched, built or booted: a usage error (exit 2) naming the option.
+#[test]
+fn sweep_axis_and_ab_usage_errors_boot_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = |extra: &[&str]| {
+        let mut argv = vec!["sweep", "--suite", "default"];
+        argv.extend(extra);
+        argv.iter().map(|s| s.to_string()).collect::<Vec<String>>()
+    };
+    for (argv, says) in [
+        (sweep(&["--case", "smoke", "--axis", "knob:x"]), "--axis"),
+        (
+            sweep(&["--case", "smoke", "--axis", "sysctl:vm.min_free_kbytes"]),
+            "needs --from and --to",
+        ),
+        (
+            sweep(&[
+                "--case",
+                "mach-port-churn",
+                "--axis",
+                "sysctl:vm.x",
+                "--from",
+                "1",
+                "--to",
+                "2",
+            ]),
+            "GNU Mach, which has no sysctls",
+        ),
+        (
+            sweep(&["--case", "smoke", "--axis", "ram", "--from", "8M"]),
+            "--from: RAM size \"8M\" out of range",
+        ),
+        (
+            sweep(&[
+                "--case", "smoke", "--axis", "ram", "--from", "256M", "--to", "64M",
+            ]),
+            "--to: must be above --from",
+        ),
+        (
+            sweep(&["--case", "smoke", "--axis", "ram", "--over", "ram=64M,128M"]),
+            "--over: must differ from the swept axis",
+        ),
+        (
+            sweep(&["--case", "smoke", "--axis", "ram", "--over", "cmdline:x=1"]),
+            "at least two values",
+        ),
+        (
+            sweep(&["--case", "fork-hold", "--axis", "param:nope"]),
+            "has no numeric parameter nope",
+        ),
+        (
+            sweep(&[
+                "--case",
+                "smoke",
+                "--axis",
+                "tunable:vm.kmem_size",
+                "--from",
+                "1",
+                "--to",
+                "2",
+            ]),
+            "has no guest: recipe",
+        ),
+        (
+            sweep(&["--case", "smoke", "--param", "x", "--axis", "ram"]),
+            "cannot be used with",
+        ),
+        (
+            [
+                "ab",
+                "--kernel",
+                "/nonexistent/vmlinux",
+                "--kernel",
+                "/nonexistent/vmlinux",
+            ]
+            .map(String::from)
+            .to_vec(),
+            "--kernel",
+        ),
+        (
+            ["ab", "--kernel", "/x"].map(String::from).to_vec(),
+            "exactly two",
+        ),
+    ] {
+        let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let (code, _, err) = xtask(dir.path(), &args);
+        assert_eq!(code, 2, "{argv:?}: {err}");
+        assert!(err.contains(says), "{argv:?}: {err}");
+    }
+    assert!(!dir.path().join("cache").exists());
+}

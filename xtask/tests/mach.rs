@@ -94,6 +94,7 @@ fn boot(patched: bool, id: &str, ram: u64, scenarios: Vec<ScenarioSpec>, heartbe
         results_device: "console".into(),
         heartbeat_ms: 250,
         sysctl: Vec::new(),
+        vmstat: Vec::new(),
         scenarios,
     };
     let boot = if plan.scenarios.is_empty() {

@@ -127,6 +127,7 @@ fn result(s: &str, outcome: Outcome) -> Message {
         facts: Default::default(),
         series: Default::default(),
         evidence: Vec::new(),
+        vmstat: Default::default(),
     })
 }
 

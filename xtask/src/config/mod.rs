@@ -7,6 +7,7 @@
 //! its key, from the parser's spans ([`crate::yaml::Layout`]). Every such error is a [`UsageError`].
 
 pub mod guest_recipe;
+pub mod vmstat;
 
 pub use crate::error::UsageError;
 use crate::yaml::{parse_yaml, read, Origin};
@@ -402,6 +403,9 @@ pub struct Suite {
     #[serde(default)]
     pub deadlines: Deadlines,
     pub cases: Vec<Case>,
+    /// Measurements that gate `ab`: exit 1 when B is significantly worse on one of them.
+    #[serde(default)]
+    pub gates: Vec<Gate>,
     /// Where the suite was read from, for errors found after parsing.
     #[serde(skip)]
     pub origin: Origin,
@@ -414,6 +418,24 @@ fn default_variants() -> Vec<Variant> {
         sysctl: BTreeMap::new(),
         tunables: BTreeMap::new(),
     }]
+}
+
+/// A measurement `ab` gates on, and which way is worse (`{measurement: forks_per_s, worse:
+/// lower}`; `case:` narrows it to one case).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gate {
+    pub measurement: String,
+    #[serde(default)]
+    pub case: Option<Name>,
+    pub worse: Worse,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Worse {
+    Lower,
+    Higher,
 }
 
 /// A kernel configuration: boot parameters and sysctls.
@@ -741,6 +763,17 @@ fn check_suite(suite: &Suite, images: &BTreeMap<String, Image>) -> Result<(), Us
         }
         if case.ram.as_ref().is_some_and(|r| r.is_empty()) {
             return Err(origin.error(at("ram"), "empty list"));
+        }
+    }
+    for (i, g) in suite.gates.iter().enumerate() {
+        if g.measurement.trim().is_empty() {
+            return Err(origin.error(format!("gates[{i}].measurement"), "empty"));
+        }
+        if let Some(case) = g.case.as_ref().filter(|c| !seen.contains(c.as_str())) {
+            return Err(origin.error(
+                format!("gates[{i}].case"),
+                format!("unknown case {:?}", case.0),
+            ));
         }
     }
     Ok(())

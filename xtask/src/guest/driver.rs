@@ -266,6 +266,7 @@ fn run_scenario(
         facts: BTreeMap::new(),
         series: BTreeMap::new(),
         evidence: Vec::new(),
+        vmstat: BTreeMap::new(),
     };
     let args = match agent_args(spec) {
         Ok(a) => a,

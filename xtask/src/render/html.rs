@@ -29,15 +29,19 @@ pub fn render(run: &Run) -> Result<String> {
     let mut body = String::new();
     let title = format!("kstorm {} {}", run.info.suite, run.info.run_id);
     writeln!(body, "<h1>{}</h1>", esc(&title))?;
-    body.push_str(&headline(&run.info, records));
+    let sweep = run.optional_json::<SweepFile>(SWEEP_FILE)?;
+    body.push_str(&match &sweep {
+        Some(file) => sweep_headline(file, records),
+        None => headline(&run.info, records),
+    });
     if let Ok(text) = std::fs::read_to_string(run.root.join("compare.html")) {
         body.push_str(&text);
     }
-    if let Some(file) = run.optional_json::<SweepFile>(SWEEP_FILE)? {
-        body.push_str(&sweep_section(&file)?);
+    if let Some(file) = &sweep {
+        body.push_str(&sweep_section(file)?);
     }
     body.push_str(&matrix(records));
-    body.push_str(&scenario_plots(records)?);
+    body.push_str(&scenario_plots(records, sweep.as_ref())?);
     body.push_str(&environment(&run.info, records));
     body.push_str(&cell_details(&run.root, records));
     Ok(format!(
@@ -79,6 +83,50 @@ fn headline(info: &RunInfo, records: &[CellRecord]) -> String {
         records.len(),
         esc(&counts.join(", "))
     )
+}
+
+/// A sweep's cells past the breaking point are its answer, not failures: the heading counts
+/// what survived and what did not, and says where each group broke.
+fn sweep_headline(file: &SweepFile, records: &[CellRecord]) -> String {
+    let survived = file
+        .groups
+        .iter()
+        .flat_map(|g| &g.cells)
+        .filter(|c| c.observation.survived)
+        .count();
+    let infra = records.iter().filter(|r| r.verdict.is_infra()).count();
+    let mut out = format!(
+        "<p><b>{} cells swept along {}: {survived} survived, {} did not</b>{}</p><ul>",
+        records.len(),
+        esc(&file.param),
+        records.len() - survived - infra,
+        if infra > 0 {
+            format!(", {infra} infra (not counted)")
+        } else {
+            String::new()
+        }
+    );
+    for g in &file.groups {
+        let (mode, estimate, interval) = super::text::describe(&g.estimate);
+        let over = g.over.map(|v| format!(" at {v}")).unwrap_or_default();
+        let answer = match estimate.as_str() {
+            "-" => format!("{mode}: {interval}"),
+            _ => format!("{estimate} ({mode}, 95% {interval})"),
+        };
+        let _ = write!(
+            out,
+            "<li>{} {}{over}: breaking point {}; {}</li>",
+            esc(&g.image),
+            esc(&g.variant),
+            esc(&answer),
+            esc(&g.stopped)
+        );
+    }
+    if let Some(over) = &file.over {
+        let _ = write!(out, "<li>{}</li>", esc(super::text::over_line(over).trim()));
+    }
+    out.push_str("</ul>");
+    out
 }
 
 /// One table per case and image: RAM sizes as rows, variants as columns, each cell coloured by
@@ -136,7 +184,38 @@ fn matrix(records: &[CellRecord]) -> String {
 
 /// Per scenario: measurements across RAM (a line per image and variant), memory over time,
 /// and the slab caches the leak check flagged.
-fn scenario_plots(records: &[CellRecord]) -> Result<String> {
+fn scenario_plots(records: &[CellRecord], sweep: Option<&SweepFile>) -> Result<String> {
+    // In a sweep the measurements vary with the swept value, not with RAM; a counting sweep
+    // repeats one value, so its measurements go against the `--over` value (none without).
+    let counting = sweep.is_some_and(|f| f.groups.iter().any(|g| g.mode == Some(Mode::Counting)));
+    let swept: BTreeMap<&str, f64> = sweep
+        .iter()
+        .flat_map(|f| &f.groups)
+        .flat_map(|g| g.cells.iter().map(move |c| (g, c)))
+        .filter_map(|(g, c)| {
+            let x = if counting {
+                g.over?
+            } else {
+                c.observation.value
+            };
+            Some((c.cell.as_str(), x))
+        })
+        .collect();
+    let x_label = match (sweep, counting) {
+        (Some(f), true) => f
+            .over
+            .as_ref()
+            .map_or(String::new(), |o| match o.axis.unit() {
+                "" => o.axis.label().to_string(),
+                unit => format!("{} ({unit})", o.axis.label()),
+            }),
+        (Some(f), false) => axis_title(f),
+        (None, _) => "RAM [MiB]".to_string(),
+    };
+    let x_of = |r: &CellRecord| match sweep {
+        Some(_) => swept.get(r.id.as_str()).copied(),
+        None => Some(r.ram_mib as f64),
+    };
     let mut by_scenario: BTreeMap<&str, Vec<&CellRecord>> = BTreeMap::new();
     for r in records {
         by_scenario.entry(&r.scenario).or_default().push(r);
@@ -145,17 +224,17 @@ fn scenario_plots(records: &[CellRecord]) -> Result<String> {
     for (scenario, cells) in by_scenario {
         let _ = write!(out, "<h3>{}</h3><div class=\"plots\">", esc(scenario));
         for name in plotted_measurements(&cells) {
-            let series = across_ram(&cells, |r| measurement(r, &name));
+            let series = across(&cells, &x_of, |r| measurement(r, &name));
             if series.iter().any(|(_, p)| p.len() > 1) {
-                out.push_str(&line_chart(&name, "RAM [MiB]", &name, &series, true)?);
+                out.push_str(&line_chart(&name, &x_label, &name, &series, true)?);
             }
         }
-        let counts = across_ram(&cells, |r| r.last_progress.map(|c| c as f64));
+        let counts = across(&cells, &x_of, |r| r.last_progress.map(|c| c as f64));
         let counted = counts.iter().flat_map(|(_, p)| p).any(|(_, c)| *c > 0.0);
         if counted && counts.iter().any(|(_, p)| p.len() > 1) {
             out.push_str(&line_chart(
                 "count reached (last progress)",
-                "RAM [MiB]",
+                &x_label,
                 "count",
                 &counts,
                 true,
@@ -180,13 +259,24 @@ fn scenario_plots(records: &[CellRecord]) -> Result<String> {
     Ok(out)
 }
 
+/// The measurements worth a plot: not the payload's own, and not constant across the cells
+/// (an input such as `children` = 64 says nothing as a line).
 fn plotted_measurements(cells: &[&CellRecord]) -> Vec<String> {
+    let varies = |name: &str| {
+        let mut values = cells.iter().filter_map(|r| measurement(r, name));
+        let first = values.next();
+        values.any(|v| Some(v) != first)
+    };
     let mut names: Vec<String> = Vec::new();
     for r in cells {
         for res in &r.results {
             for name in res.measurements.keys() {
                 let internal = name.starts_with("payload_") || name == "progress";
-                if !internal && !names.contains(name) && names.len() < PLOTTED_MEASUREMENTS {
+                if !internal
+                    && !names.contains(name)
+                    && names.len() < PLOTTED_MEASUREMENTS
+                    && varies(name)
+                {
                     names.push(name.clone());
                 }
             }
@@ -202,17 +292,19 @@ fn measurement(r: &CellRecord, name: &str) -> Option<f64> {
 }
 
 /// One series per image and variant: (RAM MiB, value) for every cell that has the value.
-fn across_ram(
+/// One series per image and variant: `value` against `x` (RAM, or the swept value).
+fn across(
     cells: &[&CellRecord],
+    x: &dyn Fn(&CellRecord) -> Option<f64>,
     value: impl Fn(&CellRecord) -> Option<f64>,
 ) -> Vec<(String, Vec<(f64, f64)>)> {
     let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     for r in cells {
-        if let Some(v) = value(r) {
+        if let (Some(x), Some(v)) = (x(r), value(r)) {
             series
                 .entry(format!("{} {}", r.image, r.variant))
                 .or_default()
-                .push((r.ram_mib as f64, v));
+                .push((x, v));
         }
     }
     for points in series.values_mut() {
@@ -304,10 +396,22 @@ pub fn line_chart(
             .y_label_area_size(70)
             .build_cartesian_2d(x, y)
             .map_err(plot_err)?;
+        // Counts are whole numbers: label them so (not 64.0000).
+        let whole = |f: fn(&(f64, f64)) -> f64| {
+            series
+                .iter()
+                .flat_map(|(_, p)| p)
+                .all(|p| f(p).fract() == 0.0)
+        };
+        let (x_whole, y_whole) = (whole(|p| p.0), whole(|p| p.1));
+        let x_fmt = move |v: &f64| tick(*v, x_whole);
+        let y_fmt = move |v: &f64| tick(*v, y_whole);
         chart
             .configure_mesh()
             .x_desc(x_label)
             .y_desc(y_label)
+            .x_label_formatter(&x_fmt)
+            .y_label_formatter(&y_fmt)
             .draw()
             .map_err(plot_err)?;
         for (i, (name, pts)) in series.iter().enumerate() {
@@ -332,6 +436,18 @@ pub fn line_chart(
         root.present().map_err(plot_err)?;
     }
     Ok(svg)
+}
+
+/// A tick label: whole numbers without a fraction when the data are whole.
+fn tick(v: f64, whole: bool) -> String {
+    if whole {
+        format!("{:.0}", v)
+    } else {
+        format!("{v:.3}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+    }
 }
 
 fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
@@ -371,8 +487,13 @@ fn sweep_section(file: &SweepFile) -> Result<String> {
         esc(&file.case),
         esc(&super::text::sweep_table(file))
     );
+    let axis = axis_title(file);
     for g in &file.groups {
-        let name = format!("{} {}M {}", g.image, g.ram_mib, g.variant);
+        let over = match (&file.over, g.over) {
+            (Some(o), Some(v)) => format!(" {}={v}", o.axis.label()),
+            _ => String::new(),
+        };
+        let name = format!("{} {}M {}{over}", g.image, g.ram_mib, g.variant);
         let observed: Vec<(f64, f64)> = g
             .cells
             .iter()
@@ -394,17 +515,65 @@ fn sweep_section(file: &SweepFile) -> Result<String> {
                 let title = format!("count at failure per repeat: {name}");
                 line_chart(&title, "repeat", "count", &[(name, counts)], true)?
             }
-            (_, Estimate::Survival { fit }) => survival_chart(&name, &observed, fit)?,
+            (_, Estimate::Survival { fit }) => survival_chart(&name, &axis, &observed, fit)?,
             _ => continue,
         };
+        out.push_str(&chart);
+    }
+    if let Some(chart) = over_chart(file)? {
         out.push_str(&chart);
     }
     out.push_str("</div>");
     Ok(out)
 }
 
+/// The swept axis as a plot's x label: `ram (MiB)`, `vm.min_free_kbytes`, `limit`.
+fn axis_title(file: &SweepFile) -> String {
+    match &file.axis {
+        Some(a) if !a.unit().is_empty() => format!("{} ({})", a.label(), a.unit()),
+        Some(a) => a.label().to_string(),
+        None => file.param.clone(),
+    }
+}
+
+/// The breaking point per `--over` value, with the fitted line.
+fn over_chart(file: &SweepFile) -> Result<Option<String>> {
+    let Some(over) = &file.over else {
+        return Ok(None);
+    };
+    let Some(fit) = &over.fit else {
+        return Ok(None);
+    };
+    let (lo, hi) = fit
+        .points
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+            (a.min(p.0), b.max(p.0))
+        });
+    let line = |x: f64| (x, fit.intercept.estimate + fit.slope.estimate * x);
+    let series = vec![
+        ("breaking point".to_string(), fit.points.clone()),
+        (
+            format!("fit: slope {:.3}", fit.slope.estimate),
+            vec![line(lo), line(hi)],
+        ),
+    ];
+    let x_label = match over.axis.unit() {
+        "" => over.axis.label().to_string(),
+        unit => format!("{} ({unit})", over.axis.label()),
+    };
+    let counting = file.groups.iter().any(|g| g.mode == Some(Mode::Counting));
+    let y_label = match counting {
+        true => format!("count at failure ({})", file.param),
+        false => axis_title(file),
+    };
+    let title = format!("breaking point of {} against {}", file.param, over.axis);
+    line_chart(&title, &x_label, &y_label, &series, true).map(Some)
+}
+
 fn survival_chart(
     name: &str,
+    axis: &str,
     observed: &[(f64, f64)],
     fit: &crate::stats::SurvivalFit,
 ) -> Result<String> {
@@ -420,7 +589,7 @@ fn survival_chart(
     let title = format!("survival: {name}");
     let mut sorted = series;
     sorted[0].1.sort_by(|a, b| a.0.total_cmp(&b.0));
-    line_chart(&title, "value", "survival", &sorted, true)
+    line_chart(&title, axis, "survival", &sorted, true)
 }
 
 fn environment(info: &RunInfo, records: &[CellRecord]) -> String {

@@ -216,35 +216,107 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
-/// The terminal table: one line per group.
+/// The terminal table: one line per group, then the line fitted against `--over`.
 pub fn sweep_table(file: &SweepFile) -> String {
+    let axis = file
+        .axis
+        .as_ref()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| format!("param:{}", file.param));
+    let harder = match file.harder {
+        crate::stats::breaking_point::Harder::Higher => "higher",
+        crate::stats::breaking_point::Harder::Lower => "lower",
+    };
+    let over_name = file.over.as_ref().map(|o| o.axis.label().to_string());
     let mut out = format!(
-        "breaking point of {} in {} ({} = swept parameter)\n",
-        file.case, file.suite, file.param
+        "breaking point of {} in {} along {axis} ({harder} values are harder)\n",
+        file.case, file.suite
     );
     out.push_str(&format!(
-        "{:<12} {:>6} {:<14} {:<9} {:>5} {:>12} {:>25}  stopped\n",
-        "image", "RAM", "variant", "mode", "cells", "estimate", "95% interval"
+        "{:<12} {:>6} {:<14} {:>10} {:<9} {:>5} {:>12} {:>25}  stopped\n",
+        "image",
+        "RAM",
+        "variant",
+        over_name.as_deref().unwrap_or(""),
+        "mode",
+        "cells",
+        "estimate",
+        "95% interval"
     ));
     for g in &file.groups {
         let (mode, estimate, interval) = describe(&g.estimate);
+        let over = g.over.map(|v| over_value(file, v)).unwrap_or_default();
+        let ram = match file.axis {
+            Some(crate::matrix::axis::Axis::Ram) => "swept".to_string(),
+            _ => format!("{}M", g.ram_mib),
+        };
         out.push_str(&format!(
-            "{:<12} {:>5}M {:<14} {:<9} {:>5} {:>12} {:>25}  {}\n",
+            "{:<12} {:>6} {:<14} {:>10} {:<9} {:>5} {:>12} {:>25}  {}\n",
             g.image,
-            g.ram_mib,
+            ram,
             g.variant,
+            over,
             mode,
             g.cells.len(),
             estimate,
             interval,
             g.stopped
         ));
+        out.push_str(&reported_line(g));
+    }
+    if let Some(over) = &file.over {
+        out.push_str(&over_line(over));
     }
     out.push_str(&format!(
         "counting: {}\nsurvival: {}\n",
         file.methods.counting, file.methods.survival
     ));
     out
+}
+
+fn over_value(file: &SweepFile, v: f64) -> String {
+    match file.over.as_ref().map(|o| &o.axis) {
+        Some(crate::matrix::axis::Axis::Ram) => format!("{v:.0}M"),
+        _ => format!("{v}"),
+    }
+}
+
+/// For a sysctl or tunable axis: what the kernel reported back against what was asked.
+fn reported_line(g: &crate::results::sweep::Group) -> String {
+    let pairs: Vec<String> = g
+        .cells
+        .iter()
+        .filter_map(|c| {
+            let r = c.reported.as_ref()?;
+            Some(format!("{} -> {r}", c.observation.value))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return String::new();
+    }
+    format!("  asked -> reported by the kernel: {}\n", pairs.join(", "))
+}
+
+pub fn over_line(over: &crate::results::sweep::Over) -> String {
+    let Some(fit) = &over.fit else {
+        return format!(
+            "against {}: fewer than two groups with a breaking point, no line\n",
+            over.axis
+        );
+    };
+    let ends = |i: &crate::stats::Interval| match (i.lo, i.hi) {
+        (Some(lo), Some(hi)) => format!("{:.4} (95% {lo:.4} to {hi:.4})", i.estimate),
+        _ => format!("{:.4} (interval open: {} points)", i.estimate, fit.n),
+    };
+    format!(
+        "against {}: breaking point = slope {} x {} + intercept {}; r2 {:.4}, {} points\n",
+        over.axis,
+        ends(&fit.slope),
+        over.axis.label(),
+        ends(&fit.intercept),
+        fit.r2,
+        fit.n
+    )
 }
 
 /// (mode, estimate, interval) as short texts.
@@ -275,7 +347,11 @@ pub fn describe(e: &Estimate) -> (&'static str, String, String) {
         } => (
             "survival",
             "-".into(),
-            format!("between {} and {}", end(*last_survived), end(*first_failed)),
+            format!(
+                "survived {}, failed {}",
+                end(*last_survived),
+                end(*first_failed)
+            ),
         ),
         Estimate::None => ("-", "-".into(), "-".into()),
     }

@@ -1,7 +1,9 @@
 //! `sweep.json`: a breaking-point sweep's groups, the cells each ran and the estimate with its
 //! interval (the `sweep` verb writes it; the report renders it).
 
-use crate::stats::breaking_point::{Estimate, Mode, Observation};
+use crate::matrix::axis::Axis;
+use crate::stats::breaking_point::{Estimate, Harder, Mode, Observation};
+use crate::stats::LinearFit;
 use serde::{Deserialize, Serialize};
 
 pub const SWEEP_FILE: &str = "sweep.json";
@@ -11,7 +13,17 @@ pub const SWEEP_FILE: &str = "sweep.json";
 pub struct SweepFile {
     pub suite: String,
     pub case: String,
+    /// The swept axis's short name (`limit`, `ram`, `vm.min_free_kbytes`).
     pub param: String,
+    /// The swept axis in full (absent in files written before axes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub axis: Option<Axis>,
+    /// Which way the search went looking for failures.
+    #[serde(default)]
+    pub harder: Harder,
+    /// `--over`: the second axis, one group per value, and the breaking point fitted against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub over: Option<Over>,
     pub seed: u64,
     pub methods: Methods,
     pub groups: Vec<Group>,
@@ -40,6 +52,9 @@ pub struct Group {
     pub image: String,
     pub ram_mib: u64,
     pub variant: String,
+    /// The `--over` axis's value in this group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub over: Option<f64>,
     pub mode: Option<Mode>,
     pub cells: Vec<SweptCell>,
     pub estimate: Estimate,
@@ -53,4 +68,17 @@ pub struct SweptCell {
     pub verdict: String,
     #[serde(flatten)]
     pub observation: Observation,
+    /// What the kernel reported back for a sysctl or tunable axis (the value asked is `value`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported: Option<String>,
+}
+
+/// The breaking point against a second axis (`--over`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Over {
+    pub axis: Axis,
+    pub values: Vec<f64>,
+    /// Least squares of each group's estimate against its `--over` value (None: fewer than two
+    /// groups with an estimate).
+    pub fit: Option<LinearFit>,
 }

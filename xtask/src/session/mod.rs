@@ -403,6 +403,12 @@ pub fn plan_for(cell: &Cell) -> Plan {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
+        vmstat: match cell.image.route() {
+            kstorm_payload::registry::Route::LinuxPayload => {
+                crate::config::vmstat::counters().to_vec()
+            }
+            _ => Vec::new(),
+        },
         scenarios: vec![ScenarioSpec {
             name: cell.case.scenario.0.clone(),
             params: cell.params.clone(),

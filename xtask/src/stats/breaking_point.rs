@@ -26,6 +26,46 @@ pub struct Observation {
     pub count: Option<f64>,
 }
 
+/// Which way along the axis the kernel is stressed more: a case parameter's count grows
+/// (higher), while less RAM or a smaller reserve is harder (lower).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Harder {
+    #[default]
+    Higher,
+    Lower,
+}
+
+impl Harder {
+    /// +1 when higher values are harder, -1 when lower ones are.
+    fn sign(self) -> f64 {
+        match self {
+            Harder::Higher => 1.0,
+            Harder::Lower => -1.0,
+        }
+    }
+
+    /// The next value further into the hard side (doubling, or halving).
+    fn harder_than(self, v: f64) -> f64 {
+        match self {
+            Harder::Higher => v * 2.0,
+            Harder::Lower => v / 2.0,
+        }
+    }
+
+    fn easier_than(self, v: f64) -> f64 {
+        match self {
+            Harder::Higher => v / 2.0,
+            Harder::Lower => v * 2.0,
+        }
+    }
+
+    /// `a` is at least as hard as `b`.
+    fn at_least_as_hard(self, a: f64, b: f64) -> bool {
+        self.sign() * (a - b) >= 0.0
+    }
+}
+
 /// The range the parameter may take and what counts as precise enough.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -37,6 +77,10 @@ pub struct Limits {
     pub target_width: f64,
     /// Counting mode: at least this many failures before the interval is trusted.
     pub min_repeats: usize,
+    pub harder: Harder,
+    /// A cell may report a count to compare with the value (case parameters); for RAM or a
+    /// kernel knob the value is not a count, so the search is always survival.
+    pub counting: bool,
 }
 
 /// The search's answer for one group (RAM size x variant).
@@ -65,6 +109,23 @@ impl Estimate {
                 fit: SurvivalFit::Logistic { x50, .. },
             } => Some(*x50),
             _ => None,
+        }
+    }
+}
+
+impl Estimate {
+    /// One number for the breaking point: the median count, the 50% point, or the middle of
+    /// a separated bracket.
+    pub fn point(&self) -> Option<f64> {
+        match self {
+            Estimate::Survival {
+                fit:
+                    SurvivalFit::Separated {
+                        last_survived: Some(s),
+                        first_failed: Some(f),
+                    },
+            } => Some((s + f) / 2.0),
+            e => e.interval().map(|i| i.estimate),
         }
     }
 }
@@ -101,7 +162,8 @@ impl Search {
 
     pub fn record(&mut self, o: Observation) {
         if self.mode.is_none() {
-            self.mode = Some(if !o.survived && o.count.is_some_and(|c| c < o.value) {
+            let counted = self.limits.counting && o.count.is_some_and(|c| c < o.value);
+            self.mode = Some(if !o.survived && counted {
                 Mode::Counting
             } else {
                 Mode::Survival
@@ -129,10 +191,29 @@ impl Search {
                     survived: self.observations.iter().filter(|o| o.survived).count(),
                 }
             }
-            Some(Mode::Survival) => Estimate::Survival {
-                fit: stats::fit_survival(&self.trials()),
-            },
+            Some(Mode::Survival) => Estimate::Survival { fit: self.fit() },
         }
+    }
+
+    /// The survival fit; a separated bracket named in the axis's direction (with lower values
+    /// harder, the last survival is the lowest value that survived).
+    fn fit(&self) -> SurvivalFit {
+        let fit = stats::fit_survival(&self.trials());
+        match (fit, self.limits.harder) {
+            (SurvivalFit::Separated { .. }, Harder::Lower) => SurvivalFit::Separated {
+                last_survived: self.extreme(true, f64::min),
+                first_failed: self.extreme(false, f64::max),
+            },
+            (fit, _) => fit,
+        }
+    }
+
+    fn extreme(&self, survived: bool, pick: fn(f64, f64) -> f64) -> Option<f64> {
+        self.observations
+            .iter()
+            .filter(|o| o.survived == survived)
+            .map(|o| o.value)
+            .reduce(pick)
     }
 
     fn trials(&self) -> Vec<Trial> {
@@ -178,36 +259,44 @@ impl Search {
     }
 
     fn next_survival(&mut self) -> Next {
-        let values = |want: bool| {
-            self.observations
-                .iter()
-                .filter(move |o| o.survived == want)
-                .map(|o| o.value)
+        let h = self.limits.harder;
+        let (hardest, easiest) = match h {
+            Harder::Higher => (self.limits.max, self.limits.min),
+            Harder::Lower => (self.limits.min, self.limits.max),
         };
-        let last_survived = values(true).reduce(f64::max);
-        let first_failed = values(false).reduce(f64::min);
+        let (to_hard, to_easy): (fn(f64, f64) -> f64, fn(f64, f64) -> f64) = match h {
+            Harder::Higher => (f64::max, f64::min),
+            Harder::Lower => (f64::min, f64::max),
+        };
+        let (easy_end, hard_end) = match h {
+            Harder::Higher => ("lowest", "highest"),
+            Harder::Lower => ("highest", "lowest"),
+        };
+        let last_survived = self.extreme(true, to_hard);
+        let first_failed = self.extreme(false, to_easy);
         match (last_survived, first_failed) {
-            (None, Some(f)) if f <= self.limits.min => {
-                Next::Done(format!("fails at the lowest value {f}"))
+            (None, Some(f)) if h.at_least_as_hard(easiest, f) => {
+                Next::Done(format!("fails at the {easy_end} value {f}"))
             }
-            (None, Some(f)) => Next::Run(self.limits.clamp(f / 2.0)),
-            (Some(s), None) if s >= self.limits.max => {
-                Next::Done(format!("survives at the highest value {s}"))
+            (None, Some(f)) => Next::Run(self.limits.clamp(Harder::easier_than(h, f))),
+            (Some(s), None) if h.at_least_as_hard(s, hardest) => {
+                Next::Done(format!("survives at the {hard_end} value {s}"))
             }
-            (Some(s), None) => Next::Run(self.limits.clamp(s * 2.0)),
+            (Some(s), None) => Next::Run(self.limits.clamp(h.harder_than(s))),
             (Some(_), Some(_)) | (None, None) => self.next_fitted(),
         }
     }
 
     /// Both outcomes seen: bisect a separated bracket, else sample where the fit learns most.
     fn next_fitted(&mut self) -> Next {
-        match stats::fit_survival(&self.trials()) {
+        let sign = self.limits.harder.sign();
+        match self.fit() {
             SurvivalFit::Separated {
                 last_survived: Some(s),
                 first_failed: Some(f),
             } => {
                 let mid = self.limits.clamp((s + f) / 2.0);
-                if mid > s && mid < f {
+                if sign * (mid - s) > 0.0 && sign * (f - mid) > 0.0 {
                     return Next::Run(mid);
                 }
                 // No value left between them: a few lucky cells can make a wide transition
@@ -228,13 +317,13 @@ impl Search {
                         .collect();
                     stats::median(&v)
                 };
-                let distance = ((typical(false) - typical(true)) / 2.0).max(unit);
+                let distance = ((typical(false) - typical(true)).abs() / 2.0).max(unit);
                 let k = self.edge_probes;
                 self.edge_probes += 1;
                 let probe = if k.is_multiple_of(2) {
-                    s - distance
+                    s - sign * distance
                 } else {
-                    f + distance
+                    f + sign * distance
                 };
                 Next::Run(self.limits.clamp(probe))
             }
@@ -294,6 +383,8 @@ mod tests {
             integer: true,
             target_width: 0.0,
             min_repeats: 3,
+            harder: Harder::Higher,
+            counting: true,
         }
     }
 
@@ -352,6 +443,86 @@ mod tests {
             }
         }
         assert!(covered >= 88, "covered {covered}/100");
+    }
+
+    /// An axis where lower values are harder (RAM): a simulated kernel that survives `x` with
+    /// probability `1 / (1 + exp(-(x - 100) / 10))`. Starting at the easy end, the search halves
+    /// toward failure, and the interval covers 100 in most seeded sweeps; counts the cells
+    /// report (the last progress) never switch it to counting.
+    #[test]
+    fn lower_is_harder_axis_finds_the_point() {
+        let lim = Limits {
+            harder: Harder::Lower,
+            counting: false,
+            min: 16.0,
+            max: 1024.0,
+            ..limits()
+        };
+        let mut covered = 0;
+        for seed in 0..100u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut search = Search::new(1024.0, lim, seed);
+            for _ in 0..60 {
+                let Next::Run(x) = search.next_step() else {
+                    break;
+                };
+                let p = 1.0 / (1.0 + (-(x - 100.0) / 10.0).exp());
+                search.record(Observation {
+                    value: x,
+                    survived: rng.random::<f64>() < p,
+                    count: Some(3.0),
+                });
+            }
+            assert_eq!(search.mode, Some(Mode::Survival));
+            if let Some(i) = search.estimate().interval() {
+                covered += i.contains(100.0) as u32;
+            }
+        }
+        assert!(covered >= 90, "covered {covered}/100");
+    }
+
+    #[test]
+    fn lower_is_harder_brackets_by_halving() {
+        let lim = Limits {
+            harder: Harder::Lower,
+            counting: false,
+            min: 48.0,
+            max: 256.0,
+            ..limits()
+        };
+        let mut s = Search::new(256.0, lim, 1);
+        let run = |s: &mut Search, survived| {
+            let Next::Run(x) = s.next_step() else {
+                panic!("still searching")
+            };
+            s.record(Observation {
+                value: x,
+                survived,
+                count: None,
+            });
+            x
+        };
+        assert_eq!(run(&mut s, true), 256.0);
+        assert_eq!(run(&mut s, true), 128.0);
+        assert_eq!(run(&mut s, false), 64.0);
+        assert_eq!(s.next_step(), Next::Run(96.0));
+        assert_eq!(
+            s.estimate(),
+            Estimate::Survival {
+                fit: SurvivalFit::Separated {
+                    last_survived: Some(128.0),
+                    first_failed: Some(64.0)
+                }
+            }
+        );
+        let mut all_survive = Search::new(256.0, lim, 1);
+        for want in [256.0, 128.0, 64.0, 48.0] {
+            assert_eq!(run(&mut all_survive, true), want);
+        }
+        assert_eq!(
+            all_survive.next_step(),
+            Next::Done("survives at the lowest value 48".into())
+        );
     }
 
     #[test]

@@ -11,6 +11,10 @@
 //!   log-likelihood lies within chi2(1, 0.95) / 2 of the maximum.
 
 pub mod breaking_point;
+pub mod difference;
+pub mod linear;
+
+pub use linear::{fit_line, LinearFit};
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};

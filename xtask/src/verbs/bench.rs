@@ -68,6 +68,7 @@ pub fn boot(rounds: usize) -> Result<()> {
         results_device: "/dev/console".into(),
         heartbeat_ms: 500,
         sysctl: Vec::new(),
+        vmstat: Vec::new(),
         scenarios: vec![ScenarioSpec {
             name: "smoke".into(),
             params: Default::default(),
@@ -160,6 +161,7 @@ pub fn mach(boots: usize) -> Result<()> {
         results_device: "console".into(),
         heartbeat_ms: 100,
         sysctl: Vec::new(),
+        vmstat: Vec::new(),
         scenarios: vec![ScenarioSpec {
             name: "port-churn".into(),
             params: serde_json::json!({"limit": 1})

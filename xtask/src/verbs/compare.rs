@@ -42,12 +42,24 @@ pub struct Comparison {
     pub untested: usize,
     pub only_in_a: Vec<String>,
     pub only_in_b: Vec<String>,
+    /// `/proc/vmstat` deltas (Linux), per cell and counter that moved on either side.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub vmstat: Vec<VmstatRow>,
     /// B's run did not finish (interrupted, or cells left unrun).
     #[serde(default)]
     pub b_incomplete: bool,
     /// Cells missing from B, and an incomplete B, are accepted (`--allow-missing`).
     #[serde(default)]
     pub allow_missing: bool,
+}
+
+/// One counter's growth over the scenarios of a cell: the median over repeats on each side.
+#[derive(Debug, Serialize)]
+pub struct VmstatRow {
+    pub cell: String,
+    pub counter: String,
+    pub a: f64,
+    pub b: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -142,6 +154,75 @@ pub fn compare(a: &[CellRecord], b: &[CellRecord]) -> Comparison {
         }
     }
     numeric(&samples(a), &samples(b), &mut out);
+    out.vmstat = vmstat_rows(a, b);
+    out
+}
+
+/// The cell id without its repeat suffix (`.r2`): repeats pool.
+pub fn base_id(id: &str) -> String {
+    id.rsplit_once(".r")
+        .filter(|(_, n)| n.parse::<u32>().is_ok())
+        .map(|(b, _)| b)
+        .unwrap_or(id)
+        .to_string()
+}
+
+/// Per (cell, counter): the sum of a cell's scenario deltas, as one sample per repeat.
+fn vmstat_samples(records: &[CellRecord]) -> BTreeMap<(String, String), Vec<f64>> {
+    let mut out: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+    for r in records.iter().filter(|r| !r.verdict.is_infra()) {
+        let mut sums: BTreeMap<&str, i64> = BTreeMap::new();
+        for res in &r.results {
+            for (name, d) in &res.vmstat {
+                *sums.entry(name).or_default() += d;
+            }
+        }
+        for (name, d) in sums {
+            let key = (base_id(&r.id), name.to_string());
+            out.entry(key).or_default().push(d as f64);
+        }
+    }
+    out
+}
+
+fn vmstat_rows(a: &[CellRecord], b: &[CellRecord]) -> Vec<VmstatRow> {
+    let (sa, sb) = (vmstat_samples(a), vmstat_samples(b));
+    let keys: BTreeSet<&(String, String)> = sa.keys().chain(sb.keys()).collect();
+    keys.into_iter()
+        .map(|k| {
+            let side =
+                |s: &BTreeMap<(String, String), Vec<f64>>| s.get(k).map_or(0.0, |v| median(v));
+            VmstatRow {
+                cell: k.0.clone(),
+                counter: k.1.clone(),
+                a: side(&sa),
+                b: side(&sb),
+            }
+        })
+        .filter(|r| r.a != 0.0 || r.b != 0.0)
+        .collect()
+}
+
+/// The vmstat table, mmtests style: counter, A, B, per cell.
+pub fn vmstat_text(rows: &[VmstatRow]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "/proc/vmstat deltas (after minus before each scenario; median over repeats)\n",
+    );
+    let _ = writeln!(
+        out,
+        "{:<44} {:<28} {:>12} {:>12}",
+        "cell", "counter", "A", "B"
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:<44} {:<28} {:>12} {:>12}",
+            r.cell, r.counter, r.a, r.b
+        );
+    }
     out
 }
 
@@ -182,15 +263,10 @@ fn crashes(records: &[CellRecord]) -> Vec<(String, Vec<String>)> {
 }
 
 /// Per cell without its repeat suffix, per measurement: the values over repeats.
-fn samples(records: &[CellRecord]) -> BTreeMap<(String, String), Vec<f64>> {
+pub fn samples(records: &[CellRecord]) -> BTreeMap<(String, String), Vec<f64>> {
     let mut out: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
     for r in records.iter().filter(|r| !r.verdict.is_infra()) {
-        let base =
-            r.id.rsplit_once(".r")
-                .filter(|(_, n)| n.parse::<u32>().is_ok())
-                .map(|(b, _)| b)
-                .unwrap_or(&r.id)
-                .to_string();
+        let base = base_id(&r.id);
         for res in &r.results {
             for (name, m) in &res.measurements {
                 let key = (base.clone(), format!("{name} [{}]", m.unit));
@@ -293,6 +369,7 @@ pub fn text(c: &Comparison) -> String {
         );
     }
     list(&mut out, "cells only in B", &c.only_in_b);
+    out.push_str(&vmstat_text(&c.vmstat));
     let _ = writeln!(
         out,
         "{} number(s) not tested (fewer than 2 repeats on a side; use --repeat)\n{}",

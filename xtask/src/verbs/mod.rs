@@ -2,6 +2,7 @@
 //! the user asked for, prepare a [`crate::session::Session`], run cells into the results store,
 //! and are the only ones that print tables or render reports.
 
+pub mod ab;
 pub mod bench;
 pub mod bisect;
 pub mod build;
