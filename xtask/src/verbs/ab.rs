@@ -94,9 +94,9 @@ pub fn ab(opts: &AbOptions) -> Result<Table> {
         info.cells_planned = n;
         Store::create_at(&root.join(dir), info)
     };
-    let (sa, sb) = (store("a", a.len())?, store("b", b.len())?);
     let all: Vec<Cell> = a.iter().chain(&b).cloned().collect();
     let session = Session::prepare(&all, opts.run.session.clone())?;
+    let (sa, sb) = (store("a", a.len())?, store("b", b.len())?);
     session.stamp(&sa)?;
     session.stamp(&sb)?;
     eprintln!(
