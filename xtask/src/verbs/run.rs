@@ -81,6 +81,12 @@ pub fn cells_of(opts: &RunOptions) -> Result<(String, Vec<Cell>)> {
     if opts.session.jobs == 0 {
         bail!(UsageError::option("--jobs", "must be at least 1"));
     }
+    if opts.selection.record && opts.session.accel == crate::session::AccelChoice::Kvm {
+        bail!(UsageError::option(
+            "--record",
+            "record/replay needs TCG (icount): not with --accel kvm"
+        ));
+    }
     let catalog = Catalog::load(&host::workspace_root())?;
     let suite = catalog.resolve_suite(&opts.suite)?;
     let cells = matrix::expand(&suite, &catalog, &opts.selection)?;
