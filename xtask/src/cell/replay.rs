@@ -5,7 +5,7 @@
 use super::recording::{ReplayInfo, REPLAY_FILE};
 use crate::detect::{scan, Signatures};
 use crate::error::{InfraCause, InfraError, UsageError};
-use crate::qemu::{self, replay::ReplayPlan, QemuProcess};
+use crate::qemu::{self, replay::ReplayPlan, QemuProcess, Record, RrMode};
 use anyhow::{Context, Result};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 pub const CONSOLE_FILE: &str = "replay-console.log";
 pub const RESULTS_FILE: &str = "replay-results.log";
+pub const STDERR_FILE: &str = "replay-qemu.stderr";
 
 /// What a replay did.
 #[derive(Debug, Clone)]
@@ -27,6 +28,9 @@ pub struct Replayed {
     pub replayed_bytes: u64,
     /// The detector's reading of the replayed console.
     pub scan: scan::FileScan,
+    /// QEMU exited with an error (a damaged log, a changed command line): status and its
+    /// last line of stderr.
+    pub qemu_error: Option<String>,
 }
 
 /// Every reason a recording cannot be replayed here, as a usage error: a missing file, another
@@ -77,6 +81,11 @@ pub fn run(
     timeout: Duration,
 ) -> Result<Replayed> {
     let plan = ReplayPlan {
+        record: Record {
+            mode: RrMode::Replay,
+            file: dir.join(&info.file),
+            snapshots: info.snapshots.as_ref().map(|s| dir.join(s)),
+        },
         results_file: dir.join(RESULTS_FILE),
         gdb_port,
     };
@@ -90,7 +99,7 @@ pub fn run(
     let mut console = std::fs::File::create(&console_path)
         .with_context(|| format!("creating {}", console_path.display()))?;
     let start = Instant::now();
-    let mut qemu = QemuProcess::spawn(&argv, &dir.join("replay-qemu.stderr"), false)?;
+    let mut qemu = QemuProcess::spawn(&argv, &dir.join(STDERR_FILE), false)?;
     let mut stdout = qemu.take_stdout().context("QEMU's stdout is not piped")?;
     let copier = std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
@@ -101,11 +110,16 @@ pub fn run(
         }
         let _ = console.flush();
     });
-    let ended = qemu.wait_for(timeout).is_some();
+    let status = qemu.wait_for(timeout);
     qemu.kill();
     let _ = copier.join();
     let wall_s = start.elapsed().as_secs_f64();
-    compare(dir, info, &console_path, ended, wall_s)
+    let mut r = compare(dir, info, &console_path, status.is_some(), wall_s)?;
+    if let Some(st) = status.filter(|st| !st.success()) {
+        let stderr = std::fs::read_to_string(dir.join(STDERR_FILE)).unwrap_or_default();
+        r.qemu_error = Some(format!("{st}: {}", super::judge::last_line(&stderr)));
+    }
+    Ok(r)
 }
 
 /// The replayed console against the recorded one, and what the detector reads in it.
@@ -129,6 +143,7 @@ fn compare(
         first_difference: first_difference(&recorded, &replayed),
         replayed_bytes: replayed.len() as u64,
         scan: scan::scan_file(&sigs, console)?,
+        qemu_error: None,
     })
 }
 

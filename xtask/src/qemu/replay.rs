@@ -40,15 +40,17 @@ impl Record {
     /// Appends `-icount ...` (and the snapshot drive) to `a`.
     pub(super) fn push(&self, a: &mut Args) {
         a.pair("-icount", &self.icount_value());
-        if let Some(snap) = &self.snapshots {
-            a.pair(
-                "-drive",
-                &format!(
-                    "file={},if=none,id={SNAPSHOT_DRIVE},format=qcow2",
-                    escape(snap)
-                ),
-            );
+        if let Some(drive) = self.drive_value() {
+            a.pair("-drive", &drive);
         }
+    }
+
+    fn drive_value(&self) -> Option<String> {
+        let snap = self.snapshots.as_ref()?;
+        Some(format!(
+            "file={},if=none,id={SNAPSHOT_DRIVE},format=qcow2",
+            escape(snap)
+        ))
     }
 
     fn icount_value(&self) -> String {
@@ -72,6 +74,9 @@ fn escape(p: &Path) -> String {
 /// How a recorded command line is replayed.
 #[derive(Debug, Clone)]
 pub struct ReplayPlan {
+    /// The recording where it is now (the cell's folder may have moved since): its log and
+    /// snapshot image replace the recorded paths.
+    pub record: Record,
     /// Where the results port (COM2) writes during the replay: a file, since nobody is
     /// connected to the recording's socket any more. Its writes were recorded, not its backend.
     pub results_file: PathBuf,
@@ -79,17 +84,18 @@ pub struct ReplayPlan {
     pub gdb_port: Option<u16>,
 }
 
-/// The replay's command line: the recorded `argv` with `rr=replay`, the results socket
-/// replaced by `plan.results_file`, and the gdb stub if asked. An argv that was not recorded
-/// is an error naming what is missing.
+/// The replay's command line: the recorded `argv` with `plan.record` (`rr=replay`, the
+/// recording's files where they are now), the results socket replaced by `plan.results_file`,
+/// and the gdb stub if asked. An argv that was not recorded is an error saying so.
 pub fn replay_argv(recorded: &[String], plan: &ReplayPlan) -> Result<Vec<OsString>> {
     let mut out: Vec<String> = Vec::with_capacity(recorded.len() + 4);
     let mut it = recorded.iter();
     let mut icount = false;
+    let snapshot_drive = format!("id={SNAPSHOT_DRIVE},");
     while let Some(arg) = it.next() {
         out.push(arg.clone());
         let value = match arg.as_str() {
-            "-icount" | "-chardev" => it.next().context("a flag without its value")?,
+            "-icount" | "-chardev" | "-drive" => it.next().context("a flag without its value")?,
             _ => continue,
         };
         if arg == "-icount" {
@@ -97,7 +103,9 @@ pub fn replay_argv(recorded: &[String], plan: &ReplayPlan) -> Result<Vec<OsStrin
                 bail!("-icount {value}: not a recording (no rr=record)");
             }
             icount = true;
-            out.push(value.replacen(",rr=record,", ",rr=replay,", 1));
+            out.push(plan.record.icount_value());
+        } else if value.contains(&snapshot_drive) {
+            out.push(plan.record.drive_value().unwrap_or_else(|| value.clone()));
         } else if value.starts_with("socket,id=results,") {
             out.push(format!(
                 "file,id=results,path={}",
@@ -176,13 +184,18 @@ mod tests {
         .map(String::from)
         .to_vec();
         let plan = ReplayPlan {
+            record: Record {
+                mode: RrMode::Replay,
+                file: "/moved/replay.bin".into(),
+                snapshots: None,
+            },
             results_file: "/c/replay-results.log".into(),
             gdb_port: Some(1234),
         };
         let a = strs(&replay_argv(&recorded, &plan).unwrap());
         assert_eq!(a[3], "stdio,id=console,signal=off");
         assert_eq!(a[5], "file,id=results,path=/c/replay-results.log");
-        assert_eq!(a[7], "shift=auto,rr=replay,rrfile=/c/replay.bin");
+        assert_eq!(a[7], "shift=auto,rr=replay,rrfile=/moved/replay.bin");
         assert_eq!(&a[8..10], ["-kernel", "/k/vmlinux"]);
         assert_eq!(&a[10..], ["-S", "-gdb", "tcp:127.0.0.1:1234"]);
         let unrecorded: Vec<String> = recorded[..6].to_vec();

@@ -62,6 +62,19 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplayOutcome> {
         println!("{}", gdb_help(port, &info));
     }
     let replayed = replay::run(dir, &info, opts.gdb, timeout)?;
+    if opts.gdb.is_some() {
+        // Stepping back reloads the start snapshot and runs again: the console repeats, and
+        // is not compared.
+        println!("gdb session over after {:.1} s", replayed.wall_s);
+        let reproduced = replayed.qemu_error.is_none();
+        if let Some(e) = &replayed.qemu_error {
+            println!("QEMU failed during the replay ({e})");
+        }
+        return Ok(ReplayOutcome {
+            replayed,
+            reproduced,
+        });
+    }
     let reproduced = print_outcome(&record, &info, &replayed);
     Ok(ReplayOutcome {
         replayed,
@@ -109,6 +122,9 @@ fn print_outcome(record: &CellRecord, info: &ReplayInfo, r: &Replayed) -> bool {
             " (stopped by the timeout)"
         }
     );
+    if let Some(e) = &r.qemu_error {
+        println!("QEMU failed during the replay ({e}): the recording is damaged or does not fit this command line");
+    }
     let reproduced = r.first_difference.is_none() && replay_title == recorded_title;
     println!(
         "{}",
@@ -129,60 +145,19 @@ fn gdb_help(port: u16, info: &ReplayInfo) -> String {
         .find(|i| i.role == "kernel")
         .map(|i| i.path.clone())
         .unwrap_or_default();
-    let map = system_map(Path::new(&kernel));
-    let (symbols, break_at) = match &map {
-        Some(m) => (
-            String::new(),
-            format!(
-                "hbreak *0x{:x}   # panic, from {}",
-                symbol_address(m, "panic").unwrap_or(0),
-                m.display()
-            ),
-        ),
-        None => (format!(" {kernel}"), "hbreak panic".to_string()),
+    let break_at = match crate::images::symbols::address(Path::new(&kernel), "panic") {
+        Ok(Some(a)) => format!("hbreak *0x{a:x}   # panic()"),
+        _ => "hbreak panic".to_string(),
     };
     format!(
         "the replay waits for gdb on 127.0.0.1:{port}; in another terminal:\n\
-         \n  gdb{symbols} -ex 'target remote 127.0.0.1:{port}'\n\
+         \n  gdb {kernel} -ex 'target remote 127.0.0.1:{port}'\n\
          \n  (gdb) {break_at}\n  (gdb) continue          # runs the replay to the panic\n  \
-         (gdb) reverse-stepi     # one instruction back\n  \
+         (gdb) reverse-stepi     # one instruction back: the call to panic()\n  \
          (gdb) reverse-continue  # back to the previous breakpoint\n  (gdb) info registers\n\
-         \n(Debian's kernel has no symbols in its vmlinux: its System.map gives addresses; the \
-         symbols are in linux-image-<abi>-amd64-dbg, 854 MB, not fetched. A --kernel or \
-         kernel-tree build's vmlinux has its own.)"
+         \nDebian's vmlinux has no symbol table (the address above is from its export table); \
+         its symbols are in linux-image-<abi>-amd64-dbg (854 MB, not fetched: `gdb -ex 'symbol-file \
+         /usr/lib/debug/boot/vmlinux-<abi>-amd64'` once installed). A --kernel or kernel-tree \
+         build's vmlinux has its own."
     )
-}
-
-/// Debian's `System.map-<version>` of the package a kernel was unpacked from, if there is one
-/// (the kernel sits in the package's cache folder, the package's files below it).
-pub fn system_map(kernel: &Path) -> Option<PathBuf> {
-    let dir = kernel.parent()?;
-    let boots = [
-        dir.join("boot"),
-        dir.join("root/boot"),
-        dir.join("deb/boot"),
-    ];
-    for b in boots.iter().chain(std::iter::once(&dir.to_path_buf())) {
-        let Ok(entries) = std::fs::read_dir(b) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with("System.map") {
-                return Some(e.path());
-            }
-        }
-    }
-    None
-}
-
-/// The address of the text symbol `name` in a `System.map`.
-pub fn symbol_address(map: &Path, name: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(map).ok()?;
-    text.lines().find_map(|l| {
-        let mut w = l.split_whitespace();
-        let (addr, kind, sym) = (w.next()?, w.next()?, w.next()?);
-        (sym == name && matches!(kind, "T" | "t"))
-            .then(|| u64::from_str_radix(addr, 16).ok())
-            .flatten()
-    })
 }
