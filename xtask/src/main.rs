@@ -305,6 +305,12 @@ enum BenchWhich {
         #[arg(long)]
         work: Option<PathBuf>,
     },
+    /// Record/replay's cost on the default suite's Linux cells: unrecorded vs recorded (same
+    /// run), replay vs recording, log sizes.
+    Record {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// ssh and serial shell on linux-disk: time to the first command and upload rate, against
     /// the PID-1 path booting the same kernel.
     Transport,
@@ -353,6 +359,7 @@ fn main() -> ExitCode {
             BenchWhich::Boot { rounds } => exit_of(bench::boot(rounds)),
             BenchWhich::Detect => exit_of(bench::detect()),
             BenchWhich::Transport => exit_of(bench::transport()),
+            BenchWhich::Record { rounds } => exit_of(bench::record(rounds)),
             BenchWhich::Scenarios => exit_of(bench::scenarios()),
             BenchWhich::StressNg { rounds } => exit_of(bench::stress_ng(rounds)),
             BenchWhich::Mach { boots } => exit_of(bench::mach(boots)),
