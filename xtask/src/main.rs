@@ -72,6 +72,23 @@ enum Verb {
     },
     /// Delete the cache (downloads, built images) and, with --results, all results.
     Clean(CleanArgs),
+    /// Re-execute a cell recorded with `run --record` from its folder: the console must match
+    /// the recorded one byte for byte and end the same way (exit 0; 1 when it diverged).
+    Replay(ReplayArgs),
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// The recorded cell's folder, e.g. results/latest/cells/panic@linux-128M-base.
+    cell_dir: PathBuf,
+    /// Start the replay stopped with QEMU's gdb stub on 127.0.0.1:PORT (default 1234), and
+    /// print how to attach, run to the panic and step back.
+    #[arg(long, value_name = "PORT", num_args = 0..=1, default_missing_value = "1234")]
+    gdb: Option<u16>,
+    /// Longest wait for the replay to end (default: 10 times the recording, at least 2 min;
+    /// with --gdb, 30 min).
+    #[arg(long)]
+    timeout: Option<kstorm::config::HumanDuration>,
 }
 
 /// Which cells: the suite and what narrows it (shared by `run` and `list`).
@@ -99,6 +116,10 @@ struct SelectArgs {
     /// Parameter profile: quick (default) or deep (nightly counts).
     #[arg(long, value_enum, default_value_t = ParamProfile::Quick)]
     profile: ParamProfile,
+    /// Record every cell with QEMU's record/replay (PID-1 Linux cells; TCG), for
+    /// `cargo xtask replay CELL_DIR`. Deadlines are doubled.
+    #[arg(long)]
+    record: bool,
 }
 
 impl SelectArgs {
@@ -110,6 +131,7 @@ impl SelectArgs {
             repeat: self.repeat,
             profile: self.profile,
             transport: self.transport,
+            record: self.record,
         };
         (self.suite, sel)
     }
@@ -135,6 +157,10 @@ struct RunArgs {
     /// kept, the cut ones run again).
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
+    /// With --record: keep every cell's replay, not only those that crashed, hung, ran out of
+    /// memory or were not as expected.
+    #[arg(long)]
+    keep_replays: bool,
 }
 
 #[derive(Args)]
@@ -318,6 +344,12 @@ enum BenchWhich {
         #[arg(long)]
         work: Option<PathBuf>,
     },
+    /// Record/replay's cost on the default suite's Linux cells: unrecorded vs recorded (same
+    /// run), replay vs recording, log sizes.
+    Record {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// ssh and serial shell on linux-disk: time to the first command and upload rate, against
     /// the PID-1 path booting the same kernel.
     Transport,
@@ -367,6 +399,7 @@ fn main() -> ExitCode {
             BenchWhich::Boot { rounds } => exit_of(bench::boot(rounds)),
             BenchWhich::Detect => exit_of(bench::detect()),
             BenchWhich::Transport => exit_of(bench::transport()),
+            BenchWhich::Record { rounds } => exit_of(bench::record(rounds)),
             BenchWhich::Scenarios => exit_of(bench::scenarios()),
             BenchWhich::StressNg { rounds } => exit_of(bench::stress_ng(rounds)),
             BenchWhich::Mach { boots } => exit_of(bench::mach(boots)),
@@ -376,6 +409,7 @@ fn main() -> ExitCode {
         Verb::Scan(a) => kstorm::detect::scan::run(&a),
         Verb::Test { fast, cargo_args } => verbs::test::test(fast, &cargo_args),
         Verb::Clean(a) => exit_of(verbs::clean::clean(a.results)),
+        Verb::Replay(a) => replay(a),
     };
     ExitCode::from(code as u8)
 }
@@ -414,6 +448,7 @@ fn run_with(a: RunArgs) -> i32 {
     opts.resume = a.resume.clone();
     opts.kernel = a.kernel;
     a.exec.apply(&mut opts);
+    opts.session.keep_replays = a.keep_replays;
     match verbs::run::run(&opts) {
         Ok(outcome) => outcome.exit_code(a.bisect),
         Err(e) => error_exit(&e, a.bisect),
@@ -537,6 +572,19 @@ fn ab(a: AbArgs) -> i32 {
         run,
     }) {
         Ok(t) => t.worse() as i32,
+        Err(e) => error_exit(&e, false),
+    }
+}
+
+/// 0: the replay reproduced the recorded ending; 1: it diverged; 2: it could not run.
+fn replay(a: ReplayArgs) -> i32 {
+    let opts = verbs::replay::ReplayOptions {
+        cell_dir: a.cell_dir,
+        gdb: a.gdb,
+        timeout: a.timeout.map(|t| t.0),
+    };
+    match verbs::replay::replay(&opts) {
+        Ok(outcome) => i32::from(!outcome.reproduced),
         Err(e) => error_exit(&e, false),
     }
 }

@@ -37,6 +37,8 @@ pub struct Selection {
     pub profile: ParamProfile,
     /// Use this transport instead of each image's default (`run --transport`).
     pub transport: Option<TransportKind>,
+    /// Record every cell with QEMU's record/replay (`run --record`).
+    pub record: bool,
 }
 
 impl Default for Selection {
@@ -48,6 +50,7 @@ impl Default for Selection {
             repeat: 1,
             profile: ParamProfile::Quick,
             transport: None,
+            record: false,
         }
     }
 }
@@ -68,7 +71,12 @@ pub struct Cell {
     pub deadlines: Deadlines,
     /// How the harness reaches the payload in this cell.
     pub transport: TransportSpec,
+    /// QEMU records the cell's execution (`replay.bin` in its folder) to replay it later.
+    pub record: bool,
 }
+
+/// How much longer a recorded cell's deadlines are: icount runs it about twice as slowly.
+pub const RECORD_SLOWDOWN: u32 = 2;
 
 pub fn expand(suite: &Suite, catalog: &Catalog, sel: &Selection) -> Result<Vec<Cell>, UsageError> {
     check_image_option(catalog, sel)?;
@@ -103,6 +111,14 @@ pub fn expand(suite: &Suite, catalog: &Catalog, sel: &Selection) -> Result<Vec<C
                         {
                             continue;
                         }
+                        let record = sel.record || suite.record || case.record;
+                        if record {
+                            check_record(suite, index, sel, &id, image, transport)?;
+                        }
+                        let mut deadlines = case.deadlines.or(suite.deadlines).or(image.deadlines);
+                        if record {
+                            deadlines = deadlines.scaled(RECORD_SLOWDOWN);
+                        }
                         cells.push(Cell {
                             id,
                             suite: suite.name.0.clone(),
@@ -112,8 +128,9 @@ pub fn expand(suite: &Suite, catalog: &Catalog, sel: &Selection) -> Result<Vec<C
                             variant: variant.clone(),
                             repeat,
                             params: params.clone(),
-                            deadlines: case.deadlines.or(suite.deadlines).or(image.deadlines),
+                            deadlines,
                             transport: transport.clone(),
+                            record,
                         });
                     }
                 }
@@ -127,6 +144,53 @@ pub fn expand(suite: &Suite, catalog: &Catalog, sel: &Selection) -> Result<Vec<C
         ));
     }
     Ok(cells)
+}
+
+/// Why a cell on `image`, reached by `transport`, cannot be recorded; `None` when it can.
+/// QEMU replays character devices and clocks; a block device only through `blkreplay` and a
+/// network only through `filter-replay`, which kstorm does not set up.
+pub fn record_unsupported(image: &Image, transport: &TransportSpec) -> Option<String> {
+    const SUPPORTED: &str = "--record supports PID-1 Linux cells (a kernel and an initramfs, \
+                             on microvm or pc, no disk, no network)";
+    let why = if image.os == crate::detect::Os::Mach {
+        "GNU Mach boots from a GRUB ISO (a block device, which QEMU replays only through \
+         blkreplay)"
+    } else if image.disk.is_some()
+        || matches!(image.source, crate::config::Source::PublishedDisk(_))
+    {
+        "the image boots its own disk (replayed only through blkreplay; ssh also needs the \
+         network's filter-replay)"
+    } else if image.route() != registry::Route::LinuxPayload || *transport != TransportSpec::Pid1 {
+        "the payload is not PID 1 of a Linux initramfs"
+    } else {
+        return None;
+    };
+    Some(format!("{why}; {SUPPORTED}"))
+}
+
+/// A recorded cell must be one QEMU can replay: else a usage error naming the cell, at the
+/// `record:` that asked for it (the case's, the suite's, or `--record`).
+fn check_record(
+    suite: &Suite,
+    index: usize,
+    sel: &Selection,
+    id: &str,
+    image: &Image,
+    transport: &TransportSpec,
+) -> Result<(), UsageError> {
+    let Some(why) = record_unsupported(image, transport) else {
+        return Ok(());
+    };
+    let message = format!("cell {id} cannot be recorded: {why}");
+    Err(if sel.record {
+        UsageError::option("--record", message)
+    } else if suite.cases[index].record {
+        suite
+            .origin
+            .error(format!("cases[{index}].record"), message)
+    } else {
+        suite.origin.error("record", message)
+    })
 }
 
 /// Every `--image` names an image of `images/`.

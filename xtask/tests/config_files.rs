@@ -573,3 +573,71 @@ fn sweep_axis_and_ab_usage_errors_boot_nothing() {
     }
     assert!(!dir.path().join("cache").exists());
 }
+
+/// `record: true` on a case or a suite records its cells with doubled deadlines; on a cell
+/// QEMU cannot replay (GNU Mach's ISO), it is a usage error at that `record:` key, naming the
+/// cell and what is supported, and `--record` is refused the same way on the command line.
+#[test]
+fn record_parses_and_an_unrecordable_cell_is_refused_where_it_was_asked() {
+    let catalog = Catalog::load(&kstorm::host::workspace_root()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let load = |text: &str| {
+        let path = write(dir.path(), "suites/rec.yaml", text);
+        config::load_suite(&path, &catalog.images).unwrap()
+    };
+    let head = "name: rec\ndescription: d\nimages: [linux]\nram: [128M]\n";
+    let suite = load(&format!(
+        "{head}deadlines: {{cell: 100s}}\ncases:\n  - {{name: a, scenario: panic, expect: crash, record: true}}\n  - {{name: b, scenario: smoke, expect: pass}}\n"
+    ));
+    assert!(suite.cases[0].record && !suite.cases[1].record && !suite.record);
+    let cells = matrix::expand(&suite, &catalog, &Selection::default()).unwrap();
+    assert!(cells[0].record && !cells[1].record);
+    assert_eq!(cells[0].deadlines.cell().as_secs(), 200);
+    assert_eq!(cells[1].deadlines.cell().as_secs(), 100);
+    let sel = Selection {
+        record: true,
+        ..Selection::default()
+    };
+    assert!(matrix::expand(&suite, &catalog, &sel)
+        .unwrap()
+        .iter()
+        .all(|c| c.record));
+
+    let mach = "  - {name: m, scenario: port-churn, images: [gnumach], expect: pass";
+    let suite = load(&format!(
+        "{head}cases:\n  - {{name: a, scenario: smoke, expect: pass}}\n{mach}, record: true}}\n"
+    ));
+    let err = matrix::expand(&suite, &catalog, &Selection::default())
+        .unwrap_err()
+        .to_string();
+    for want in [
+        "rec.yaml",
+        "line 7",
+        "cases[1].record",
+        "cell m@gnumach-128M-base cannot be recorded",
+        "GNU Mach",
+        "supports PID-1 Linux cells",
+    ] {
+        assert!(err.contains(want), "{want:?} not in {err}");
+    }
+    let suite = load(&format!(
+        "{head}record: true\ncases:\n  - {{name: a, scenario: smoke, expect: pass}}\n{mach}}}\n"
+    ));
+    let err = matrix::expand(&suite, &catalog, &Selection::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 5") && err.contains("record: cell m@"),
+        "{err}"
+    );
+    let suite = load(&format!("{head}cases:\n{mach}}}\n"));
+    let err = matrix::expand(&suite, &catalog, &sel)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("--record: cell m@gnumach-128M-base"),
+        "{err}"
+    );
+    let err = matrix::expand(&suite, &catalog, &Selection::default());
+    assert!(err.is_ok(), "an unrecorded Mach cell is fine");
+}

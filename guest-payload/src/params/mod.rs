@@ -347,11 +347,32 @@ impl Default for Hang {
     }
 }
 
-/// `panic`: crashes the kernel on purpose.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Panic {}
-impl Check for Panic {}
+/// `panic`: crashes the kernel on purpose; with `probability` below 1, only in that fraction
+/// of runs, drawn in the guest at run time (a flaky crash, as a real one would be).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Panic {
+    /// The chance that this run crashes, in (0, 1].
+    pub probability: f64,
+}
+
+impl Default for Panic {
+    fn default() -> Self {
+        Panic { probability: 1.0 }
+    }
+}
+
+impl Check for Panic {
+    fn check(&self) -> Result<(), ParamError> {
+        if !(self.probability > 0.0 && self.probability <= 1.0) {
+            return Err(ParamError::field(
+                "probability",
+                format!("{} is not in (0, 1]", self.probability),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// `oom` (seed 003): hogs with different `oom_score_adj` until the OOM killer acts.
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -6,8 +6,22 @@ use crate::sys;
 use kstorm_payload::params::{Hang as HangParams, Panic as PanicParams};
 
 /// Writes `c` to /proc/sysrq-trigger: the kernel crashes ("sysrq triggered crash"). Linux.
-pub fn run_panic(_: PanicParams, ctx: &Ctx) -> Result<Report, RunError> {
+/// With `probability` p < 1 it first draws from the kernel's random source (getrandom(2)): the
+/// run crashes with chance p, else it passes, saying what it drew.
+pub fn run_panic(p: PanicParams, ctx: &Ctx) -> Result<Report, RunError> {
     deadline(ctx, 30.0);
+    if p.probability < 1.0 {
+        let draw = sys::random_unit().map_err(|e| format!("getrandom: {e}"))?;
+        if draw >= p.probability {
+            let mut r = Report::default();
+            r.num("draw", draw, "");
+            r.fact(
+                "crash",
+                format!("not drawn ({draw:.3} >= {})", p.probability),
+            );
+            return Ok(r);
+        }
+    }
     // Flushes what the guest wrote before the crash.
     nix::unistd::sync();
     sys::write_file("/proc/sysrq-trigger", "c")

@@ -114,6 +114,19 @@ pub fn write_file(path: &str, value: &str) -> io::Result<()> {
     write_all(open(path, OFlag::O_WRONLY)?, value.as_bytes())
 }
 
+/// A uniform draw in [0, 1) from the kernel's random source (getrandom(2), which waits for
+/// the pool to be initialised): differs from run to run, replays identically.
+pub fn random_unit() -> io::Result<f64> {
+    let mut buf = [0u8; 8];
+    // SAFETY: `buf` is valid for writes of its whole length for the duration of the call.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n != buf.len() as isize {
+        return Err(io::Error::last_os_error());
+    }
+    // The top 53 bits: every f64 in [0, 1) this can give is equally likely.
+    Ok((u64::from_le_bytes(buf) >> 11) as f64 / (1u64 << 53) as f64)
+}
+
 /// Online CPUs.
 pub fn ncpu() -> u32 {
     match sysconf(SysconfVar::_NPROCESSORS_ONLN) {

@@ -21,6 +21,9 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// How long a recording QEMU may take to write its log's end after SIGTERM.
+const RECORD_STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// What the reader threads send: events, and the ends of their streams.
 enum Msg {
     Event(CellEvent),
@@ -48,6 +51,10 @@ pub struct Backend {
     threads: Vec<JoinHandle<()>>,
     results_thread: Option<JoinHandle<()>>,
     exited: bool,
+    /// A recorded QEMU is stopped cleanly, or its recording is unreadable.
+    graceful_stop: bool,
+    /// The command line QEMU was started with (`qemu.cmd`).
+    pub argv: Vec<std::ffi::OsString>,
     pub start: Instant,
     pub stderr_log: PathBuf,
 }
@@ -65,7 +72,8 @@ impl Backend {
             spec.results_socket = Some(sock_dir.path().join("results.sock"));
         }
         let stderr_log = launch.dir.join("qemu.stderr");
-        let (start, mut qemu) = spawn_qemu(&mut spec, &launch, &stderr_log)?;
+        let graceful_stop = spec.record.is_some();
+        let (start, mut qemu, argv) = spawn_qemu(&mut spec, &launch, &stderr_log)?;
         let (tx, rx) = mpsc::channel();
         let stdout = qemu.take_stdout().context("QEMU's stdout is not piped")?;
         let console_log = std::fs::File::create(launch.dir.join("console.log"))
@@ -126,6 +134,8 @@ impl Backend {
             threads,
             results_thread,
             exited: false,
+            graceful_stop,
+            argv,
             start,
             stderr_log,
         })
@@ -187,7 +197,11 @@ impl Backend {
     /// time QEMU was gone.
     pub fn stop(mut self) -> (Vec<CellEvent>, Instant) {
         self.stop.store(true, Ordering::SeqCst);
-        self.qemu.kill();
+        if self.graceful_stop {
+            self.qemu.terminate(RECORD_STOP_GRACE);
+        } else {
+            self.qemu.kill();
+        }
         let gone = Instant::now();
         for t in self.threads.drain(..).chain(self.results_thread.take()) {
             let _ = t.join();
@@ -212,7 +226,7 @@ fn spawn_qemu(
     spec: &mut QemuSpec,
     launch: &Launch<'_>,
     stderr_log: &Path,
-) -> Result<(Instant, QemuProcess)> {
+) -> Result<(Instant, QemuProcess, Vec<std::ffi::OsString>)> {
     let console_input = *launch.transport != TransportSpec::Pid1;
     for attempt in 0..5 {
         if let TransportSpec::Ssh(ssh) = launch.transport {
@@ -228,10 +242,10 @@ fn spawn_qemu(
         let start = Instant::now();
         let mut qemu = QemuProcess::spawn(&argv, stderr_log, console_input)?;
         let Some(forward) = spec.forward else {
-            return Ok((start, qemu));
+            return Ok((start, qemu, argv));
         };
         match wait_for_forward(&mut qemu, forward.host_port, stderr_log) {
-            Ok(()) => return Ok((start, qemu)),
+            Ok(()) => return Ok((start, qemu, argv)),
             Err(PortTaken) if attempt < 4 => continue,
             Err(PortTaken) => break,
         }

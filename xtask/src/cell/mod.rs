@@ -9,6 +9,8 @@
 pub mod backend;
 pub mod judge;
 pub mod monitor;
+pub mod recording;
+pub mod replay;
 
 use crate::config::{Expect, TransportSpec};
 use crate::detect::{CrashReport, Detector};
@@ -68,6 +70,9 @@ pub struct CellRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_progress: Option<u64>,
     pub started_at: String,
+    /// A recorded cell whose recording was kept: what `cargo xtask replay` needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<recording::ReplayInfo>,
 }
 
 impl CellRecord {
@@ -98,6 +103,7 @@ impl CellRecord {
             transport: None,
             last_progress: None,
             started_at: chrono::Local::now().to_rfc3339(),
+            replay: None,
         }
     }
 }
@@ -219,6 +225,11 @@ fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Re
         crate::images::disk::overlay(base, &overlay)?;
         spec.disk = Some(overlay);
     }
+    if cell.record {
+        // icount, which record/replay needs, is TCG's.
+        spec.accel = Accel::Tcg;
+        spec.record = Some(recording::prepare(&env.dir)?);
+    }
     let channel = FrameChannel::of(&cell.transport, env.boot.medium.profile);
     let detector = Detector::new(cell.image.os)?;
     let backend = Backend::start(
@@ -246,6 +257,7 @@ fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Re
         }
     }
     let stderr = backend.qemu_stderr();
+    let argv = backend.argv.clone();
     let (rest, gone) = backend.stop();
     // Whatever arrived between the ending and QEMU's death still counts as observed.
     for event in rest {
@@ -255,6 +267,23 @@ fn boot_and_watch(cell: &Cell, env: &CellEnv<'_>, record: &mut CellRecord) -> Re
     record.timings.total_s = start.elapsed().as_secs_f64();
     record.verdict = judge::verdict(&ending, &seen, record.timings.total_s, &stderr);
     fill_record(record, &ending, seen, reports, gone);
+    if cell.record {
+        record.accel = Accel::Tcg;
+        let medium = &env.boot.medium;
+        let info = recording::describe(
+            &env.dir,
+            &argv,
+            medium.kernel.as_deref(),
+            medium.initrd.as_deref(),
+            cell.image.os,
+            record.timings.total_s,
+        );
+        // The verdict stands (it is the kernel's); the recording that failed is the host's.
+        match info {
+            Ok(info) => record.replay = Some(info),
+            Err(e) => eprintln!("kstorm: {}: no replay: {e:#}", cell.id),
+        }
+    }
     Ok(())
 }
 

@@ -374,6 +374,17 @@ impl Deadlines {
         }
     }
 
+    /// Every limit (defaults filled in) `factor` times longer: a recorded cell runs under
+    /// icount, about twice as slow as an unrecorded one.
+    pub fn scaled(self, factor: u32) -> Deadlines {
+        let times = |d: Duration| Some(HumanDuration(d * factor));
+        Deadlines {
+            boot: times(self.boot()),
+            heartbeat: times(self.heartbeat()),
+            cell: times(self.cell()),
+        }
+    }
+
     pub fn boot(&self) -> Duration {
         self.boot.map(|d| d.0).unwrap_or(Duration::from_secs(60))
     }
@@ -406,6 +417,9 @@ pub struct Suite {
     /// Measurements that gate `ab`: exit 1 when B is significantly worse on one of them.
     #[serde(default)]
     pub gates: Vec<Gate>,
+    /// Record every cell with QEMU's record/replay (`run --record` does the same).
+    #[serde(default)]
+    pub record: bool,
     /// Where the suite was read from, for errors found after parsing.
     #[serde(skip)]
     pub origin: Origin,
@@ -481,6 +495,9 @@ pub struct Case {
     pub variants: Option<Vec<Name>>,
     #[serde(default)]
     pub deadlines: Deadlines,
+    /// Record this case's cells with QEMU's record/replay (PID-1 Linux cells only).
+    #[serde(default)]
+    pub record: bool,
 }
 
 /// What a case is expected to end in.

@@ -13,6 +13,7 @@ pub mod local;
 pub mod mach_iso;
 pub mod provenance;
 pub mod published;
+pub mod symbols;
 
 pub use provenance::{Provenance, SourceKind};
 

@@ -6,9 +6,11 @@
 
 pub mod process;
 pub mod profile;
+pub mod replay;
 
 pub use process::{install_signal_handler, interrupted, QemuProcess};
 pub use profile::{MachineKind, MachineProfile};
+pub use replay::{Record, RrMode};
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -79,6 +81,8 @@ pub struct QemuSpec {
     /// The guest reboots once on purpose (boot-loader tunables): QEMU resets it instead of
     /// exiting (no `-no-reboot`). A panic still ends the cell through the detector.
     pub guest_reboots: bool,
+    /// Record (or replay) the whole execution with QEMU's record/replay (TCG only).
+    pub record: Option<Record>,
 }
 
 impl QemuSpec {
@@ -93,6 +97,7 @@ impl QemuSpec {
             disk: None,
             forward: None,
             guest_reboots: false,
+            record: None,
         }
     }
 
@@ -159,6 +164,9 @@ impl QemuSpec {
                 ),
             );
             a.pair("-device", &format!("{},netdev=net0", p.net_device));
+        }
+        if let Some(r) = &self.record {
+            r.push(&mut a);
         }
         self.boot_medium(&mut a, p);
         a.words(&p.extra_args.iter().map(String::as_str).collect::<Vec<_>>());

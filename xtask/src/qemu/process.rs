@@ -143,6 +143,18 @@ impl QemuProcess {
         }
     }
 
+    /// Asks QEMU to exit (SIGTERM: a clean shutdown, which writes a recording's header and
+    /// flushes its log), waits up to `grace`, then kills it.
+    pub fn terminate(&mut self, grace: Duration) {
+        if self.try_wait().is_some() {
+            return;
+        }
+        let _ = nix::sys::signal::kill(Pid::from_raw(self.pgid), Signal::SIGTERM);
+        if self.wait_for(grace).is_none() {
+            self.kill();
+        }
+    }
+
     fn reaped(&mut self, st: ExitStatus) {
         self.reaped = Some(st);
         LIVE.lock()

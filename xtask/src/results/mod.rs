@@ -230,6 +230,11 @@ impl Run {
     }
 }
 
+/// One cell's `result.json`, read from its folder.
+pub fn read_cell(cell_dir: &Path) -> Result<CellRecord> {
+    read_json(&cell_dir.join(RECORD_FILE))
+}
+
 /// A run folder's `run.json`, of this format version.
 pub fn read_info(root: &Path) -> Result<RunInfo> {
     read_versioned(&root.join(INFO_FILE))

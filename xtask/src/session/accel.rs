@@ -152,5 +152,6 @@ cases:
         repeat: 1,
         deadlines: suite.deadlines,
         transport: crate::config::TransportSpec::Pid1,
+        record: false,
     })
 }

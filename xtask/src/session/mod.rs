@@ -40,6 +40,9 @@ pub struct SessionOptions {
     pub progress: bool,
     /// Test-only fault injection into the transports; empty in real runs.
     pub faults: crate::transport::Faults,
+    /// Keep every recorded cell's replay, not only those that crashed, hung, ran out of
+    /// memory or ended not as expected (`run --keep-replays`).
+    pub keep_replays: bool,
 }
 
 impl Default for SessionOptions {
@@ -50,6 +53,7 @@ impl Default for SessionOptions {
             cache: crate::host::cache_dir(),
             progress: true,
             faults: Default::default(),
+            keep_replays: false,
         }
     }
 }
@@ -191,7 +195,9 @@ impl Session {
     /// Runs one cell with progress and writes its result (marked as cut by an interrupt).
     fn run_one_cell(&self, cell: &Cell, store: &Store, bars: &Bars) -> CellRecord {
         let bar = bars.cell(&cell.id);
-        let record = self.boot_cell(cell, store, &|m: &str| bar.set_message(m.to_string()));
+        let mut record = self.boot_cell(cell, store, &|m: &str| bar.set_message(m.to_string()));
+        let dir = store.cell_dir(&cell.id);
+        cell::recording::keep_or_discard(&mut record, &dir, self.opts.keep_replays);
         bars.finish_cell(&bar, &record);
         if let Err(e) = store.add(record.clone()) {
             eprintln!("kstorm: writing result of {}: {e:#}", record.id);

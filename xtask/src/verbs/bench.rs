@@ -432,3 +432,72 @@ fn run_pid1_cell(b: &LinuxBench, cell: &Cell, dir: std::path::PathBuf) -> Result
     };
     Ok(cell::run(cell, env))
 }
+
+/// Record/replay's cost: the default suite's Linux cells (128M) unrecorded and recorded in
+/// the same run, then each recording replayed. Medians per cell; ratios recorded/unrecorded and
+/// replay/recorded; the log sizes.
+pub fn record(rounds: usize) -> Result<()> {
+    let b = linux_bench()?;
+    let catalog = Catalog::load(&host::workspace_root())?;
+    let suite = catalog.suite("default")?;
+    let sel = |record| crate::matrix::Selection {
+        images: Some(vec!["linux".into()]),
+        ram: Some(vec![crate::config::RamSize(128)]),
+        record,
+        ..Default::default()
+    };
+    let plain = crate::matrix::expand(suite, &catalog, &sel(false))?;
+    let recorded = crate::matrix::expand(suite, &catalog, &sel(true))?;
+    let out = tempfile::tempdir()?;
+    let mut ratios = (Vec::new(), Vec::new());
+    for (p, r) in plain.iter().zip(&recorded) {
+        let (mut t_plain, mut t_rec, mut t_replay, mut size) = (vec![], vec![], vec![], 0);
+        for i in 0..rounds.max(1) {
+            t_plain.push(
+                run_pid1_cell(&b, p, out.path().join(format!("{}-{i}", p.id)))?
+                    .timings
+                    .total_s,
+            );
+            let dir = out.path().join(format!("{}-rec-{i}", r.id));
+            let rec = run_pid1_cell(&b, r, dir.clone())?;
+            let info = rec
+                .replay
+                .with_context(|| format!("{}: no recording", r.id))?;
+            t_rec.push(info.recorded_s);
+            size = info.size_bytes;
+            let timeout = Duration::from_secs_f64((info.recorded_s * 10.0).max(120.0));
+            let replayed = cell::replay::run(&dir, &info, None, timeout)?;
+            t_replay.push(replayed.wall_s);
+            eprintln!(
+                "round {}: {}: {:.2}s, recorded {:.2}s, replay {:.2}s{}",
+                i + 1,
+                p.id,
+                t_plain[i],
+                t_rec[i],
+                t_replay[i],
+                if replayed.first_difference.is_none() {
+                    ""
+                } else {
+                    " (diverged)"
+                }
+            );
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let (a, c, d) = (median(t_plain), median(t_rec), median(t_replay));
+        println!(
+            "{:<24} unrecorded {a:6.2}s  recorded {c:6.2}s ({:.2}x)  replay {d:6.2}s ({:.2}x the recording)  log {:.1} MB",
+            p.id,
+            c / a,
+            d / c,
+            size as f64 / 1e6
+        );
+        ratios.0.push(c / a);
+        ratios.1.push(d / c);
+    }
+    println!(
+        "bench record ({rounds} rounds, TCG): median over cells: recording {:.2}x an unrecorded cell (goal <= 2), replay {:.2}x the recording (goal <= 2)",
+        median(ratios.0),
+        median(ratios.1)
+    );
+    Ok(())
+}

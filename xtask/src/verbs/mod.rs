@@ -9,6 +9,7 @@ pub mod build;
 pub mod clean;
 pub mod compare;
 pub mod list;
+pub mod replay;
 pub mod report;
 pub mod run;
 pub mod sweep;

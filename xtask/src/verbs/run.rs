@@ -81,6 +81,12 @@ pub fn cells_of(opts: &RunOptions) -> Result<(String, Vec<Cell>)> {
     if opts.session.jobs == 0 {
         bail!(UsageError::option("--jobs", "must be at least 1"));
     }
+    if opts.selection.record && opts.session.accel == crate::session::AccelChoice::Kvm {
+        bail!(UsageError::option(
+            "--record",
+            "record/replay needs TCG (icount): not with --accel kvm"
+        ));
+    }
     let catalog = Catalog::load(&host::workspace_root())?;
     let suite = catalog.resolve_suite(&opts.suite)?;
     let cells = matrix::expand(&suite, &catalog, &opts.selection)?;
@@ -207,6 +213,9 @@ fn print_outcome(records: &[CellRecord], info: &RunInfo, root: &Path) {
     if let Some(stats) = text::repeat_stats(records) {
         println!("count reached over repeats:\n{stats}");
     }
+    if let Some(line) = replays_line(records, root) {
+        println!("{line}");
+    }
     let ok = records.iter().filter(|r| r.as_expected).count();
     println!(
         "{ok}/{} cells as expected{}; accelerator {}; results in {}",
@@ -219,4 +228,23 @@ fn print_outcome(records: &[CellRecord], info: &RunInfo, root: &Path) {
         info.accel,
         root.display()
     );
+}
+
+/// The crash rate of the fresh runs beside the replays kept, when cells were recorded.
+fn replays_line(records: &[CellRecord], root: &Path) -> Option<String> {
+    let kept: Vec<&CellRecord> = records.iter().filter(|r| r.replay.is_some()).collect();
+    if kept.is_empty() {
+        return None;
+    }
+    let crashed = records
+        .iter()
+        .filter(|r| matches!(r.verdict, crate::verdict::Verdict::Crash { .. }))
+        .count();
+    Some(format!(
+        "fresh runs that crashed: {crashed} of {} ({:.0}%); replays kept: {} (cargo xtask replay {})",
+        records.len(),
+        100.0 * crashed as f64 / records.len() as f64,
+        kept.len(),
+        root.join("cells").join(&kept[0].id).display()
+    ))
 }
