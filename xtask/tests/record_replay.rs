@@ -143,6 +143,49 @@ fn a_recorded_panic_replays_to_its_title_and_a_changed_or_damaged_one_is_reporte
     common::assert_no_qemu_mentioning(results.path());
 }
 
+/// A run that ends by powering off (smoke passes) replays to its end: the same console and the
+/// same results-port frames. (With the results port on a socket, such replays stalled.)
+#[test]
+fn a_kept_passing_recording_replays_to_its_power_off() {
+    let results = tempfile::tempdir().unwrap();
+    let args = [
+        "run",
+        "--record",
+        "--keep-replays",
+        "--filter",
+        "smoke@linux-128M",
+        "--results",
+    ];
+    let out = xtask(&args, &[results.path()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let cell = results.path().join("latest/cells/smoke@linux-128M-base");
+    assert!(
+        cell.join("replay.bin").is_file(),
+        "--keep-replays kept nothing"
+    );
+    let recorded = std::fs::read(cell.join("results.log")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&recorded).contains(r#"{"t":"done""#),
+        "results.log holds no done frame"
+    );
+    let out = xtask(&["replay", "--timeout", "120s"], &[&cell]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains("results port: the same frames as recorded"),
+        "{t}"
+    );
+    assert_eq!(
+        std::fs::read(cell.join("replay-console.log")).unwrap(),
+        std::fs::read(cell.join("console.log")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(cell.join("replay-results.log")).unwrap(),
+        recorded
+    );
+    common::assert_no_qemu_mentioning(results.path());
+}
+
 /// Needs no QEMU: the check happens when the suite is expanded, before anything is built.
 #[test]
 fn record_on_a_gnu_mach_cell_is_a_usage_error_before_boot() {

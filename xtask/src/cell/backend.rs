@@ -21,6 +21,12 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// The results port of a recorded cell, as QEMU wrote it (kept beside `console.log`).
+pub const RECORDED_RESULTS: &str = "results.log";
+
+/// How often a follower of the results file looks for more.
+const FOLLOW_POLL: Duration = Duration::from_millis(20);
+
 /// How long a recording QEMU may take to write its log's end after SIGTERM.
 const RECORD_STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -50,6 +56,8 @@ pub struct Backend {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     results_thread: Option<JoinHandle<()>>,
+    /// QEMU is gone: a follower of the results file reads what is left and ends.
+    results_done: Arc<AtomicBool>,
     exited: bool,
     /// A recorded QEMU is stopped cleanly, or its recording is unreadable.
     graceful_stop: bool,
@@ -68,7 +76,12 @@ impl Backend {
             .tempdir_in("/tmp")
             .context("creating a socket folder")?;
         let pid1 = *launch.transport == TransportSpec::Pid1;
-        if pid1 && spec.has_results_port() {
+        if pid1 && spec.has_results_port() && spec.record.is_some() {
+            let file = launch.dir.join(RECORDED_RESULTS);
+            // A cell run again in its folder (resume) must not read the old run's frames.
+            let _ = std::fs::remove_file(&file);
+            spec.results_file = Some(file);
+        } else if pid1 && spec.has_results_port() {
             spec.results_socket = Some(sock_dir.path().join("results.sock"));
         }
         let stderr_log = launch.dir.join("qemu.stderr");
@@ -85,12 +98,16 @@ impl Backend {
             read_console(stdout, console_log, console_tx, tap)
         })];
         let stop = Arc::new(AtomicBool::new(false));
+        let results_done = Arc::new(AtomicBool::new(false));
         let mut console_input = qemu.take_stdin();
         let mut results_thread = None;
         if let Some(sock) = &spec.results_socket {
             let results = connect_results(sock, &mut qemu, &stderr_log)?;
             let tx = tx.clone();
             results_thread = Some(std::thread::spawn(move || read_results(results, tx)));
+        } else if let Some(file) = spec.results_file.clone() {
+            let (tx, gone) = (tx.clone(), results_done.clone());
+            results_thread = Some(std::thread::spawn(move || follow_results(&file, gone, tx)));
         } else if !pid1 {
             let guest = launch
                 .guest
@@ -133,6 +150,7 @@ impl Backend {
             stop,
             threads,
             results_thread,
+            results_done,
             exited: false,
             graceful_stop,
             argv,
@@ -170,6 +188,7 @@ impl Backend {
         self.exited = true;
         let status = self.qemu.wait_for(Duration::from_secs(5));
         if status.is_some() {
+            self.results_done.store(true, Ordering::SeqCst);
             if let Some(t) = self.results_thread.take() {
                 // QEMU's exit closed the socket: the reader ends at once. (A QEMU that did not
                 // exit is killed by `stop`, which joins the reader then.)
@@ -203,6 +222,7 @@ impl Backend {
             self.qemu.kill();
         }
         let gone = Instant::now();
+        self.results_done.store(true, Ordering::SeqCst);
         for t in self.threads.drain(..).chain(self.results_thread.take()) {
             let _ = t.join();
         }
@@ -388,6 +408,37 @@ fn read_results(stream: UnixStream, tx: mpsc::Sender<Msg>) {
                     break;
                 }
             }
+        }
+    }
+    let _ = tx.send(Msg::ResultsClosed);
+}
+
+/// Follows the results file QEMU writes (a recorded cell), line by line, until QEMU is gone
+/// and the file is read to its end.
+fn follow_results(path: &Path, done: Arc<AtomicBool>, tx: mpsc::Sender<Msg>) {
+    let file = loop {
+        // QEMU creates the file before the guest starts; it may not be there yet.
+        match std::fs::File::open(path) {
+            Ok(f) => break Some(f),
+            Err(_) if done.load(Ordering::SeqCst) => break None,
+            Err(_) => std::thread::sleep(FOLLOW_POLL),
+        }
+    };
+    let mut reader = file.map(BufReader::new);
+    let mut line = Vec::new();
+    while let Some(r) = reader.as_mut() {
+        // Read before checking: once QEMU is gone, one more pass reads what it wrote last.
+        let finished = done.load(Ordering::SeqCst);
+        match r.read_until(b'\n', &mut line) {
+            Ok(n) if n > 0 && line.ends_with(b"\n") => {
+                let text = String::from_utf8_lossy(&line).into_owned();
+                line.clear();
+                if tx.send(Msg::Event(CellEvent::Line(text))).is_err() {
+                    break;
+                }
+            }
+            Ok(_) if !finished => std::thread::sleep(FOLLOW_POLL),
+            _ => break,
         }
     }
     let _ = tx.send(Msg::ResultsClosed);

@@ -26,6 +26,9 @@ pub struct Replayed {
     /// recorded length), or where it stopped short; `None`: identical.
     pub first_difference: Option<u64>,
     pub replayed_bytes: u64,
+    /// The results port, replayed against recorded (`results.log`): the first differing
+    /// byte, `Some(None)` when identical; `None` for recordings made before it was kept.
+    pub results_difference: Option<Option<u64>>,
     /// The detector's reading of the replayed console.
     pub scan: scan::FileScan,
     /// QEMU exited with an error (a damaged log, a changed command line): status and its
@@ -142,9 +145,17 @@ fn compare(
         ended,
         first_difference: first_difference(&recorded, &replayed),
         replayed_bytes: replayed.len() as u64,
+        results_difference: results_difference(dir),
         scan: scan::scan_file(&sigs, console)?,
         qemu_error: None,
     })
+}
+
+/// The replayed results port against the recorded one, when the recording kept it.
+fn results_difference(dir: &Path) -> Option<Option<u64>> {
+    let recorded = std::fs::read(dir.join(crate::cell::backend::RECORDED_RESULTS)).ok()?;
+    let replayed = std::fs::read(dir.join(RESULTS_FILE)).unwrap_or_default();
+    Some(first_difference(&recorded, &replayed))
 }
 
 /// The first offset within `recorded` where `replayed` differs or ends.

@@ -71,6 +71,10 @@ pub struct QemuSpec {
     /// Unix socket QEMU listens on for the results serial port (COM2), on profiles that have
     /// one. QEMU waits for the harness to connect before starting the guest: no frame is lost.
     pub results_socket: Option<PathBuf>,
+    /// Instead of the socket, a file QEMU writes the results port to, which the harness
+    /// follows: a recording's socket writes do not replay (the replay stalls mid-frame), a
+    /// file's do.
+    pub results_file: Option<PathBuf>,
     /// Shown in `ps` as the guest's name: the cell's results folder, so a QEMU process can
     /// always be traced back to its cell.
     pub name: Option<String>,
@@ -93,6 +97,7 @@ impl QemuSpec {
             ram_mib,
             accel,
             results_socket: None,
+            results_file: None,
             name: None,
             disk: None,
             forward: None,
@@ -143,6 +148,11 @@ impl QemuSpec {
                     sock.display()
                 ),
             );
+            a.pair("-device", &format!("{},chardev=results", port.device));
+        } else if let (Some(file), Some(port)) = (&self.results_file, &p.results_port) {
+            // ',' would end QEMU's option value: it is escaped by doubling.
+            let path = file.to_string_lossy().replace(',', ",,");
+            a.pair("-chardev", &format!("file,id=results,path={path}"));
             a.pair("-device", &format!("{},chardev=results", port.device));
         }
         if let Some(disk) = &self.disk {

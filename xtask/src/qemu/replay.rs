@@ -106,7 +106,7 @@ pub fn replay_argv(recorded: &[String], plan: &ReplayPlan) -> Result<Vec<OsStrin
             out.push(plan.record.icount_value());
         } else if value.contains(&snapshot_drive) {
             out.push(plan.record.drive_value().unwrap_or_else(|| value.clone()));
-        } else if value.starts_with("socket,id=results,") {
+        } else if value.starts_with("socket,id=results,") || value.starts_with("file,id=results,") {
             out.push(format!(
                 "file,id=results,path={}",
                 escape(&plan.results_file)

@@ -111,6 +111,11 @@ fn print_outcome(record: &CellRecord, info: &ReplayInfo, r: &Replayed) -> bool {
             r.console.display()
         ),
     }
+    match r.results_difference {
+        Some(None) => println!("results port: the same frames as recorded"),
+        Some(Some(at)) => println!("results port: DIVERGED at byte {at}"),
+        None => {}
+    }
     println!(
         "replay: {:.1} s wall, {:.2}x the recording's {:.1} s{}",
         r.wall_s,
@@ -125,7 +130,9 @@ fn print_outcome(record: &CellRecord, info: &ReplayInfo, r: &Replayed) -> bool {
     if let Some(e) = &r.qemu_error {
         println!("QEMU failed during the replay ({e}): the recording is damaged or does not fit this command line");
     }
-    let reproduced = r.first_difference.is_none() && replay_title == recorded_title;
+    let reproduced = r.first_difference.is_none()
+        && !matches!(r.results_difference, Some(Some(_)))
+        && replay_title == recorded_title;
     println!(
         "{}",
         if reproduced {
