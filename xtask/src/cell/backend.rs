@@ -76,13 +76,8 @@ impl Backend {
             .tempdir_in("/tmp")
             .context("creating a socket folder")?;
         let pid1 = *launch.transport == TransportSpec::Pid1;
-        if pid1 && spec.has_results_port() && spec.record.is_some() {
-            let file = launch.dir.join(RECORDED_RESULTS);
-            // A cell run again in its folder (resume) must not read the old run's frames.
-            let _ = std::fs::remove_file(&file);
-            spec.results_file = Some(file);
-        } else if pid1 && spec.has_results_port() {
-            spec.results_socket = Some(sock_dir.path().join("results.sock"));
+        if pid1 && spec.has_results_port() {
+            choose_results_port(&mut spec, launch.dir, sock_dir.path());
         }
         let stderr_log = launch.dir.join("qemu.stderr");
         let graceful_stop = spec.record.is_some();
@@ -411,6 +406,19 @@ fn read_results(stream: UnixStream, tx: mpsc::Sender<Msg>) {
         }
     }
     let _ = tx.send(Msg::ResultsClosed);
+}
+
+/// The results port's backend: a socket QEMU waits on, or for a recorded cell a file in the
+/// cell's folder (a socket's writes do not replay).
+fn choose_results_port(spec: &mut QemuSpec, cell_dir: &Path, sock_dir: &Path) {
+    if spec.record.is_some() {
+        let file = cell_dir.join(RECORDED_RESULTS);
+        // A cell run again in its folder (resume) must not read the old run's frames.
+        let _ = std::fs::remove_file(&file);
+        spec.results_file = Some(file);
+    } else {
+        spec.results_socket = Some(sock_dir.join("results.sock"));
+    }
 }
 
 /// Follows the results file QEMU writes (a recorded cell), line by line, until QEMU is gone
