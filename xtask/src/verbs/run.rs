@@ -240,11 +240,16 @@ fn replays_line(records: &[CellRecord], root: &Path) -> Option<String> {
         .iter()
         .filter(|r| matches!(r.verdict, crate::verdict::Verdict::Crash { .. }))
         .count();
+    // The example to replay: a crashed run when there is one, since that is what is wanted.
+    let crashed_kept = kept
+        .iter()
+        .find(|r| matches!(r.verdict, crate::verdict::Verdict::Crash { .. }));
+    let example = crashed_kept.unwrap_or(&kept[0]);
     Some(format!(
         "fresh runs that crashed: {crashed} of {} ({:.0}%); replays kept: {} (cargo xtask replay {})",
         records.len(),
         100.0 * crashed as f64 / records.len() as f64,
         kept.len(),
-        root.join("cells").join(&kept[0].id).display()
+        root.join("cells").join(&example.id).display()
     ))
 }
