@@ -168,6 +168,20 @@ pub fn record_unsupported(image: &Image, transport: &TransportSpec) -> Option<St
     Some(format!("{why}; {SUPPORTED}"))
 }
 
+/// Turns an expanded cell into a recorded one (`--record` on a cell already chosen, as
+/// `bisect-run` does after its filter): a usage error when QEMU cannot replay it.
+pub fn record_cell(cell: &mut Cell) -> Result<(), UsageError> {
+    if let Some(why) = record_unsupported(&cell.image, &cell.transport) {
+        let message = format!("cell {} cannot be recorded: {why}", cell.id);
+        return Err(UsageError::option("--record", message));
+    }
+    if !cell.record {
+        cell.record = true;
+        cell.deadlines = cell.deadlines.scaled(RECORD_SLOWDOWN);
+    }
+    Ok(())
+}
+
 /// A recorded cell must be one QEMU can replay: else a usage error naming the cell, at the
 /// `record:` that asked for it (the case's, the suite's, or `--record`).
 fn check_record(

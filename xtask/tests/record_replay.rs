@@ -310,3 +310,47 @@ fn gdb_in_batch_mode_runs_the_replay_to_panic_and_steps_back_onto_the_call() {
     }
     common::assert_no_qemu_mentioning(results.path());
 }
+
+/// `bisect-run --record`: the step's crashing run keeps its replay, the step names it, and it
+/// replays to the crash; on a cell QEMU cannot replay, the bisection aborts (128) at once.
+#[test]
+fn bisect_run_record_keeps_the_bad_runs_replay() {
+    let results = tempfile::tempdir().unwrap();
+    let bisect = |filter: &str| {
+        let args = [
+            "bisect-run",
+            "--suite",
+            "default",
+            "--filter",
+            filter,
+            "--record",
+            "--id",
+            "rec",
+            "--results",
+        ];
+        xtask(&args, &[results.path()])
+    };
+    let out = bisect("mach-port-churn@gnumach-128M");
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(128), "{t}");
+    assert!(
+        t.contains("--record: cell mach-port-churn@gnumach-128M-base cannot be recorded"),
+        "{t}"
+    );
+
+    let out = bisect("panic@linux-128M");
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    let kept = t
+        .lines()
+        .find_map(|l| l.strip_prefix("replay kept: cargo xtask replay "))
+        .unwrap_or_else(|| panic!("no replay named:\n{t}"));
+    let out = xtask(&["replay"], &[Path::new(kept)]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains("sysrq triggered crash") && t.contains("reproduced"),
+        "{t}"
+    );
+    common::assert_no_qemu_mentioning(results.path());
+}

@@ -66,6 +66,10 @@ pub struct BisectArgs {
     /// any run makes the step bad, clean runs add up).
     #[arg(long, default_value_t = 1)]
     pub jobs: usize,
+    /// Record the runs with QEMU's record/replay: the replay of a crashing run is kept (in its
+    /// cell folder under the step's), so the bad commit comes with a crash that replays.
+    #[arg(long)]
+    pub record: bool,
 }
 
 /// Runs one step; returns the exit code.
@@ -208,6 +212,9 @@ fn select_cell(a: &BisectArgs) -> Result<Cell, NotHere> {
         let suite = catalog.resolve_suite(&a.suite)?;
         let mut cells = matrix::expand(&suite, &catalog, &Selection::default())?;
         cells.retain(|c| c.id.contains(a.filter.as_str()));
+        if a.record {
+            cells.iter_mut().try_for_each(matrix::record_cell)?;
+        }
         anyhow::Ok(cells)
     })()
     .map_err(NotHere::DoesNotLoad)?;
@@ -322,6 +329,13 @@ fn judge_commit(
     };
     session.run_fed(&mut feed, rule.clean_needed as usize, &store);
     store.finish(feed.decision.is_some())?;
+    // Recorded runs keep their replay only when they crashed (or were not as expected).
+    for r in store.records().iter().filter(|r| r.replay.is_some()) {
+        println!(
+            "replay kept: cargo xtask replay {}",
+            store.cell_dir(&r.id).display()
+        );
+    }
     *title = feed.title.clone();
     Ok(feed.decision.map(|d| (d, feed.tally, feed.runs)))
 }
