@@ -13,7 +13,7 @@ pub use profile::{MachineKind, MachineProfile};
 pub use replay::{Record, RrMode};
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
@@ -60,6 +60,11 @@ pub struct BootMedium {
     pub cdrom: Option<PathBuf>,
     /// A read-only base disk image; the cell boots a qcow2 overlay of it, never the base.
     pub disk_base: Option<PathBuf>,
+}
+
+/// A path inside a QEMU option value: ',' would end the value, so it is escaped by doubling.
+pub fn option_value(p: &Path) -> String {
+    p.to_string_lossy().replace(',', ",,")
 }
 
 /// Everything QEMU needs to boot one cell.
@@ -150,14 +155,13 @@ impl QemuSpec {
             );
             a.pair("-device", &format!("{},chardev=results", port.device));
         } else if let (Some(file), Some(port)) = (&self.results_file, &p.results_port) {
-            // ',' would end QEMU's option value: it is escaped by doubling.
-            let path = file.to_string_lossy().replace(',', ",,");
+            let path = option_value(file);
             a.pair("-chardev", &format!("file,id=results,path={path}"));
             a.pair("-device", &format!("{},chardev=results", port.device));
         }
         if let Some(disk) = &self.disk {
             // ',' would end QEMU's option value: it is escaped by doubling.
-            let file = disk.to_string_lossy().replace(',', ",,");
+            let file = option_value(disk);
             a.pair(
                 "-drive",
                 &format!("if=none,id=disk0,format=qcow2,file={file}"),

@@ -11,7 +11,7 @@
 use super::Args;
 use anyhow::{bail, Context, Result};
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The snapshot QEMU takes at the start of a recording, and loads to step backwards.
 pub const SNAPSHOT: &str = "init";
@@ -49,7 +49,7 @@ impl Record {
         let snap = self.snapshots.as_ref()?;
         Some(format!(
             "file={},if=none,id={SNAPSHOT_DRIVE},format=qcow2",
-            escape(snap)
+            super::option_value(snap)
         ))
     }
 
@@ -58,7 +58,10 @@ impl Record {
             RrMode::Record => "record",
             RrMode::Replay => "replay",
         };
-        let mut v = format!("shift=auto,rr={mode},rrfile={}", escape(&self.file));
+        let mut v = format!(
+            "shift=auto,rr={mode},rrfile={}",
+            super::option_value(&self.file)
+        );
         if self.snapshots.is_some() {
             v.push_str(&format!(",rrsnapshot={SNAPSHOT}"));
         }
@@ -67,9 +70,6 @@ impl Record {
 }
 
 /// ',' ends a QEMU option value; doubling it escapes it.
-fn escape(p: &Path) -> String {
-    p.to_string_lossy().replace(',', ",,")
-}
 
 /// How a recorded command line is replayed.
 #[derive(Debug, Clone)]
@@ -109,7 +109,7 @@ pub fn replay_argv(recorded: &[String], plan: &ReplayPlan) -> Result<Vec<OsStrin
         } else if value.starts_with("socket,id=results,") || value.starts_with("file,id=results,") {
             out.push(format!(
                 "file,id=results,path={}",
-                escape(&plan.results_file)
+                super::option_value(&plan.results_file)
             ));
         } else {
             out.push(value.clone());

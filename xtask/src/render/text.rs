@@ -198,7 +198,8 @@ pub fn repeat_stats(records: &[CellRecord]) -> Option<String> {
     Some(text_table(&header, &rows))
 }
 
-fn format_number(v: f64) -> String {
+/// A measurement as the tables print it: integers whole, large values to 0.1, small to 0.001.
+pub fn format_number(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{v:.0}")
     } else if v.abs() >= 100.0 {

@@ -16,7 +16,7 @@ use crate::error::UsageError;
 use crate::host;
 use crate::images;
 use crate::matrix::{self, Cell};
-use crate::render::{self, html::esc};
+use crate::render::{self, html::esc, text::format_number};
 use crate::results::{RunInfo, Store};
 use crate::session::Session;
 use crate::stats::{difference, median};
@@ -245,18 +245,15 @@ fn gate_of(gates: &[Gate], cell: &str, measurement: &str) -> Option<Worse> {
         .map(|g| g.worse)
 }
 
-fn number(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e12 {
-        format!("{v:.0}")
-    } else if v.abs() >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.4}")
-    }
-}
-
 fn row_line(out: &mut String, r: &Row) {
-    let side = |s: &Side| format!("{} ({}-{})", number(s.median), number(s.min), number(s.max));
+    let side = |s: &Side| {
+        format!(
+            "{} ({}-{})",
+            format_number(s.median),
+            format_number(s.min),
+            format_number(s.max)
+        )
+    };
     let diff = r.diff_pct.map_or("-".into(), |d| format!("{d:+.2}%"));
     let mark = match (r.significant, r.gate_worse, r.gate.is_some()) {
         (_, true, _) => "* WORSE (gate)",

@@ -10,19 +10,10 @@ use crate::matrix::Cell;
 use crate::qemu::{Accel, QemuSpec};
 use crate::results::{RunInfo, Store};
 use crate::session::{self, accel, Session, SessionOptions};
+use crate::stats::median;
 use anyhow::{bail, Context, Result};
 use kstorm_payload::plan::{Plan, ScenarioSpec};
 use std::time::{Duration, Instant};
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = xs.len();
-    if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
-    }
-}
 
 /// A session on Debian's Linux image, for the benches that boot it.
 struct LinuxBench {
@@ -127,7 +118,7 @@ pub fn boot(rounds: usize) -> Result<()> {
             process[i]
         );
     }
-    let (a, k, p) = (median(bare), median(full), median(process));
+    let (a, k, p) = (median(&bare), median(&full), median(&process));
     println!(
         "bench boot ({rounds} rounds, {}): bare QEMU median {a:.3}s",
         b.session.accel()
@@ -195,7 +186,7 @@ pub fn mach(boots: usize) -> Result<()> {
         samples.push(first);
     }
     let n = samples.len();
-    let m = median(samples);
+    let m = median(&samples);
     println!(
         "bench mach ({n} boots, tcg): QEMU start to first payload frame, median {m:.3}s (target <= 1.5s){}",
         if m <= 1.5 { "" } else { "  ABOVE TARGET" }
@@ -230,9 +221,9 @@ pub fn detect() -> Result<()> {
     }
     println!(
         "bench detect live (5 panics): line->event median {:.2} ms (max {:.2}; target <= 50), event->QEMU gone median {:.1} ms (max {:.1}; target <= 500)",
-        median(detect_ms.clone()),
+        median(&detect_ms),
         detect_ms.iter().cloned().fold(0.0, f64::max),
-        median(exit_ms.clone()),
+        median(&exit_ms),
         exit_ms.iter().cloned().fold(0.0, f64::max)
     );
     let _ = Duration::ZERO;
@@ -398,7 +389,7 @@ pub fn stress_ng(rounds: usize) -> Result<()> {
             times.push(boot);
         }
     }
-    let (a, c) = (median(without_s), median(with_s));
+    let (a, c) = (median(&without_s), median(&with_s));
     println!(
         "bench stress-ng ({rounds} rounds, {}): boot to payload start without stress-ng {a:.3}s, with {c:.3}s, ratio {:.2}",
         b.session.accel(),
@@ -483,7 +474,7 @@ pub fn record(rounds: usize) -> Result<()> {
             );
             let _ = std::fs::remove_dir_all(&dir);
         }
-        let (a, c, d) = (median(t_plain), median(t_rec), median(t_replay));
+        let (a, c, d) = (median(&t_plain), median(&t_rec), median(&t_replay));
         println!(
             "{:<24} unrecorded {a:6.2}s  recorded {c:6.2}s ({:.2}x)  replay {d:6.2}s ({:.2}x the recording)  log {:.1} MB",
             p.id,
@@ -496,8 +487,8 @@ pub fn record(rounds: usize) -> Result<()> {
     }
     println!(
         "bench record ({rounds} rounds, TCG): median over cells: recording {:.2}x an unrecorded cell (goal <= 2), replay {:.2}x the recording (goal <= 2)",
-        median(ratios.0),
-        median(ratios.1)
+        median(&ratios.0),
+        median(&ratios.1)
     );
     Ok(())
 }
