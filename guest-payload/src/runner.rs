@@ -6,7 +6,7 @@
 use crate::channel::Channel;
 use crate::memwatch::MemWatch;
 use crate::progress::Progress;
-use crate::scenarios::{self, Ctx, Report, Scenario};
+use crate::scenarios::{self, Ctx, Scenario, ScenarioReport};
 use crate::sys;
 use kstorm_payload::frame::{Measurement, Message, Outcome, ScenarioResult, Series};
 use kstorm_payload::plan::{Plan, ScenarioSpec};
@@ -20,7 +20,7 @@ const OVERRUN_GRACE_S: f64 = 30.0;
 /// What the scenario child sends back over its pipe.
 #[derive(Debug, Serialize, Deserialize)]
 enum ChildMessage {
-    Report(Report),
+    Report(ScenarioReport),
     /// The scenario could not run (bad parameters, missing kernel feature).
     Error(String),
     /// Scenario code panicked (the process aborts right after).
@@ -111,7 +111,7 @@ impl<'a> Runner<'a> {
         i: usize,
         outcome: Outcome,
         error: Option<String>,
-        report: Report,
+        report: ScenarioReport,
         extra: BTreeMap<&'static str, Vec<(f64, f64)>>,
     ) {
         let mut series = report.series;
@@ -205,7 +205,7 @@ impl<'a> Runner<'a> {
             i,
             Outcome::Fail,
             Some(error),
-            Report::default(),
+            ScenarioReport::default(),
             BTreeMap::new(),
         );
     }
@@ -224,18 +224,18 @@ impl<'a> Runner<'a> {
 
     /// Turns what the child sent (or how it ended, when it sent nothing) into an outcome,
     /// an error text and the child's report.
-    fn judge(&self, supervised: &Supervised) -> (Outcome, Option<String>, Report) {
+    fn judge(&self, supervised: &Supervised) -> (Outcome, Option<String>, ScenarioReport) {
         match serde_json::from_slice::<ChildMessage>(&supervised.text) {
             Ok(ChildMessage::Report(r)) => match (&r.failure, &r.infra) {
                 (Some(f), _) => (Outcome::Fail, Some(f.clone()), r),
                 (None, Some(i)) => (Outcome::Infra, Some(i.clone()), r),
                 (None, None) => (Outcome::Pass, r.stop_error.clone(), r),
             },
-            Ok(ChildMessage::Error(e)) => (Outcome::Fail, Some(e), Report::default()),
+            Ok(ChildMessage::Error(e)) => (Outcome::Fail, Some(e), ScenarioReport::default()),
             Ok(ChildMessage::Panic(p)) => (
                 Outcome::Fail,
                 Some(format!("scenario panicked: {p}")),
-                Report::default(),
+                ScenarioReport::default(),
             ),
             Err(_) => {
                 let how = supervised
@@ -254,7 +254,7 @@ impl<'a> Runner<'a> {
                         "scenario process ended without a result: {why} (last progress {})",
                         self.progress.get()
                     )),
-                    Report::default(),
+                    ScenarioReport::default(),
                 )
             }
         }
@@ -262,7 +262,7 @@ impl<'a> Runner<'a> {
 
     /// What the supervisor measured itself: wall time, its own busy time, and the progress
     /// count unless the scenario reported one.
-    fn add_supervisor_measurements(&self, report: &mut Report, wall: f64, busy: f64) {
+    fn add_supervisor_measurements(&self, report: &mut ScenarioReport, wall: f64, busy: f64) {
         report
             .measurements
             .insert("payload_wall".into(), Measurement::new(wall, "s"));

@@ -3,7 +3,7 @@
 //! would pick first (adj 1000), lives on. Reports the time to the kill. Linux (cgroup v2).
 
 use super::hog::{hog, HogEnd};
-use super::{deadline, Ctx, Report, RunError};
+use super::{deadline, Ctx, RunError, ScenarioReport};
 use crate::progress::SharedCounters;
 use crate::sys;
 use kstorm_payload::params::CgroupLimit as Params;
@@ -25,9 +25,9 @@ fn memory_events(group: &str) -> BTreeMap<String, u64> {
         .unwrap_or_default()
 }
 
-pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
+pub fn run(p: Params, ctx: &Ctx) -> Result<ScenarioReport, RunError> {
     let dl = deadline(ctx, p.deadline_s);
-    let mut r = Report::default();
+    let mut r = ScenarioReport::default();
     let controllers = sys::read_file(&format!("{ROOT}/cgroup.controllers"))
         .map_err(|e| format!("cgroup v2 not mounted at {ROOT}: {e}"))?;
     if !controllers.split_whitespace().any(|c| c == "memory") {
@@ -57,7 +57,7 @@ fn in_group(
     ctx: &Ctx,
     dl: &sys::Deadline,
     group: &str,
-    r: &mut Report,
+    r: &mut ScenarioReport,
 ) -> Result<(), RunError> {
     sys::write_file(
         &format!("{group}/memory.max"),
@@ -149,7 +149,7 @@ fn wait_for_hog(
 /// The group's numbers: its limit, the hog's size, the time to the kill and the group's
 /// own event counters and peak.
 fn record(
-    r: &mut Report,
+    r: &mut ScenarioReport,
     p: &Params,
     group: &str,
     c: &SharedCounters,
@@ -179,7 +179,7 @@ fn record(
 /// Passes only when the group's OOM killer, and no other, killed the hog inside the group
 /// and the bystander outside lives on.
 fn judge(
-    r: &mut Report,
+    r: &mut ScenarioReport,
     p: &Params,
     group: &str,
     exit: sys::Exit,

@@ -5,7 +5,7 @@
 //! of MemAvailable), the latency of a probe process doing a fixed small task while they run,
 //! and the time to stop each copy.
 
-use super::{deadline, Ctx, Report, RunError};
+use super::{deadline, Ctx, RunError, ScenarioReport};
 use crate::sys;
 use kstorm_payload::params::{Copies as Params, CopyMode as Mode};
 use std::ffi::{CStr, CString};
@@ -82,9 +82,9 @@ fn linux_smaps_sum(pids: &[i32], field: &str) -> Option<u64> {
     Some(total)
 }
 
-pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
+pub fn run(p: Params, ctx: &Ctx) -> Result<ScenarioReport, RunError> {
     let dl = deadline(ctx, p.deadline_s);
-    let mut r = Report::default();
+    let mut r = ScenarioReport::default();
     let exe = CString::new("/proc/self/exe").expect("no NUL");
     let mut counts = p.counts.clone();
     counts.sort_unstable();
@@ -132,7 +132,7 @@ struct Round<'a> {
 impl Round<'_> {
     /// Starts the copies, measures their memory, the probe's latency while they run and the
     /// time to stop each. Returns why the copies stopped starting, if they did.
-    fn run(&self, prefix: &str, r: &mut Report) -> Result<Option<String>, RunError> {
+    fn run(&self, prefix: &str, r: &mut ScenarioReport) -> Result<Option<String>, RunError> {
         let avail0 = sys::linux_meminfo_field("MemAvailable");
         let (ready_r, ready_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
         let mut release = sys::Gate::new().map_err(|e| format!("pipe: {e}"))?;
@@ -209,7 +209,12 @@ struct Started {
 }
 
 /// Memory per copy (Pss and Rss summed over the copies) and the drop of MemAvailable.
-fn record_memory(r: &mut Report, key: &dyn Fn(&str) -> String, pids: &[i32], avail0: Option<u64>) {
+fn record_memory(
+    r: &mut ScenarioReport,
+    key: &dyn Fn(&str) -> String,
+    pids: &[i32],
+    avail0: Option<u64>,
+) {
     if let Some(s) = linux_smaps_sum(pids, "Pss") {
         r.num(
             key("pss_per_copy"),

@@ -3,15 +3,15 @@
 
 use super::holders::open_fds;
 use super::leakcheck::{LeakCheck, LeakParams};
-use super::{deadline, Ctx, Report, RunError};
+use super::{deadline, Ctx, RunError, ScenarioReport};
 use crate::progress::Progress;
 use crate::sys;
 use kstorm_payload::params::{FdChurn as Params, FdKind};
 use std::os::fd::{AsFd, BorrowedFd};
 
-pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
+pub fn run(p: Params, ctx: &Ctx) -> Result<ScenarioReport, RunError> {
     let dl = deadline(ctx, p.deadline_s);
-    let mut r = Report::default();
+    let mut r = ScenarioReport::default();
     let mut leak = LeakCheck::start(
         LeakParams {
             settle_ms: p.leak_settle_ms,
@@ -103,7 +103,7 @@ fn churn(max_ops: u64, batch: u32, kind: FdKind, progress: &Progress, stop_at: f
 }
 
 /// Sums the workers' reports (three words each); a worker that sent none fails the run.
-fn collect(fd: BorrowedFd, pids: &[i32], read_by: f64, r: &mut Report) -> Totals {
+fn collect(fd: BorrowedFd, pids: &[i32], read_by: f64, r: &mut ScenarioReport) -> Totals {
     let mut t = Totals::default();
     for _ in pids {
         match (

@@ -4,13 +4,13 @@
 
 use super::holders::Holders;
 use super::leakcheck::{LeakCheck, LeakParams};
-use super::{deadline, Ctx, Report, RunError};
+use super::{deadline, Ctx, RunError, ScenarioReport};
 use crate::sys;
 use kstorm_payload::params::ForkHold as Params;
 
-pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
+pub fn run(p: Params, ctx: &Ctx) -> Result<ScenarioReport, RunError> {
     let dl = deadline(ctx, p.deadline_s);
-    let mut r = Report::default();
+    let mut r = ScenarioReport::default();
     if ctx.in_guest {
         // When memory runs out first, the OOM killer should take holders, and the
         // coordinator should live to report how many there were.

@@ -4,7 +4,7 @@
 //! process count). The rules and the evidence are pure (`kstorm_payload::kmem`,
 //! `kstorm_payload::memory_evidence`).
 
-use super::Report;
+use super::ScenarioReport;
 use crate::sys;
 use kstorm_payload::kmem::{self, LeakRule};
 use kstorm_payload::memory_evidence::{MemSample, MemoryEvidence};
@@ -173,7 +173,7 @@ impl LeakCheck {
     }
 
     /// Lets memory settle, takes the "after" sample and writes the findings and the evidence.
-    pub fn finish(self, report: &mut Report) {
+    pub fn finish(self, report: &mut ScenarioReport) {
         let (after, how) = Snapshot::take(self.in_guest, self.params.settle_ms);
         let peak = self.peak.clone().unwrap_or_else(|| after.clone());
         let rule = LeakRule {
@@ -232,7 +232,7 @@ impl LeakCheck {
         self.report_cycles(&after, rule, report);
     }
 
-    fn report_cycles(self, after: &Snapshot, rule: LeakRule, report: &mut Report) {
+    fn report_cycles(self, after: &Snapshot, rule: LeakRule, report: &mut ScenarioReport) {
         let mut cycles = self.cycles;
         if !cycles.is_empty() {
             cycles.insert(0, self.before.amounts());

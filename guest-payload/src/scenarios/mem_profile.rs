@@ -3,7 +3,7 @@
 //! steps, while it holds, and after it frees. (The runner also samples the system under every
 //! scenario; see `memwatch`.)
 
-use super::{deadline, Ctx, Report, RunError};
+use super::{deadline, Ctx, RunError, ScenarioReport};
 use crate::sys;
 use kstorm_payload::params::MemProfile as Params;
 
@@ -52,9 +52,9 @@ impl Sampler {
     }
 }
 
-pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
+pub fn run(p: Params, ctx: &Ctx) -> Result<ScenarioReport, RunError> {
     let dl = deadline(ctx, p.deadline_s);
-    let mut r = Report::default();
+    let mut r = ScenarioReport::default();
     let interval = (p.interval_ms.max(10)) as f64 / 1000.0;
     let mut s = Sampler {
         t0: sys::now(),

@@ -4,7 +4,7 @@
 //! modification of the file takes: a write through a mapping + msync, a write() + msync, and
 //! (Linux) punching a page out of the file, which must unmap it from every holder.
 
-use super::{deadline, Ctx, Report, RunError};
+use super::{deadline, Ctx, RunError, ScenarioReport};
 use crate::sys::{self, Mapping, OFlag};
 use kstorm_payload::params::MmapGroup as Params;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -20,9 +20,9 @@ fn join(path: &str, len: usize) -> Result<(OwnedFd, Mapping), i32> {
     Ok((fd, map))
 }
 
-pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
+pub fn run(p: Params, ctx: &Ctx) -> Result<ScenarioReport, RunError> {
     let dl = deadline(ctx, p.deadline_s);
-    let mut r = Report::default();
+    let mut r = ScenarioReport::default();
     let page = sys::page_size();
     let len = ((p.file_kib as usize * 1024).div_ceil(page)).max(1) * page;
     let pages = len / page;
@@ -44,7 +44,7 @@ fn measure_all(
     path: &str,
     len: usize,
     pages: usize,
-    r: &mut Report,
+    r: &mut ScenarioReport,
 ) -> Result<(), RunError> {
     let mut counts = p.counts.clone();
     counts.sort_unstable();

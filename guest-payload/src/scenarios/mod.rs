@@ -1,7 +1,7 @@
 //! The scenarios and the small interface they share.
 //!
 //! A scenario is a function from typed parameters and a [`Ctx`] (progress counter, whether we
-//! run inside a disposable guest) to a [`Report`] of measurements. It never writes frames: the
+//! run inside a disposable guest) to a [`ScenarioReport`] of measurements. It never writes frames: the
 //! runner turns reports into result lines in one place. Each scenario's parameters are a serde
 //! struct of the library (`kstorm_payload::params`, which the harness checks suites with);
 //! each loop is bounded by a count and by the scenario's deadline.
@@ -46,7 +46,7 @@ pub struct Ctx<'a> {
 
 /// What a scenario measured. `failure` set means its own checks did not hold.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
-pub struct Report {
+pub struct ScenarioReport {
     pub failure: Option<String>,
     /// Set when the scenario could not do its work for reasons outside the kernel (a tool
     /// it runs lacked resources or support): the cell is infra, never pass or fail.
@@ -60,7 +60,7 @@ pub struct Report {
     pub evidence: Vec<MemoryEvidence>,
 }
 
-impl Report {
+impl ScenarioReport {
     pub fn num(&mut self, name: impl Into<String>, value: f64, unit: &str) {
         self.measurements
             .insert(name.into(), Measurement::new(value, unit));
@@ -109,7 +109,8 @@ impl Report {
 /// Why a scenario could not run at all.
 pub type RunError = String;
 
-type RunFn = fn(&serde_json::Map<String, serde_json::Value>, &Ctx) -> Result<Report, RunError>;
+type RunFn =
+    fn(&serde_json::Map<String, serde_json::Value>, &Ctx) -> Result<ScenarioReport, RunError>;
 
 /// The payload's code for one scenario of the registry's Linux route
 /// (`kstorm_payload::registry`, which says what it is and whether it is guest-only).
@@ -172,7 +173,7 @@ impl Scenario {
         &self,
         params: &serde_json::Map<String, serde_json::Value>,
         ctx: &Ctx,
-    ) -> Result<Report, RunError> {
+    ) -> Result<ScenarioReport, RunError> {
         let guest_only =
             registry::find(Route::LinuxPayload, self.name).is_some_and(|d| d.guest_only);
         if guest_only && !ctx.in_guest {
@@ -249,7 +250,7 @@ mod tests {
 
     #[test]
     fn latency_and_failures_accumulate() {
-        let mut r = Report::default();
+        let mut r = ScenarioReport::default();
         r.latency("join", &[1.0, 2.0, 3.0]);
         assert_eq!(r.measurements["join_p50"].value, 2.0);
         assert_eq!(r.measurements["join_max"].unit, "ms");

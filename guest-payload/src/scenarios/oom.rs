@@ -5,7 +5,7 @@
 //! kill. The coordinator protects itself (adj -1000) so it survives to report.
 
 use super::hog::{hog, HogEnd};
-use super::{deadline, Ctx, Report, RunError};
+use super::{deadline, Ctx, RunError, ScenarioReport};
 use crate::progress::SharedCounters;
 use crate::sys;
 use kstorm_payload::params::Oom as Params;
@@ -19,9 +19,9 @@ fn linux_psi_some_total() -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
+pub fn run(p: Params, ctx: &Ctx) -> Result<ScenarioReport, RunError> {
     let dl = deadline(ctx, p.deadline_s);
-    let mut r = Report::default();
+    let mut r = ScenarioReport::default();
     sys::linux_set_oom_score_adj(-1000).map_err(|e| format!("protecting the coordinator: {e}"))?;
     let kmsg = sys::LinuxKmsg::open_at_end();
     let n = p.adjs.len();
@@ -147,7 +147,7 @@ fn kill_survivors(pids: &[i32], dead: &[Death]) {
 /// Time from the first sign of pressure (a PSI stall or a hog's first allocation failure,
 /// whichever came first) to the kill, and which sign it was.
 fn record_pressure(
-    r: &mut Report,
+    r: &mut ScenarioReport,
     t_pressure: Option<f64>,
     first_failure: Option<f64>,
     t_kill: f64,
@@ -165,7 +165,7 @@ fn record_pressure(
 }
 
 /// The kernel's own record of the kill, to tell an OOM kill from any other SIGKILL.
-fn check_kernel_log(r: &mut Report, k: sys::LinuxKmsg, victim_pid: i32) {
+fn check_kernel_log(r: &mut ScenarioReport, k: sys::LinuxKmsg, victim_pid: i32) {
     sys::sleep_secs(0.2);
     let killed: Vec<i32> = k
         .read_new()

@@ -4,7 +4,7 @@
 //! the sysctl, and restores it afterwards.
 
 use super::hog::{hog, HogEnd};
-use super::{deadline, Ctx, Report, RunError};
+use super::{deadline, Ctx, RunError, ScenarioReport};
 use crate::progress::SharedCounters;
 use crate::sys;
 use kstorm_payload::params::Overcommit as Params;
@@ -60,9 +60,9 @@ fn attempt(
     Ok((counters.get(0), how))
 }
 
-pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
+pub fn run(p: Params, ctx: &Ctx) -> Result<ScenarioReport, RunError> {
     let dl = deadline(ctx, p.deadline_s);
-    let mut r = Report::default();
+    let mut r = ScenarioReport::default();
     sys::linux_set_oom_score_adj(-1000).map_err(|e| format!("protecting the coordinator: {e}"))?;
     let original = sys::read_file(SYSCTL)
         .map_err(|e| format!("{SYSCTL}: {e}"))?
@@ -97,7 +97,7 @@ fn try_mode(
     mode: u8,
     cap: u64,
     dl: &sys::Deadline,
-    r: &mut Report,
+    r: &mut ScenarioReport,
 ) -> Result<(), RunError> {
     sys::write_file(SYSCTL, &mode.to_string())
         .map_err(|e| format!("setting {SYSCTL} to {mode}: {e}"))?;
@@ -120,7 +120,7 @@ fn try_mode(
 
 /// What the documented policy implies (Documentation/mm/overcommit-accounting) for how each
 /// attempt ends in this mode; every miss fails the run.
-fn judge(r: &mut Report, mode: u8, cap: u64, single: &str, untouched: &str, touched: &str) {
+fn judge(r: &mut ScenarioReport, mode: u8, cap: u64, single: &str, untouched: &str, touched: &str) {
     let mut want = |ok: bool, what: &str| {
         if !ok {
             r.fail(format!("mode {mode}: {what}"));

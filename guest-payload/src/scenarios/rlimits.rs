@@ -2,7 +2,7 @@
 //! exceeded: the kernel must refuse with EMFILE, EAGAIN and ENOMEM, and nothing else may
 //! break (the coordinator still forks and opens files afterwards).
 
-use super::{deadline, Ctx, Report, RunError};
+use super::{deadline, Ctx, RunError, ScenarioReport};
 use crate::sys::{self, Errno, OFlag, Resource};
 use kstorm_payload::params::Rlimits as Params;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -48,7 +48,13 @@ fn still_works() -> bool {
     }
 }
 
-fn check(r: &mut Report, what: &str, got: Result<(u64, i32), String>, want: i32, unit: &str) {
+fn check(
+    r: &mut ScenarioReport,
+    what: &str,
+    got: Result<(u64, i32), String>,
+    want: i32,
+    unit: &str,
+) {
     match got {
         Ok((count, errno)) => {
             r.num(format!("{what}_reached"), count as f64, unit);
@@ -74,9 +80,9 @@ fn check(r: &mut Report, what: &str, got: Result<(u64, i32), String>, want: i32,
     }
 }
 
-pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
+pub fn run(p: Params, ctx: &Ctx) -> Result<ScenarioReport, RunError> {
     let dl = deadline(ctx, p.deadline_s);
-    let mut r = Report::default();
+    let mut r = ScenarioReport::default();
 
     let nofile = p.nofile;
     let got = in_child(&dl, move |_| exceed_nofile(nofile));

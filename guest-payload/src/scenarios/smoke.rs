@@ -1,11 +1,11 @@
 //! `smoke`: the kernel's version and memory, nothing else.
 
-use super::{Ctx, Report, RunError};
+use super::{Ctx, RunError, ScenarioReport};
 use crate::sys;
 use kstorm_payload::params::Smoke as Params;
 
-pub fn run(_: Params, ctx: &Ctx) -> Result<Report, RunError> {
-    let mut r = Report::default();
+pub fn run(_: Params, ctx: &Ctx) -> Result<ScenarioReport, RunError> {
+    let mut r = ScenarioReport::default();
     let (release, version, machine) = sys::uname();
     r.fact("kernel_release", release);
     r.fact("kernel_version", version);

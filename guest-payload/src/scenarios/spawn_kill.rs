@@ -5,13 +5,13 @@
 
 use super::holders::{open_fds, Holders};
 use super::leakcheck::{LeakCheck, LeakParams};
-use super::{deadline, Ctx, Report, RunError};
+use super::{deadline, Ctx, RunError, ScenarioReport};
 use crate::sys;
 use kstorm_payload::params::SpawnKill as Params;
 
-pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
+pub fn run(p: Params, ctx: &Ctx) -> Result<ScenarioReport, RunError> {
     let dl = deadline(ctx, p.deadline_s);
-    let mut r = Report::default();
+    let mut r = ScenarioReport::default();
     let mut leak = LeakCheck::start(
         LeakParams {
             settle_ms: p.leak_settle_ms,

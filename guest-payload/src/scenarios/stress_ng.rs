@@ -3,7 +3,7 @@
 //! Its exit status decides pass, fail or infra (`kstorm_payload::stress_ng::exit_meaning`),
 //! its `--yaml` metrics become measurements.
 
-use super::{deadline, Ctx, Report, RunError};
+use super::{deadline, Ctx, RunError, ScenarioReport};
 use crate::sys;
 use kstorm_payload::params::StressNg as Params;
 use kstorm_payload::stress_ng::{self, ExitMeaning};
@@ -19,9 +19,9 @@ const KEEP_BYTES: usize = 16 * 1024;
 /// How the forked child says in the log that stress-ng never started.
 const EXEC_FAILED: &str = "kstorm-payload: exec";
 
-pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
+pub fn run(p: Params, ctx: &Ctx) -> Result<ScenarioReport, RunError> {
     let dl = deadline(ctx, p.deadline());
-    let mut r = Report::default();
+    let mut r = ScenarioReport::default();
     if std::fs::metadata(stress_ng::BINARY).is_err() {
         r.infra(format!(
             "{} is not in this guest (kstorm carries it in the initramfs of cells with a stress-ng case)",
@@ -75,7 +75,7 @@ pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
 
 /// What the exit status does not say: a stressor that reported a failure (`fail:`) or did
 /// not run at all (skipped) while stress-ng still exited 0.
-fn judge_log(r: &mut Report, p: &Params, log: &str) {
+fn judge_log(r: &mut ScenarioReport, p: &Params, log: &str) {
     let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARNING")).collect();
     if !warnings.is_empty() {
         r.fact("stress_ng_warnings", warnings.join("\n"));
@@ -95,7 +95,7 @@ fn judge_log(r: &mut Report, p: &Params, log: &str) {
     }
 }
 
-fn judge_code(r: &mut Report, code: i32) {
+fn judge_code(r: &mut ScenarioReport, code: i32) {
     match stress_ng::exit_meaning(code) {
         ExitMeaning::Pass => {}
         ExitMeaning::Fail(why) => r.fail(why),
@@ -109,7 +109,7 @@ fn judge_code(r: &mut Report, code: i32) {
 
 /// The YAML's numbers as measurements, the raw text as a fact (a missing file is only noted:
 /// the exit status already says what happened).
-fn record_metrics(r: &mut Report) {
+fn record_metrics(r: &mut ScenarioReport) {
     let Ok(yaml) = std::fs::read_to_string(YAML) else {
         r.fact("stress_ng_yaml", "none written");
         return;

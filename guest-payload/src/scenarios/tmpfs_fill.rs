@@ -5,7 +5,7 @@
 //! the evidence in the result (`memory_evidence`). Linux (mounts tmpfs).
 
 use super::leakcheck::{sample_now, settled_sample};
-use super::{deadline, Ctx, Report, RunError};
+use super::{deadline, Ctx, RunError, ScenarioReport};
 use crate::sys;
 use crate::sys::Mapping;
 use kstorm_payload::memory_evidence::{MemoryEvidence, RetentionRule};
@@ -13,9 +13,9 @@ use kstorm_payload::params::{ProvokedLeak, TmpfsFill as Params, TmpfsPhase as Ph
 use std::io::Write;
 use std::os::fd::AsFd;
 
-pub fn run(p: Params, ctx: &Ctx) -> Result<Report, RunError> {
+pub fn run(p: Params, ctx: &Ctx) -> Result<ScenarioReport, RunError> {
     let dl = deadline(ctx, p.deadline_s);
-    let mut r = Report::default();
+    let mut r = ScenarioReport::default();
     sys::linux_set_oom_score_adj(-1000).map_err(|e| format!("protecting the coordinator: {e}"))?;
     for phase in &p.phases {
         run_phase(&p, *phase, dl.at(), ctx, &mut r)?;
@@ -35,7 +35,7 @@ fn run_phase(
     phase: Phase,
     end: f64,
     ctx: &Ctx,
-    r: &mut Report,
+    r: &mut ScenarioReport,
 ) -> Result<(), RunError> {
     let total_mib = sys::linux_meminfo_field("MemTotal").unwrap_or(0) / 1024;
     let (name, size, cap) = match phase {

@@ -104,31 +104,8 @@ impl Backend {
             let (tx, gone) = (tx.clone(), results_done.clone());
             results_thread = Some(std::thread::spawn(move || follow_results(&file, gone, tx)));
         } else if !pid1 {
-            let guest = launch
-                .guest
-                .clone()
-                .context("an image with its own init needs the payload to upload")?;
-            let t: Box<dyn Transport> = match launch.transport {
-                TransportSpec::Ssh(ssh) => Box::new(transport::ssh::SshTransport::new(
-                    spec.forward.map(|f| f.host_port).unwrap_or_default(),
-                    ssh.clone(),
-                    crate::host::workspace_root().join("images"),
-                    launch.faults.clone(),
-                    stop.clone(),
-                    start,
-                )),
-                TransportSpec::SerialShell(serial) => {
-                    Box::new(transport::serial::SerialTransport::new(
-                        Box::new(console_input.take().context("QEMU's stdin is not piped")?),
-                        tap_rx,
-                        serial.clone(),
-                        launch.faults.clone(),
-                        stop.clone(),
-                        start,
-                    ))
-                }
-                TransportSpec::Pid1 => unreachable!("checked above"),
-            };
+            let (t, guest) =
+                guest_transport(&launch, &spec, &mut console_input, tap_rx, &stop, start)?;
             let boot_deadline = start + launch.boot_deadline;
             let tx = tx.clone();
             threads.push(std::thread::spawn(move || {
@@ -233,6 +210,41 @@ impl Backend {
     pub fn qemu_stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
+}
+
+/// The transport to a guest with its own init (ssh or the serial shell), and what it uploads.
+fn guest_transport(
+    launch: &Launch<'_>,
+    spec: &QemuSpec,
+    console_input: &mut Option<ChildStdin>,
+    tap: mpsc::Receiver<Vec<u8>>,
+    stop: &Arc<AtomicBool>,
+    start: Instant,
+) -> Result<(Box<dyn Transport>, GuestFiles)> {
+    let guest = launch
+        .guest
+        .clone()
+        .context("an image with its own init needs the payload to upload")?;
+    let t: Box<dyn Transport> = match launch.transport {
+        TransportSpec::Ssh(ssh) => Box::new(transport::ssh::SshTransport::new(
+            spec.forward.map(|f| f.host_port).unwrap_or_default(),
+            ssh.clone(),
+            crate::host::workspace_root().join("images"),
+            launch.faults.clone(),
+            stop.clone(),
+            start,
+        )),
+        TransportSpec::SerialShell(serial) => Box::new(transport::serial::SerialTransport::new(
+            Box::new(console_input.take().context("QEMU's stdin is not piped")?),
+            tap,
+            serial.clone(),
+            launch.faults.clone(),
+            stop.clone(),
+            start,
+        )),
+        TransportSpec::Pid1 => unreachable!("a PID-1 cell has no transport"),
+    };
+    Ok((t, guest))
 }
 
 /// Starts QEMU. For ssh, picks a free host port for the forward and retries with another when

@@ -69,8 +69,6 @@ impl Record {
     }
 }
 
-/// ',' ends a QEMU option value; doubling it escapes it.
-
 /// How a recorded command line is replayed.
 #[derive(Debug, Clone)]
 pub struct ReplayPlan {
