@@ -242,19 +242,22 @@ fn printed(out: &str, n: u32) -> u64 {
     u64::from_str_radix(line.trim(), 16).unwrap()
 }
 
-#[test]
-fn gdb_in_batch_mode_runs_the_replay_to_panic_and_steps_back_onto_the_call() {
-    let results = tempfile::tempdir().unwrap();
-    let cell = record(results.path(), &["panic@linux-128M"]).join("cells/panic@linux-128M-base");
-    let replay = &json(&cell.join("result.json"))["replay"];
-    let kernel = PathBuf::from(replay["inputs"][0]["path"].as_str().unwrap());
-    let panic_at = kstorm::images::symbols::address(&kernel, "panic")
-        .unwrap()
-        .expect("panic is exported");
+/// What one gdb session against `replay --gdb` printed, and whether it ended in time.
+struct GdbSession {
+    finished: bool,
+    output: String,
+    /// The replay's own output (`replay --gdb` prints QEMU's failure).
+    replayer: String,
+}
+
+/// One batch-mode gdb session: break at `panic_at`, continue, read the return address, step
+/// back one instruction. Bounded: gdb and the replay are killed after `limit`.
+fn gdb_session(cell: &Path, panic_at: u64, limit: Duration) -> GdbSession {
     let port = free_port();
     let mut replayer = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["replay", "--timeout", "300s", "--gdb", &port.to_string()])
-        .arg(&cell)
+        .args(["replay", "--timeout", &format!("{}s", limit.as_secs() + 30)])
+        .args(["--gdb", &port.to_string()])
+        .arg(cell)
         .env("KSTORM_QUIET", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -280,34 +283,93 @@ fn gdb_in_batch_mode_runs_the_replay_to_panic_and_steps_back_onto_the_call() {
             "p/x *(long *)$rsp",
         ])
         .args(["-ex", "reverse-stepi", "-ex", "p/x $pc", "-ex", "kill"])
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let done = gdb.wait_timeout(Duration::from_secs(300)).unwrap();
-    if done.is_none() {
+    let finished = gdb.wait_timeout(limit).unwrap().is_some();
+    if !finished {
         gdb.kill().unwrap();
     }
     let out = gdb.wait_with_output().unwrap();
-    let t = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(done.is_some(), "gdb did not finish in 300 s:\n{t}");
-    // Stopped at panic(); one instruction back is the 5-byte call just before the return
-    // address panic() found on its stack.
-    assert_eq!(printed(&t, 1), panic_at, "{t}");
-    let return_to = printed(&t, 2);
-    assert_eq!(printed(&t, 3), return_to - 5, "{t}");
     if replayer
         .wait_timeout(Duration::from_secs(60))
         .unwrap()
         .is_none()
     {
         replayer.kill().unwrap();
-        panic!("the replay did not end with gdb's kill");
+        assert!(!finished, "the replay did not end with gdb's kill");
     }
+    let replayed = replayer.wait_with_output().unwrap();
+    GdbSession {
+        finished,
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        replayer: String::from_utf8_lossy(&replayed.stdout).into_owned(),
+    }
+}
+
+/// QEMU 7.2's own fault when stepping back on x86 (its x86-64 reverse-debugging test is marked
+/// flaky upstream): after the breakpoint, gdb is told the target runs again and the step never
+/// returns, or QEMU loses its place in the log on reloading the snapshot and exits. Anything
+/// else is kstorm's.
+fn qemu_lost_its_place(s: &GdbSession) -> bool {
+    let stopped_at_panic = s.output.contains("Breakpoint 1, ");
+    let hung = !s.finished
+        && s.output
+            .contains("Cannot execute this command while the target is running");
+    let lost = s.output.contains("Remote connection closed")
+        && s.replayer.contains("Missing character write event");
+    stopped_at_panic && (hung || lost)
+}
+
+#[test]
+fn gdb_in_batch_mode_runs_the_replay_to_panic_and_steps_back_onto_the_call() {
+    let results = tempfile::tempdir().unwrap();
+    let cell = record(results.path(), &["panic@linux-128M"]).join("cells/panic@linux-128M-base");
+    let replay = &json(&cell.join("result.json"))["replay"];
+    let kernel = PathBuf::from(replay["inputs"][0]["path"].as_str().unwrap());
+    let panic_at = kstorm::images::symbols::address(&kernel, "panic")
+        .unwrap()
+        .expect("panic is exported");
+    // A session takes 10-30 s here (the replay to the panic, then again to one instruction
+    // before it). QEMU's own fault (above) costs a session, never the test: up to 3.
+    let mut failed = Vec::new();
+    let t = loop {
+        let s = gdb_session(&cell, panic_at, Duration::from_secs(150));
+        if s.finished && !qemu_lost_its_place(&s) {
+            break s.output;
+        }
+        assert!(
+            qemu_lost_its_place(&s),
+            "gdb session {} failed, not in QEMU's known way (finished: {}):\n{}\nreplay:\n{}",
+            failed.len() + 1,
+            s.finished,
+            s.output,
+            s.replayer
+        );
+        failed.push(s.output);
+        assert!(
+            failed.len() < 3,
+            "QEMU lost its place in 3 sessions of 3:\n{}",
+            failed.join("\n---\n")
+        );
+    };
+    if !failed.is_empty() {
+        eprintln!(
+            "QEMU lost its place in {} session(s) before this one",
+            failed.len()
+        );
+    }
+    // Stopped at panic(); one instruction back is the 5-byte call just before the return
+    // address panic() found on its stack.
+    assert_eq!(printed(&t, 1), panic_at, "{t}");
+    let return_to = printed(&t, 2);
+    assert_eq!(printed(&t, 3), return_to - 5, "{t}");
     common::assert_no_qemu_mentioning(results.path());
 }
 
