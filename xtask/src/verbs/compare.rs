@@ -122,7 +122,10 @@ pub fn compare_dirs(a: &Path, b: &Path, allow_missing: bool) -> Result<Compariso
 }
 
 pub fn compare(a: &[CellRecord], b: &[CellRecord]) -> Comparison {
-    let (ca, cb) = (crashes(a), crashes(b));
+    // A crash is fixed only where B ran the cell again: a cell B lacks is missing data, listed
+    // as such, and its crash is no fix.
+    let a_in_b = in_cells_of(a, b);
+    let (ca, cb) = (crashes(&a_in_b), crashes(b));
     let by_id = |rs: &[CellRecord]| -> BTreeMap<String, CellRecord> {
         rs.iter().map(|r| (r.id.clone(), r.clone())).collect()
     };
@@ -154,8 +157,18 @@ pub fn compare(a: &[CellRecord], b: &[CellRecord]) -> Comparison {
         }
     }
     numeric(&samples(a), &samples(b), &mut out);
-    out.vmstat = vmstat_rows(a, b);
+    out.vmstat = vmstat_rows(&a_in_b, &in_cells_of(b, a));
     out
+}
+
+/// The records of `these` whose cell (repeats pooled) the other run has too.
+fn in_cells_of(these: &[CellRecord], other: &[CellRecord]) -> Vec<CellRecord> {
+    let cells: BTreeSet<String> = other.iter().map(|r| base_id(&r.id)).collect();
+    these
+        .iter()
+        .filter(|r| cells.contains(&base_id(&r.id)))
+        .cloned()
+        .collect()
 }
 
 /// The cell id without its repeat suffix (`.r2`): repeats pool.
@@ -418,6 +431,50 @@ mod tests {
         // Old records carry no alternatives: the titles alone decide.
         let old = vec![crash("general protection fault in f", &[])];
         assert_eq!(unmatched(&old, &a), ["general protection fault in f"]);
+    }
+
+    fn record(id: &str, verdict: Verdict, oom_kills: i64) -> CellRecord {
+        let mut cell = crate::session::accel::probe_cell().unwrap();
+        cell.id = id.into();
+        let mut r = CellRecord::unstarted(&cell, crate::qemu::Accel::Tcg, verdict);
+        r.results = vec![serde_json::from_value(serde_json::json!({
+            "scenario": "oom", "index": 0, "outcome": "pass", "vmstat": {"oom_kill": oom_kills}
+        }))
+        .unwrap()];
+        r
+    }
+
+    #[test]
+    fn a_cell_b_lacks_is_missing_not_fixed_and_has_no_vmstat_row() {
+        let panic = Verdict::Crash {
+            kind: crate::detect::Kind::Panic,
+            title: "kernel panic: sysrq triggered crash".into(),
+        };
+        let a = vec![
+            record("panic@linux-128M-base", panic.clone(), 0),
+            record("oom@linux-128M-base", Verdict::Pass, 1),
+            record("smoke@linux-128M-base", Verdict::Pass, 2),
+        ];
+        let b = vec![record("smoke@linux-128M-base", Verdict::Pass, 3)];
+        let c = compare(&a, &b);
+        assert!(c.fixed_crashes.is_empty(), "{c:?}");
+        assert_eq!(
+            c.only_in_a,
+            ["oom@linux-128M-base", "panic@linux-128M-base"]
+        );
+        let rows: Vec<_> = c
+            .vmstat
+            .iter()
+            .map(|r| (r.cell.as_str(), r.a, r.b))
+            .collect();
+        assert_eq!(rows, [("smoke@linux-128M-base", 2.0, 3.0)]);
+        assert!(c.worse());
+        // Where B ran the cell and it no longer crashed, the crash is fixed.
+        let b = vec![record("panic@linux-128M-base", Verdict::Pass, 0)];
+        assert_eq!(
+            compare(&a[..1], &b).fixed_crashes,
+            ["kernel panic: sysrq triggered crash"]
+        );
     }
 
     #[test]
