@@ -264,6 +264,7 @@ pub fn sweep_table(file: &SweepFile) -> String {
             g.stopped
         ));
         out.push_str(&reported_line(g));
+        out.push_str(&edge_line(file, g));
     }
     if let Some(over) = &file.over {
         out.push_str(&over_line(over));
@@ -280,6 +281,42 @@ fn over_value(file: &SweepFile, v: f64) -> String {
         Some(crate::matrix::axis::Axis::Ram) => format!("{v:.0}M"),
         _ => format!("{v}"),
     }
+}
+
+/// A sharp edge (every survival on one side of every failure) in words: the last value that
+/// survived is the answer a user asks for ("the least RAM at which it runs"), and the two
+/// values are as close as the search could bring them (`cells` tried).
+fn edge_line(file: &SweepFile, g: &crate::results::sweep::Group) -> String {
+    let Estimate::Survival {
+        fit:
+            crate::stats::SurvivalFit::Separated {
+                last_survived: Some(s),
+                first_failed: Some(f),
+            },
+    } = &g.estimate
+    else {
+        return String::new();
+    };
+    let (label, unit) = file
+        .axis
+        .as_ref()
+        .map(|a| {
+            (
+                a.label().to_string(),
+                if a.unit() == "MiB" { "M" } else { "" },
+            )
+        })
+        .unwrap_or_else(|| (file.param.clone(), ""));
+    let (most, harder) = match file.harder {
+        crate::stats::breaking_point::Harder::Lower => ("least", "below"),
+        crate::stats::breaking_point::Harder::Higher => ("most", "above"),
+    };
+    format!(
+        "  answer: the {most} {label} at which {} survived: {s}{unit}; it failed at {f}{unit} \
+         and {harder} (a sharp edge: no value gave both outcomes in {} cells)\n",
+        file.case,
+        g.cells.len()
+    )
 }
 
 /// For a sysctl or tunable axis: what the kernel reported back against what was asked.
@@ -355,5 +392,47 @@ pub fn describe(e: &Estimate) -> (&'static str, String, String) {
             ),
         ),
         Estimate::None => ("-", "-".into(), "-".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A RAM sweep of smoke whose cells split at 85M/86M, as `sweep.json` holds it.
+    fn ram_sweep(estimate: serde_json::Value) -> SweepFile {
+        serde_json::from_value(serde_json::json!({
+            "suite": "default", "case": "smoke", "param": "ram", "axis": {"kind": "ram"},
+            "harder": "lower", "seed": 1,
+            "methods": {"counting": "c", "survival": "s"},
+            "groups": [{"image": "linux", "ram_mib": 128, "variant": "base", "mode": "survival",
+                "cells": [
+                    {"cell": "a", "verdict": "pass", "value": 86.0, "survived": true},
+                    {"cell": "b", "verdict": "crash", "value": 85.0, "survived": false}],
+                "estimate": estimate, "stopped": "cell cap"}]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_sharp_edge_is_answered_in_words() {
+        let file = ram_sweep(serde_json::json!(
+            {"mode": "survival", "fit": {"fit": "separated", "last_survived": 86.0, "first_failed": 85.0}}
+        ));
+        let text = sweep_table(&file);
+        assert!(
+            text.contains("answer: the least ram at which smoke survived: 86M; it failed at 85M"),
+            "{text}"
+        );
+        // A fitted transition has its interval in the table and no edge line.
+        let file = ram_sweep(
+            serde_json::json!({"mode": "survival", "fit": {"fit": "logistic",
+            "x50": {"estimate": 85.5, "lo": 84.0, "hi": 87.0}, "slope": 2.0}}),
+        );
+        let text = sweep_table(&file);
+        assert!(
+            !text.contains("answer:") && text.contains("84 - 87"),
+            "{text}"
+        );
     }
 }
