@@ -27,6 +27,7 @@ struct run {
 
     u32 progress; /* the count reached so far; reported by heartbeats */
     u32 start_ms, last_hb_ms, calls;
+    u32 next_count_hb; /* the count at which a heartbeat is due whatever the clock says */
     const char *stop;  /* "limit", "time" or "error" */
     char error[96];
 
