@@ -341,6 +341,20 @@ fn exhausting_cell_ends_as_hang_with_its_last_count() {
         }
         other => panic!("expected a hang, got {other:?}\n{}", b.console),
     }
+    // The task beats every 1/64 of its count too (at least 16), not only by the clock, so the
+    // count a hang reports is within 1.6% of the true one whatever the host's speed.
+    let beats: Vec<u64> = b
+        .frames
+        .iter()
+        .filter_map(|f| match &f.message {
+            Message::Hb { progress, .. } => Some(*progress),
+            _ => None,
+        })
+        .collect();
+    assert!(beats.len() > 64, "{beats:?}");
+    for w in beats.windows(2) {
+        assert!(w[1] - w[0] <= (w[0] / 64).max(16), "{w:?} in {beats:?}");
+    }
     // Silence is kept as a report of its own; QEMU went soon after the heartbeat deadline.
     assert!(b
         .record
