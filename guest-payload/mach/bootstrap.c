@@ -74,9 +74,13 @@ static void send_hb(struct run *r) {
     r->next_count_hb = r->progress + (step < 16 ? 16 : step);
 }
 
-int run_heartbeat(struct run *r) {
+static void beat_if_count_due(struct run *r) {
     if (r->progress >= r->next_count_hb)
         send_hb(r);
+}
+
+int run_heartbeat(struct run *r) {
+    beat_if_count_due(r);
     u32 now = now_ms();
     if (now - r->last_hb_ms >= r->hb_ms) {
         r->last_hb_ms = now;
@@ -94,8 +98,7 @@ int run_tick(struct run *r) {
         r->stop = "limit";
         return 1;
     }
-    if (r->progress >= r->next_count_hb)
-        send_hb(r);
+    beat_if_count_due(r);
     /* Reading the clock is an RPC: do it every 16th call (scenarios whose iterations are long
      * call run_heartbeat() inside them). */
     if (r->calls++ % 16)

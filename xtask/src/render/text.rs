@@ -277,7 +277,12 @@ pub fn sweep_table(file: &SweepFile) -> String {
 }
 
 fn over_value(file: &SweepFile, v: f64) -> String {
-    match file.over.as_ref().map(|o| &o.axis) {
+    axis_value(file.over.as_ref().map(|o| &o.axis), v)
+}
+
+/// A value of an axis as a user writes it: RAM in whole MiB with `M`, the others as they are.
+fn axis_value(axis: Option<&crate::matrix::axis::Axis>, v: f64) -> String {
+    match axis {
         Some(crate::matrix::axis::Axis::Ram) => format!("{v:.0}M"),
         _ => format!("{v}"),
     }
@@ -297,22 +302,20 @@ fn edge_line(file: &SweepFile, g: &crate::results::sweep::Group) -> String {
     else {
         return String::new();
     };
-    let (label, unit) = file
+    let label = file
         .axis
         .as_ref()
-        .map(|a| {
-            (
-                a.label().to_string(),
-                if a.unit() == "MiB" { "M" } else { "" },
-            )
-        })
-        .unwrap_or_else(|| (file.param.clone(), ""));
+        .map_or(file.param.as_str(), |a| a.label());
+    let (s, f) = (
+        axis_value(file.axis.as_ref(), *s),
+        axis_value(file.axis.as_ref(), *f),
+    );
     let (most, harder) = match file.harder {
         crate::stats::breaking_point::Harder::Lower => ("least", "below"),
         crate::stats::breaking_point::Harder::Higher => ("most", "above"),
     };
     format!(
-        "  answer: the {most} {label} at which {} survived: {s}{unit}; it failed at {f}{unit} \
+        "  answer: the {most} {label} at which {} survived: {s}; it failed at {f} \
          and {harder} (a sharp edge: no value gave both outcomes in {} cells)\n",
         file.case,
         g.cells.len()
